@@ -1,0 +1,32 @@
+# One entry point for every task; CI (.ci/run) calls `make test`, the same command as the README.
+.PHONY: demo test lint unit manifests dockerfile bench deps fmt
+
+# The main job: a local run with no cluster (static mode, real TLS, real kubectl).
+demo:
+	./scripts/quickstart.sh
+
+# Every test: formatting, lints, unit/router/wire/e2e tests, manifests, Dockerfile.
+test: deps lint unit manifests dockerfile
+
+deps:
+	./scripts/install-deps.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --locked --lib --bins --tests
+
+manifests:
+	./scripts/validate-manifests.sh
+
+dockerfile:
+	./scripts/lint-dockerfile.sh
+
+# Benchmarks (release build; figures are printed, not asserted). See README "Performance".
+bench:
+	cargo bench --locked --bench api --bench collection
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,567 @@
+//! API benchmarks (issue targets (a) and (b)).
+//!
+//! (a) In process: a wildcard query selecting 100 of 10,000 tracked pods
+//!     (`namespaces/chat/pods/*/websocket_connections?labelSelector=app=ws-N`) through
+//!     `api::router` with `tower::ServiceExt::oneshot`, each request timed individually (body read
+//!     included); plus the bare `Store::pods_matching` call and the body serialization
+//!     (`wire::metric_value_list`) timed the same way, to show where the time goes.
+//!     Target: p99 ≤ 1 ms.
+//! (b) The same over HTTPS (rustls, `server::serve_tls`) with HTTP/1.1 keep-alive, driven from a
+//!     separate process (this binary re-executed with `WSMA_BENCH_ROLE=client`) over C
+//!     connections for a fixed duration. Target: ≥ 5,000 requests/s.
+//!
+//! Run: `cargo bench --bench api`. Knobs (env): `WSMA_BENCH_REQUESTS` (default 20000),
+//! `WSMA_BENCH_CONNS` (default 4,16,64), `WSMA_BENCH_SECONDS` (default 10 per C).
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use support::{ChildGuard, ROLE_VAR, count, pct};
+use tower::ServiceExt;
+use ws_metrics_adapter::api::wire::{self, Described, Item, Version};
+use ws_metrics_adapter::api::{self, ApiState};
+use ws_metrics_adapter::selector::Selector;
+use ws_metrics_adapter::server::tls;
+use ws_metrics_adapter::store::{
+    FamilyReading, MetricCatalog, MetricMapping, PodKey, PodTarget, Reading, Series, Store,
+};
+use ws_metrics_adapter::telemetry::Telemetry;
+
+const APPS: usize = 100;
+const PODS_PER_APP: usize = 100;
+const NAMESPACE: &str = "chat";
+const MARKER: &[u8] = b"\"describedObject\"";
+
+fn query_path(app: usize) -> String {
+    format!(
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/%2A/websocket_connections?labelSelector=app%3Dws-{app}"
+    )
+}
+
+/// Connection counts of pod `i` of `app`, in milli-units: (chat, echo).
+fn values(app: usize, i: usize) -> (i64, i64) {
+    (
+        ((app * 31 + i * 7) % 500) as i64 * 1000,
+        ((app + i) % 13) as i64 * 1000,
+    )
+}
+
+struct Seeded {
+    store: Arc<Store>,
+    /// Pod name → (app, expected total milli).
+    expected: HashMap<String, (usize, i64)>,
+}
+
+fn seed() -> Seeded {
+    let catalog = MetricCatalog::new(vec![MetricMapping {
+        served: "websocket_connections".into(),
+        family: "websocket_connections_active".into(),
+    }]);
+    // Nothing may expire during the run.
+    let store = Arc::new(Store::new(catalog, Duration::from_secs(24 * 3600)));
+    let mut targets = Vec::with_capacity(APPS * PODS_PER_APP);
+    let mut expected = HashMap::new();
+    for app in 0..APPS {
+        for i in 0..PODS_PER_APP {
+            let (name, hash) = support::pod_name(app, i);
+            let (chat, echo) = values(app, i);
+            assert!(
+                expected.insert(name.clone(), (app, chat + echo)).is_none(),
+                "duplicate pod name {name}"
+            );
+            targets.push(PodTarget {
+                key: PodKey {
+                    namespace: NAMESPACE.into(),
+                    name: name.clone(),
+                },
+                uid: format!("uid-{app}-{i}"),
+                labels: [
+                    ("app".to_string(), format!("ws-{app}")),
+                    ("pod-template-hash".to_string(), hash),
+                ]
+                .into(),
+                url: format!("http://10.0.{app}.{i}:9100/metrics"),
+            });
+        }
+    }
+    store.replace_all(targets.clone());
+    let now = SystemTime::now();
+    for (k, t) in targets.iter().enumerate() {
+        let (chat, echo) = values(k / PODS_PER_APP, k % PODS_PER_APP);
+        let reading = Reading {
+            time: now,
+            families: vec![Some(FamilyReading {
+                series: vec![
+                    Series {
+                        labels: vec![("route".into(), "chat".into())],
+                        milli: chat,
+                    },
+                    Series {
+                        labels: vec![("route".into(), "echo".into())],
+                        milli: echo,
+                    },
+                ],
+                total_milli: chat + echo,
+            })],
+        };
+        assert!(store.record(&t.key, &t.uid, reading));
+    }
+    assert_eq!(store.pod_count(), APPS * PODS_PER_APP);
+    Seeded { store, expected }
+}
+
+/// Full check of one answer: 100 items, all of `app`, each with its expected value.
+fn check_full(body: &[u8], app: usize, expected: &HashMap<String, (usize, i64)>) {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
+    assert_eq!(v["kind"], "MetricValueList");
+    let items = v["items"].as_array().expect("items");
+    assert_eq!(items.len(), PODS_PER_APP, "items for app ws-{app}");
+    for it in items {
+        assert_eq!(it["describedObject"]["namespace"], NAMESPACE);
+        assert_eq!(it["metric"]["name"], "websocket_connections");
+        let name = it["describedObject"]["name"].as_str().expect("name");
+        let (a, milli) = expected[name];
+        assert_eq!(a, app, "pod {name} does not belong to ws-{app}");
+        let value = it["value"].as_str().expect("value");
+        let got = match value.strip_suffix('m') {
+            Some(m) => m.parse::<i64>().expect("milli"),
+            None => value.parse::<i64>().expect("int") * 1000,
+        };
+        assert_eq!(got, milli, "value of {name}");
+    }
+}
+
+struct Stats {
+    what: String,
+    n: usize,
+    sorted_ns: Vec<u64>,
+}
+
+impl Stats {
+    fn new(what: &str, mut ns: Vec<u64>) -> Self {
+        ns.sort_unstable();
+        Self {
+            what: what.into(),
+            n: ns.len(),
+            sorted_ns: ns,
+        }
+    }
+    fn us(&self, q: f64) -> f64 {
+        pct(&self.sorted_ns, q) as f64 / 1000.0
+    }
+    fn mean_us(&self) -> f64 {
+        self.sorted_ns.iter().sum::<u64>() as f64 / self.n.max(1) as f64 / 1000.0
+    }
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            self.what,
+            self.n,
+            self.mean_us(),
+            self.us(0.50),
+            self.us(0.90),
+            self.us(0.99),
+            self.us(1.0)
+        )
+    }
+}
+
+fn bench_in_process(seeded: &Seeded, n: usize) -> Vec<Stats> {
+    let telemetry = Arc::new(Telemetry::new());
+    let router = api::router(ApiState::new(seeded.store.clone(), telemetry));
+    let uris: Vec<http::Uri> = (0..APPS)
+        .map(|a| query_path(a).parse().expect("uri"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let warmup = 2_000;
+    let mut out = Vec::new();
+
+    // (a) router, oneshot, body to bytes.
+    let lat = rt.block_on(async {
+        let mut lat = Vec::with_capacity(n);
+        for k in 0..warmup + n {
+            let app = (k * 37) % APPS;
+            let req = http::Request::get(uris[app].clone())
+                .body(Body::empty())
+                .expect("request");
+            let svc = router.clone();
+            let t = Instant::now();
+            let resp = svc.oneshot(req).await.expect("infallible");
+            let status = resp.status();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let el = t.elapsed();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            if k % 997 == 0 {
+                check_full(&body, app, &seeded.expected);
+            } else {
+                assert_eq!(count(&body, MARKER), PODS_PER_APP, "items for ws-{app}");
+            }
+            if k >= warmup {
+                lat.push(el.as_nanos() as u64);
+            }
+        }
+        lat
+    });
+    out.push(Stats::new("router oneshot + body (full request)", lat));
+
+    // Where the time goes: the store query alone …
+    let selectors: Vec<Selector> = (0..APPS)
+        .map(|a| Selector::parse(&format!("app=ws-{a}")).expect("selector"))
+        .collect();
+    let all = Selector::everything();
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..warmup + n {
+        let app = (k * 37) % APPS;
+        let now = SystemTime::now();
+        let t = Instant::now();
+        let pods = seeded
+            .store
+            .pods_matching(NAMESPACE, &selectors[app], 0, &all, now);
+        let el = t.elapsed();
+        assert_eq!(pods.len(), PODS_PER_APP);
+        std::hint::black_box(&pods);
+        if k >= warmup {
+            lat.push(el.as_nanos() as u64);
+        }
+    }
+    out.push(Stats::new("Store::pods_matching only", lat));
+
+    // … and the body serialization alone (100 items, v1beta2).
+    let now = SystemTime::now();
+    let item_sets: Vec<Vec<Item>> = selectors
+        .iter()
+        .map(|sel| {
+            seeded
+                .store
+                .pods_matching(NAMESPACE, sel, 0, &all, now)
+                .into_iter()
+                .map(|p| Item {
+                    described: Described::Pod {
+                        namespace: NAMESPACE.into(),
+                        name: p.name,
+                    },
+                    milli: p.milli,
+                    time: p.time,
+                })
+                .collect()
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..warmup + n {
+        let app = (k * 37) % APPS;
+        let t = Instant::now();
+        let body = wire::metric_value_list(
+            Version::V1beta2,
+            "websocket_connections",
+            &serde_json::Value::Null,
+            &item_sets[app],
+        );
+        let el = t.elapsed();
+        assert_eq!(count(&body, MARKER), PODS_PER_APP);
+        if k >= warmup {
+            lat.push(el.as_nanos() as u64);
+        }
+    }
+    out.push(Stats::new("wire::metric_value_list only (100 items)", lat));
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) over HTTPS
+
+struct HttpsRow {
+    conns: usize,
+    fields: HashMap<String, String>,
+    server_cores: f64,
+}
+
+fn parse_kv(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn bench_https(seeded: &Seeded, conns: &[usize], secs: u64) -> Vec<HttpsRow> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = tls::generate_pair(
+        "ws-metrics-adapter-bench",
+        &["localhost".into(), "127.0.0.1".into()],
+    )
+    .expect("generate pair");
+    let (cert, key, ca) = (
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        dir.path().join("ca.crt"),
+    );
+    std::fs::write(&cert, &pair.cert_pem).expect("write cert");
+    std::fs::write(&key, &pair.key_pem).expect("write key");
+    std::fs::write(&ca, &pair.ca_pem).expect("write ca");
+    let resolver = Arc::new(tls::CertResolver::new(
+        tls::load_pair(&cert, &key).expect("load pair"),
+    ));
+    let server_cfg = Arc::new(tls::server_config(resolver).expect("server config"));
+
+    let telemetry = Arc::new(Telemetry::new());
+    let router = api::router(ApiState::new(seeded.store.clone(), telemetry));
+    // The server's own runtime: multi-thread, one worker per core (2 here).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(ws_metrics_adapter::server::serve_tls(
+        listener,
+        server_cfg,
+        router,
+        Duration::from_secs(2),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let ticks = support::clock_ticks();
+    let me = std::process::id().to_string();
+    let mut rows = Vec::new();
+    for &c in conns {
+        let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+        cmd.env(ROLE_VAR, "client")
+            .env("WSMA_CLIENT_ADDR", addr.to_string())
+            .env("WSMA_CLIENT_CA", &ca)
+            .env("WSMA_CLIENT_CONNS", c.to_string())
+            .env("WSMA_CLIENT_SECONDS", secs.to_string());
+        let mut client = ChildGuard::spawn(&format!("client C={c}"), cmd, true);
+        client.expect_line("WARM", Duration::from_secs(60));
+        let (t0, cpu0) = (Instant::now(), support::cpu_ticks(&me));
+        let result = client.expect_line("RESULT", Duration::from_secs(secs + 60));
+        let (wall, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_ticks(&me));
+        assert!(
+            client.wait_exit(Duration::from_secs(10)),
+            "client C={c} did not exit"
+        );
+        let fields = parse_kv(&result);
+        println!("(b) C={c}: {result}");
+        rows.push(HttpsRow {
+            conns: c,
+            fields,
+            server_cores: (cpu1 - cpu0) as f64 / ticks / wall,
+        });
+    }
+    let _ = stop_tx.send(());
+    rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    rows
+}
+
+/// The client role: C keep-alive HTTP/1.1 connections (one hyper-util client each, so exactly
+/// one connection per task), each sending requests back to back for the duration.
+fn client_main() {
+    tls::install_provider();
+    support::exit_on_stdin_eof(|_| {});
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let addr: std::net::SocketAddr = var("WSMA_CLIENT_ADDR").parse().expect("addr");
+    let ca = std::fs::read_to_string(var("WSMA_CLIENT_CA")).expect("read CA");
+    let conns: usize = var("WSMA_CLIENT_CONNS").parse().expect("conns");
+    let secs: u64 = var("WSMA_CLIENT_SECONDS").parse().expect("seconds");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let cfg = support::tls_client_config(&ca);
+        let uris: Arc<Vec<http::Uri>> = Arc::new(
+            (0..APPS).map(|a| format!("https://{addr}{}", query_path(a)).parse().expect("uri")).collect(),
+        );
+        let clients: Vec<support::HttpsClient> = (0..conns).map(|_| support::https_client(cfg.clone(), 1)).collect();
+        // Warm-up: open every connection (TLS handshake) and send a few requests on each.
+        let warm: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(t, cl)| {
+                let (cl, uris) = (cl.clone(), uris.clone());
+                tokio::spawn(async move {
+                    for k in 0..20 {
+                        let (code, n) = one(&cl, &uris[(t * 13 + k) % APPS]).await;
+                        assert_eq!((code, n), (200, PODS_PER_APP));
+                    }
+                })
+            })
+            .collect();
+        for w in warm {
+            w.await.expect("warm-up task");
+        }
+        let me = std::process::id().to_string();
+        let cpu0 = support::cpu_ticks(&me);
+        println!("WARM");
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(secs);
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(t, cl)| {
+                let uris = uris.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(100_000);
+                    let (mut errors, mut bad) = (0u64, 0u64);
+                    // Bounded by the deadline and by an iteration cap.
+                    for k in 0..50_000_000usize {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let t0 = Instant::now();
+                        let (code, n) = one(&cl, &uris[(t * 13 + k * 37) % APPS]).await;
+                        lat.push(t0.elapsed().as_nanos() as u64);
+                        if code == 0 {
+                            errors += 1;
+                        } else if code != 200 || n != PODS_PER_APP {
+                            bad += 1;
+                        }
+                    }
+                    (lat, errors, bad, Instant::now())
+                })
+            })
+            .collect();
+        let (mut lat, mut errors, mut bad, mut end) = (Vec::new(), 0, 0, start);
+        for t in tasks {
+            let (l, e, b, fin) = t.await.expect("client task");
+            lat.extend(l);
+            errors += e;
+            bad += b;
+            end = end.max(fin);
+        }
+        let wall = (end - start).as_secs_f64();
+        let cpu = (support::cpu_ticks(&me) - cpu0) as f64 / support::clock_ticks() / wall;
+        lat.sort_unstable();
+        let us = |q| pct(&lat, q) as f64 / 1000.0;
+        println!(
+            "RESULT requests={} secs={wall:.2} rps={:.0} p50_us={:.0} p90_us={:.0} p99_us={:.0} max_us={:.0} errors={errors} bad={bad} client_cores={cpu:.2}",
+            lat.len(),
+            lat.len() as f64 / wall,
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(1.0),
+        );
+    });
+}
+
+/// One GET; returns (status, number of items) or (0, 0) on a transport error.
+async fn one(cl: &support::HttpsClient, uri: &http::Uri) -> (u16, usize) {
+    let req = http::Request::get(uri.clone())
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let Ok(resp) = cl.request(req).await else {
+        return (0, 0);
+    };
+    let code = resp.status().as_u16();
+    match resp.into_body().collect().await {
+        Ok(b) => (code, count(&b.to_bytes(), MARKER)),
+        Err(_) => (0, 0),
+    }
+}
+
+fn main() {
+    tls::install_provider();
+    if std::env::var(ROLE_VAR).as_deref() == Ok("client") {
+        client_main();
+        return;
+    }
+    let n = support::env_num("WSMA_BENCH_REQUESTS", 20_000) as usize;
+    let conns = support::env_list("WSMA_BENCH_CONNS", &[4, 16, 64]);
+    let secs = support::env_num("WSMA_BENCH_SECONDS", 10);
+    let started = Instant::now();
+
+    let t = Instant::now();
+    let seeded = seed();
+    println!(
+        "seeded {} pods ({} apps × {}) in {:.2?}",
+        seeded.store.pod_count(),
+        APPS,
+        PODS_PER_APP,
+        t.elapsed()
+    );
+
+    let inproc = bench_in_process(&seeded, n);
+    let https = bench_https(&seeded, &conns, secs);
+
+    println!();
+    println!("## (a) wildcard query selecting 100 of 10,000 pods, in process (µs)");
+    println!();
+    println!("| what | n | mean | p50 | p90 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for s in &inproc {
+        println!("{}", s.row());
+    }
+    println!();
+    println!(
+        "Target p99 ≤ 1000 µs: full request p99 = {:.1} µs",
+        inproc[0].us(0.99)
+    );
+    println!();
+    println!(
+        "## (b) same query over HTTPS, HTTP/1.1 keep-alive, client in a separate process ({secs} s per C)"
+    );
+    println!();
+    println!(
+        "| C | requests | req/s | p50 µs | p90 µs | p99 µs | max µs | errors | bad | server cores | client cores |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &https {
+        let f = |k: &str| r.fields.get(k).map(String::as_str).unwrap_or("?");
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+            r.conns,
+            f("requests"),
+            f("rps"),
+            f("p50_us"),
+            f("p90_us"),
+            f("p99_us"),
+            f("max_us"),
+            f("errors"),
+            f("bad"),
+            r.server_cores,
+            f("client_cores"),
+        );
+    }
+    println!();
+    println!(
+        "Target ≥ 5,000 requests/s. Machine: {} cores shared by server and client.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for r in &https {
+        let errors: u64 = r
+            .fields
+            .get("errors")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let bad: u64 = r
+            .fields
+            .get("bad")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        assert_eq!(
+            (errors, bad),
+            (0, 0),
+            "C={}: every response must be 200 with 100 items",
+            r.conns
+        );
+    }
+    println!("total bench time {:.1?}", started.elapsed());
+}

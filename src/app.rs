@@ -1,0 +1,216 @@
+//! The composition root: builds the store, telemetry, pod source, collector and listeners from a
+//! [`Config`] and runs them until shutdown. Listeners and the shutdown signal are passed in, so
+//! tests bind `127.0.0.1:0` and stop the adapter when they like.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState};
+use crate::collect::{self, Collector};
+use crate::config::{Config, PodSource, TlsSource};
+use crate::discovery::{cluster, static_file};
+use crate::server::{self, Health, tls};
+use crate::store::{MetricCatalog, Store};
+use crate::telemetry::Telemetry;
+
+/// Errors that stop the adapter at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The serving certificate could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    /// rustls refused the server configuration.
+    #[error("building the TLS server configuration: {0}")]
+    TlsConfig(#[from] rustls::Error),
+    /// The static pods file could not be used.
+    #[error(transparent)]
+    StaticPods(#[from] static_file::Error),
+    /// No Kubernetes client could be configured.
+    #[error("configuring the Kubernetes client: {0}")]
+    KubeConfig(String),
+    /// The collector could not be built.
+    #[error(transparent)]
+    Collect(#[from] collect::Error),
+    /// A listener failed.
+    #[error("serving {what}: {source}")]
+    Serve {
+        /// Which listener.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The two listeners, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTPS API.
+    pub secure: TcpListener,
+    /// Plain-HTTP health and metrics.
+    pub metrics: TcpListener,
+}
+
+/// Sends the shutdown signal.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    /// Tells every loop and listener to stop.
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Receives the shutdown signal; cheap to clone, one per task.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A connected trigger and receiver.
+    pub fn new() -> (ShutdownTrigger, Self) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Self(rx))
+    }
+
+    /// Resolves once shutdown is triggered (or the trigger is dropped).
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::KubeConfig(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+}
+
+/// Runs the adapter until `shutdown` fires.
+///
+/// # Errors
+/// Start-up failures (certificates, static file, kube config, CA file) and listener failures.
+pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<()> {
+    tls::install_provider();
+    let telemetry = Arc::new(Telemetry::new());
+    let store = Arc::new(Store::new(
+        MetricCatalog::new(config.metrics.clone()),
+        config.max_age,
+    ));
+
+    // Serving certificate, re-read when its files change.
+    let (cert, key) = match &config.tls {
+        TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+        TlsSource::SelfSigned { dir } => {
+            let extra: Vec<String> = match config.secure_addr.ip() {
+                ip if ip.is_unspecified() || ip.is_loopback() => Vec::new(),
+                ip => vec![ip.to_string()],
+            };
+            tls::ensure_self_signed(dir, &extra)?
+        }
+    };
+    let resolver = Arc::new(tls::CertResolver::new(tls::load_pair(&cert, &key)?));
+    let tls_config = Arc::new(tls::server_config(resolver.clone())?);
+    tokio::spawn(tls::watch_files(
+        resolver,
+        cert,
+        key,
+        Duration::from_secs(1),
+        shutdown.wait(),
+    ));
+
+    // Pod inventory.
+    match &config.pods {
+        PodSource::Static { path } => {
+            static_file::load_into(path, &store)?;
+            tracing::warn!(
+                address = %config.secure_addr,
+                "static mode: the custom metrics API is served WITHOUT authentication; keep it on loopback"
+            );
+            tokio::spawn(static_file::watch(
+                path.clone(),
+                store.clone(),
+                telemetry.clone(),
+                Duration::from_millis(500),
+                shutdown.wait(),
+            ));
+        }
+        PodSource::Cluster { kubeconfig } => {
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            tracing::warn!(
+                address = %config.secure_addr,
+                "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
+            );
+            let inventory = cluster::Inventory::new(
+                store.clone(),
+                telemetry.clone(),
+                config.annotation_prefix.clone(),
+            );
+            tokio::spawn(cluster::watch(client, inventory, shutdown.wait()));
+        }
+    }
+
+    // Collection.
+    let health = Arc::new(Health::new(
+        store.clone(),
+        config.collect.interval,
+        config.collect.timeout,
+    ));
+    let collector = Collector::new(store.clone(), telemetry.clone(), config.collect.clone())?;
+    let collecting = {
+        let health = health.clone();
+        let stop = shutdown.wait();
+        tokio::spawn(async move { collector.run(health, stop).await })
+    };
+
+    // Listeners.
+    let api_app = api::router(ApiState::new(store.clone(), telemetry.clone()))
+        .merge(server::health_routes(health.clone()));
+    tracing::info!(
+        api = %listeners.secure.local_addr().map_err(|source| Error::Serve { what: "API", source })?,
+        metrics = %listeners.metrics.local_addr().map_err(|source| Error::Serve { what: "metrics", source })?,
+        metrics_served = ?config.metrics.iter().map(|m| format!("{}={}", m.served, m.family)).collect::<Vec<_>>(),
+        "serving custom.metrics.k8s.io"
+    );
+    let plain = tokio::spawn(server::serve_plain(
+        listeners.metrics,
+        server::metrics_router(health, telemetry),
+        shutdown.wait(),
+    ));
+    server::serve_tls(
+        listeners.secure,
+        tls_config,
+        api_app,
+        config.shutdown_grace,
+        shutdown.wait(),
+    )
+    .await;
+    let _ = collecting.await;
+    match plain.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(Error::Serve {
+            what: "metrics",
+            source,
+        }),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,282 @@
+//! Collection: every `--scrape-interval`, scrape each tracked pod's metrics endpoint (bounded
+//! concurrency, per-pod deadline, keep-alive reused), parse it, and record the wanted families in
+//! the [`Store`]. A failed scrape records nothing, so the pod keeps its last good value until
+//! `--max-age` and is then left out: it is never turned into a zero.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::CollectConfig;
+use crate::exposition;
+use crate::server::Health;
+use crate::store::{PodKey, Reading, ScrapeJob, Store, readings_from_samples};
+use crate::telemetry::{ScrapeOutcome, Telemetry};
+
+/// Errors of building the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `--scrape-ca-file` could not be read or holds no certificate.
+    #[error("reading scrape CA file {path}: {reason}")]
+    CaFileUnreadable {
+        /// Path given.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Pods scraped (attempted).
+    pub attempted: usize,
+    /// Scrapes recorded in the store.
+    pub recorded: usize,
+    /// Scrapes that failed, by outcome.
+    pub failed: HashMap<&'static str, usize>,
+}
+
+/// The scrape loop's state. Share it behind an `Arc`.
+pub struct Collector {
+    store: Arc<Store>,
+    telemetry: Arc<Telemetry>,
+    config: CollectConfig,
+    client: HttpsClient,
+    /// Last outcome per pod, to log transitions rather than every failure.
+    last_outcome: Mutex<HashMap<PodKey, ScrapeOutcome>>,
+}
+
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let err = |reason: String| Error::CaFileUnreadable {
+                path: path.display().to_string(),
+                reason,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(err("no usable certificate in it".into()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Whether a (parsed, valid) body has a `# TYPE <family> …` line: a family declared with no
+/// samples is served as 0, a family never mentioned as absent. Token-wise, so `# HELP` text that
+/// quotes a TYPE line does not count. Label values cannot hold a raw newline, so every line that
+/// starts with `#` is a comment line.
+fn declares_family(text: &str, family: &str) -> bool {
+    text.lines().any(|line| {
+        let mut tokens = line.split_whitespace();
+        tokens.next() == Some("#") && tokens.next() == Some("TYPE") && tokens.next() == Some(family)
+    })
+}
+
+impl Collector {
+    /// Builds the HTTP client (keep-alive pool, connect deadline) and the collector.
+    ///
+    /// # Errors
+    /// [`Error::CaFileUnreadable`] when `--scrape-ca-file` cannot be used.
+    pub fn new(
+        store: Arc<Store>,
+        telemetry: Arc<Telemetry>,
+        config: CollectConfig,
+    ) -> Result<Self> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.timeout));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(config.ca_file.as_deref())?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            // One request per pod per round: one idle connection per pod is all we reuse.
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(Duration::from_secs(90).max(config.interval * 3))
+            .build(connector);
+        Ok(Self {
+            store,
+            telemetry,
+            config,
+            client,
+            last_outcome: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn fetch(&self, url: &str) -> std::result::Result<Reading, ScrapeOutcome> {
+        let req = http::Request::get(url)
+            .header(
+                http::header::ACCEPT,
+                "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.8,*/*;q=0.1",
+            )
+            .header(http::header::USER_AGENT, concat!("ws-metrics-adapter/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| ScrapeOutcome::ConnectError)?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            tracing::debug!(url, error = %e, "scrape request failed");
+            ScrapeOutcome::ConnectError
+        })?;
+        if !resp.status().is_success() {
+            return Err(ScrapeOutcome::BadStatus);
+        }
+        let body = Limited::new(resp.into_body(), self.config.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ScrapeOutcome::BodyTooLarge
+                } else {
+                    ScrapeOutcome::ConnectError
+                }
+            })?
+            .to_bytes();
+        let time = SystemTime::now();
+        let text = std::str::from_utf8(&body).map_err(|_| ScrapeOutcome::Unparseable)?;
+        let families = self.store.catalog().families();
+        let samples = exposition::parse_selected(text, |name| families.iter().any(|f| f == name))
+            .map_err(|e| {
+            tracing::debug!(url, error = %e, "unparsable metrics body");
+            ScrapeOutcome::Unparseable
+        })?;
+        let declared = |family: &str| declares_family(text, family);
+        let families = readings_from_samples(self.store.catalog(), &samples, declared)
+            .ok_or(ScrapeOutcome::Unparseable)?;
+        Ok(Reading { time, families })
+    }
+
+    async fn scrape(&self, job: &ScrapeJob) -> ScrapeOutcome {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(self.config.timeout, self.fetch(&job.url)).await {
+            Err(_) => ScrapeOutcome::Timeout,
+            Ok(Err(outcome)) => outcome,
+            Ok(Ok(reading)) => {
+                if self.store.record(&job.key, &job.uid, reading) {
+                    ScrapeOutcome::Success
+                } else {
+                    ScrapeOutcome::Discarded
+                }
+            }
+        };
+        self.telemetry
+            .observe_scrape(outcome, started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    fn note_outcome(&self, job: &ScrapeJob, outcome: ScrapeOutcome) {
+        let mut last = self.last_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = last.insert(job.key.clone(), outcome);
+        if previous == Some(outcome) {
+            return;
+        }
+        let (ns, pod, url) = (&job.key.namespace, &job.key.name, &*job.url);
+        match outcome {
+            ScrapeOutcome::Success if previous.is_some() => {
+                tracing::info!(namespace = %ns, pod = %pod, url, "scrapes succeed again");
+            }
+            ScrapeOutcome::Success | ScrapeOutcome::Discarded => {}
+            failure => tracing::warn!(
+                namespace = %ns, pod = %pod, url, outcome = ?failure,
+                "scrape failed; the last good value is served until --max-age, then the pod is left out"
+            ),
+        }
+    }
+
+    /// Scrapes every tracked pod once and records the good readings. Slow pods hold only their
+    /// own slot: each scrape has its own deadline and results are recorded as they arrive.
+    pub async fn tick(&self) -> RoundReport {
+        let started = Instant::now();
+        let jobs = self.store.scrape_jobs();
+        let mut report = RoundReport {
+            attempted: jobs.len(),
+            ..RoundReport::default()
+        };
+        let live: std::collections::HashSet<PodKey> = jobs.iter().map(|j| j.key.clone()).collect();
+        let mut results = futures::stream::iter(jobs)
+            .map(|job| async move {
+                let outcome = self.scrape(&job).await;
+                (job, outcome)
+            })
+            .buffer_unordered(self.config.concurrency);
+        while let Some((job, outcome)) = results.next().await {
+            self.note_outcome(&job, outcome);
+            if outcome == ScrapeOutcome::Success {
+                report.recorded += 1;
+            } else {
+                *report.failed.entry(outcome.as_str()).or_default() += 1;
+            }
+        }
+        drop(results);
+        // Forget pods that are gone, so the outcome map does not grow without bound.
+        self.last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+        let end = SystemTime::now();
+        self.store.round_finished(end);
+        let elapsed = started.elapsed();
+        let (fresh, stale) = self.store.freshness(end);
+        self.telemetry.observe_round(
+            elapsed.as_secs_f64(),
+            elapsed > self.config.interval,
+            end.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            report.attempted,
+            fresh,
+            stale,
+        );
+        report
+    }
+
+    /// Runs rounds every interval until `shutdown` resolves. Marks `health` as ticking at the
+    /// start of each round and collected after the first.
+    pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut ticker = tokio::time::interval(self.config.interval);
+        // A round that overran is followed by one right away, then the cadence resumes.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticker.tick() => {}
+            }
+            health.tick_started();
+            // Wait for the inventory before the first round, so "collected" means something.
+            if !self.store.is_synced() {
+                continue;
+            }
+            let report = tokio::select! {
+                () = &mut shutdown => return,
+                r = self.tick() => r,
+            };
+            tracing::debug!(?report, "collection round");
+            health.round_finished();
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Command-line flags (named after the Kubernetes apiserver's, each with a
+//! `WS_METRICS_ADAPTER_*` environment fallback) and their validation into a [`Config`], reporting
+//! every error at once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::MetricMapping;
+
+/// Default served metric and the family it sums.
+pub const DEFAULT_METRIC: &str = "websocket_connections=websocket_connections_active";
+
+/// Default annotation prefix for opting pods in.
+pub const DEFAULT_ANNOTATION_PREFIX: &str = "ws-metrics-adapter.io";
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "ws-metrics-adapter", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve custom.metrics.k8s.io from live per-pod connection counts.
+    Serve(Box<ServeArgs>),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `ws-metrics-adapter serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Port of the HTTPS API listener.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SECURE_PORT", default_value_t = 6443)]
+    pub secure_port: u16,
+
+    /// Address of the HTTPS API listener [default: 0.0.0.0; 127.0.0.1 with --static-pods].
+    #[arg(long, env = "WS_METRICS_ADAPTER_BIND_ADDRESS")]
+    pub bind_address: Option<IpAddr>,
+
+    /// PEM serving certificate (chain). Re-read when it changes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the serving certificate. Re-read when it changes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// Directory for a generated self-signed CA and serving certificate, used when no
+    /// --tls-cert-file is given (existing files there are reused).
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_CERT_DIR",
+        default_value = "/tmp/ws-metrics-adapter/certs"
+    )]
+    pub cert_dir: PathBuf,
+
+    /// Plain-HTTP listener for /livez, /readyz and the adapter's own /metrics.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_bind_address: SocketAddr,
+
+    /// Kubeconfig to reach the cluster (default: in-cluster config, then $KUBECONFIG, then
+    /// ~/.kube/config).
+    #[arg(long, env = "WS_METRICS_ADAPTER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Run without a cluster: the pods to scrape come from this YAML file
+    /// (`pods: [{namespace, name, labels, metricsUrl}]`), re-read when it changes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_STATIC_PODS")]
+    pub static_pods: Option<PathBuf>,
+
+    /// How often every pod is scraped (e.g. 500ms, 1s).
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub scrape_interval: Duration,
+
+    /// Deadline of one pod's scrape, connect to last byte; must not exceed --scrape-interval.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
+
+    /// Age after which a pod's last good value is no longer served [default: 3 × --scrape-interval].
+    #[arg(long, env = "WS_METRICS_ADAPTER_MAX_AGE", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+
+    /// Pods scraped at the same time at most.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_SCRAPE_CONCURRENCY",
+        default_value_t = 256
+    )]
+    pub scrape_concurrency: usize,
+
+    /// Largest metrics body read from a pod; a larger one fails that scrape. Unit: bytes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub scrape_max_body_bytes: usize,
+
+    /// CA bundle (PEM) that pods scraped over https must chain to [default: the webpki roots].
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_CA_FILE")]
+    pub scrape_ca_file: Option<PathBuf>,
+
+    /// A served metric and the exact Prometheus family summed for it, as SERVED=FAMILY.
+    /// Repeatable; replaces the default websocket_connections=websocket_connections_active.
+    #[arg(
+        long = "metric",
+        env = "WS_METRICS_ADAPTER_METRICS",
+        value_delimiter = ','
+    )]
+    pub metrics: Vec<String>,
+
+    /// Prefix of the pod annotations that opt a pod in (`<prefix>/scrape: "true"`, `/port`,
+    /// `/path`, `/scheme`).
+    #[arg(long, env = "WS_METRICS_ADAPTER_ANNOTATION_PREFIX", default_value = DEFAULT_ANNOTATION_PREFIX)]
+    pub annotation_prefix: String,
+
+    /// Serve the API in cluster mode although it does not authenticate or authorize callers yet.
+    /// Anyone who can reach --secure-port can read every metric.
+    #[arg(long, env = "WS_METRICS_ADAPTER_INSECURE_ALLOW_UNAUTHENTICATED")]
+    pub insecure_allow_unauthenticated: bool,
+
+    /// Time allowed for in-flight requests after SIGTERM.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "WS_METRICS_ADAPTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 1s, 2m)"))
+}
+
+/// Where the pods to scrape come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodSource {
+    /// A watch of pods in the cluster.
+    Cluster {
+        /// Explicit kubeconfig, else inferred.
+        kubeconfig: Option<PathBuf>,
+    },
+    /// A YAML file (no cluster).
+    Static {
+        /// Path of the file.
+        path: PathBuf,
+    },
+}
+
+/// How the serving certificate is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// Files given by the operator, re-read when they change.
+    Files {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+    /// Generated (or reused) under this directory.
+    SelfSigned {
+        /// Directory.
+        dir: PathBuf,
+    },
+}
+
+/// Collection settings.
+#[derive(Debug, Clone)]
+pub struct CollectConfig {
+    /// Round period.
+    pub interval: Duration,
+    /// Per-pod deadline.
+    pub timeout: Duration,
+    /// Concurrent scrapes at most.
+    pub concurrency: usize,
+    /// Body cap. Unit: bytes.
+    pub max_body_bytes: usize,
+    /// CA bundle for https pods.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTPS API address.
+    pub secure_addr: SocketAddr,
+    /// Health and metrics address.
+    pub metrics_addr: SocketAddr,
+    /// Serving certificate source.
+    pub tls: TlsSource,
+    /// Pod source.
+    pub pods: PodSource,
+    /// Collection settings.
+    pub collect: CollectConfig,
+    /// Age after which values are not served.
+    pub max_age: Duration,
+    /// Served metrics.
+    pub metrics: Vec<MetricMapping>,
+    /// Annotation prefix.
+    pub annotation_prefix: String,
+    /// SIGTERM grace.
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in the flags, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One message per problem.
+    pub problems: Vec<String>,
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// A served name must be one path segment the HPA accepts (`IsValidPathSegmentName`); we also
+/// keep it to the characters users type.
+fn is_served_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+/// Parses one `SERVED=FAMILY` mapping.
+///
+/// # Errors
+/// A message naming what is wrong with it.
+pub fn parse_mapping(s: &str) -> Result<MetricMapping, String> {
+    let Some((served, family)) = s.split_once('=') else {
+        return Err(format!("--metric {s:?}: expected SERVED=FAMILY"));
+    };
+    let (served, family) = (served.trim(), family.trim());
+    if !is_served_name(served) {
+        return Err(format!(
+            "--metric {s:?}: served name {served:?} must be non-empty and use only letters, digits, '_', '-', '.', ':'"
+        ));
+    }
+    if !is_metric_name(family) {
+        return Err(format!(
+            "--metric {s:?}: family {family:?} is not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"
+        ));
+    }
+    Ok(MetricMapping {
+        served: served.to_owned(),
+        family: family.to_owned(),
+    })
+}
+
+impl ServeArgs {
+    /// Checks every flag and builds the [`Config`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem found, not just the first.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let interval = self.scrape_interval;
+        if interval < Duration::from_millis(100) {
+            problems.push(format!(
+                "--scrape-interval {}: must be at least 100ms",
+                humantime::format_duration(interval)
+            ));
+        }
+        if self.scrape_timeout.is_zero() || self.scrape_timeout > interval {
+            problems.push(format!(
+                "--scrape-timeout {}: must be greater than 0 and at most --scrape-interval ({})",
+                humantime::format_duration(self.scrape_timeout),
+                humantime::format_duration(interval)
+            ));
+        }
+        let max_age = self.max_age.unwrap_or(interval * 3);
+        if max_age < interval {
+            problems.push(format!(
+                "--max-age {}: must be at least --scrape-interval ({}), or every value would expire before the next scrape",
+                humantime::format_duration(max_age),
+                humantime::format_duration(interval)
+            ));
+        }
+        if self.scrape_concurrency == 0 {
+            problems.push("--scrape-concurrency: must be at least 1".into());
+        }
+        if self.scrape_max_body_bytes < 1024 {
+            problems.push("--scrape-max-body-bytes: must be at least 1024".into());
+        }
+        let raw: Vec<&str> = if self.metrics.is_empty() {
+            vec![DEFAULT_METRIC]
+        } else {
+            self.metrics.iter().map(String::as_str).collect()
+        };
+        let mut metrics: Vec<MetricMapping> = Vec::new();
+        for m in raw {
+            match parse_mapping(m) {
+                Ok(mapping) if metrics.iter().any(|x| x.served == mapping.served) => {
+                    problems.push(format!(
+                        "--metric {m:?}: served name {:?} is given twice",
+                        mapping.served
+                    ))
+                }
+                Ok(mapping) => metrics.push(mapping),
+                Err(e) => problems.push(e),
+            }
+        }
+        let prefix = self.annotation_prefix.trim_end_matches('/').to_owned();
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        {
+            problems.push(format!(
+                "--annotation-prefix {:?}: must be a DNS subdomain such as {DEFAULT_ANNOTATION_PREFIX}",
+                self.annotation_prefix
+            ));
+        }
+        let tls = match (self.tls_cert_file, self.tls_private_key_file) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) => TlsSource::SelfSigned { dir: self.cert_dir },
+            (Some(_), None) => {
+                problems.push("--tls-cert-file needs --tls-private-key-file".into());
+                TlsSource::SelfSigned { dir: self.cert_dir }
+            }
+            (None, Some(_)) => {
+                problems.push("--tls-private-key-file needs --tls-cert-file".into());
+                TlsSource::SelfSigned { dir: self.cert_dir }
+            }
+        };
+        let pods = match (self.static_pods, self.kubeconfig) {
+            (Some(path), None) => PodSource::Static { path },
+            (Some(path), Some(_)) => {
+                problems.push("--static-pods and --kubeconfig exclude each other".into());
+                PodSource::Static { path }
+            }
+            (None, kubeconfig) => {
+                if !self.insecure_allow_unauthenticated {
+                    problems.push(
+                        "cluster mode would serve custom.metrics.k8s.io without authenticating or authorizing callers \
+                         (delegated authentication is not implemented yet); pass --insecure-allow-unauthenticated \
+                         to accept that, or use --static-pods for a local run"
+                            .into(),
+                    );
+                }
+                PodSource::Cluster { kubeconfig }
+            }
+        };
+        let default_bind = match pods {
+            PodSource::Static { .. } => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            PodSource::Cluster { .. } => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let secure_addr =
+            SocketAddr::new(self.bind_address.unwrap_or(default_bind), self.secure_port);
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Config {
+            secure_addr,
+            metrics_addr: self.metrics_bind_address,
+            tls,
+            pods,
+            collect: CollectConfig {
+                interval,
+                timeout: self.scrape_timeout,
+                concurrency: self.scrape_concurrency,
+                max_body_bytes: self.scrape_max_body_bytes,
+                ca_file: self.scrape_ca_file,
+            },
+            max_age,
+            metrics,
+            annotation_prefix: prefix,
+            shutdown_grace: self.shutdown_grace,
+            log_format: self.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec!["ws-metrics-adapter", "serve"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Serve(a) = cli.command;
+        Ok(*a)
+    }
+
+    #[test]
+    fn static_mode_defaults_to_loopback_and_three_intervals_of_max_age() {
+        let cfg = args(&[
+            "--static-pods",
+            "pods.yaml",
+            "--scrape-interval",
+            "500ms",
+            "--scrape-timeout",
+            "400ms",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(cfg.secure_addr, "127.0.0.1:6443".parse().expect("addr"));
+        assert_eq!(cfg.max_age, Duration::from_millis(1500));
+        assert_eq!(
+            cfg.metrics,
+            vec![MetricMapping {
+                served: "websocket_connections".into(),
+                family: "websocket_connections_active".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn every_config_error_is_reported_at_once() {
+        let err = args(&[
+            "--scrape-interval",
+            "1s",
+            "--scrape-timeout",
+            "2s",
+            "--max-age",
+            "100ms",
+            "--metric",
+            "bad",
+            "--tls-cert-file",
+            "x.pem",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 5, "{text}");
+        for needle in [
+            "--scrape-timeout",
+            "--max-age",
+            "SERVED=FAMILY",
+            "--tls-private-key-file",
+            "--insecure-allow-unauthenticated",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_starts_only_with_the_loud_flag() {
+        let cfg = args(&["--insecure-allow-unauthenticated"])
+            .expect("flags parse")
+            .validate()
+            .expect("valid");
+        assert_eq!(cfg.secure_addr, "0.0.0.0:6443".parse().expect("addr"));
+        assert_eq!(cfg.pods, PodSource::Cluster { kubeconfig: None });
+    }
+
+    #[test]
+    fn metric_mappings_are_repeatable_and_checked() {
+        let cfg = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--metric",
+            "a=fam_a",
+            "--metric",
+            "b=fam_a",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(cfg.metrics.len(), 2);
+        assert!(parse_mapping("x=1bad").is_err());
+        assert!(parse_mapping("a/b=fam").is_err());
+        assert!(parse_mapping("=fam").is_err());
+        let dup = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--metric",
+            "a=x",
+            "--metric",
+            "a=y",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("duplicate");
+        assert!(dup.to_string().contains("given twice"));
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert!(args(&["--scrape-interval", "1 fortnight"]).is_err());
+        let a = args(&["--scrape-interval", "2s"]).expect("flags parse");
+        assert_eq!(a.scrape_interval, Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,355 @@
+//! Cluster mode: pods come from a kube-runtime watcher over all namespaces (one LIST at start and
+//! after a desync, then WATCH; never a request per API call). Each event updates the store at
+//! once, so a deleted pod disappears from the next answer.
+//!
+//! A pod is scraped when it is annotated `<prefix>/scrape: "true"`, is Running, has a pod IP and
+//! no deletionTimestamp. `<prefix>/port` (or a container port named `metrics`), `<prefix>/path`
+//! (default `/metrics`) and `<prefix>/scheme` (`http` or `https`) say where.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+
+use crate::store::{PodKey, PodTarget, Store};
+use crate::telemetry::Telemetry;
+
+/// Why a pod is not scraped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    /// No `<prefix>/scrape: "true"` annotation.
+    #[error("not opted in")]
+    NotOptedIn,
+    /// Phase is not Running.
+    #[error("not running")]
+    NotRunning,
+    /// Being deleted.
+    #[error("terminating")]
+    Terminating,
+    /// No pod IP yet.
+    #[error("no pod IP")]
+    NoIp,
+    /// Opted in but the annotations cannot be used.
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+/// Decides whether and where to scrape `pod`.
+///
+/// # Errors
+/// A [`Skip`] saying why the pod is not scraped.
+pub fn target_for(pod: &Pod, prefix: &str) -> Result<PodTarget, Skip> {
+    let meta = &pod.metadata;
+    let annotation = |name: &str| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(&format!("{prefix}/{name}")))
+            .map(|v| v.trim())
+    };
+    if annotation("scrape") != Some("true") {
+        return Err(Skip::NotOptedIn);
+    }
+    if meta.deletion_timestamp.is_some() {
+        return Err(Skip::Terminating);
+    }
+    let status = pod.status.as_ref();
+    if status.and_then(|s| s.phase.as_deref()) != Some("Running") {
+        return Err(Skip::NotRunning);
+    }
+    let ip: IpAddr = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .filter(|ip| !ip.is_empty())
+        .ok_or(Skip::NoIp)?
+        .parse()
+        .map_err(|_| Skip::Misconfigured("pod IP is not an IP address".into()))?;
+    let port: u16 = match annotation("port") {
+        Some(p) => p.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            Skip::Misconfigured(format!("{prefix}/port {p:?} is not a port number"))
+        })?,
+        None => pod
+            .spec
+            .as_ref()
+            .into_iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| {
+                Skip::Misconfigured(format!(
+                    "no {prefix}/port annotation and no container port named \"metrics\""
+                ))
+            })?,
+    };
+    let path = annotation("path").unwrap_or("/metrics");
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(Skip::Misconfigured(format!(
+            "{prefix}/path {path:?} must start with '/'"
+        )));
+    }
+    let scheme = match annotation("scheme").unwrap_or("http") {
+        s @ ("http" | "https") => s,
+        other => {
+            return Err(Skip::Misconfigured(format!(
+                "{prefix}/scheme {other:?} must be http or https"
+            )));
+        }
+    };
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    Ok(PodTarget {
+        key: PodKey {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        },
+        uid: meta.uid.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        url: format!("{scheme}://{host}:{port}{path}"),
+    })
+}
+
+fn key_of(pod: &Pod) -> PodKey {
+    PodKey {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Applies watcher events to the store. Holds the pods of a re-list until it completes, so that
+/// a re-list swaps the inventory at once (pods deleted while the watch was down disappear).
+#[derive(Debug)]
+pub struct Inventory {
+    store: Arc<Store>,
+    telemetry: Arc<Telemetry>,
+    prefix: String,
+    relist: Option<Vec<PodTarget>>,
+}
+
+impl Inventory {
+    /// An inventory writing to `store`, recognising annotations under `prefix`.
+    pub fn new(store: Arc<Store>, telemetry: Arc<Telemetry>, prefix: String) -> Self {
+        Self {
+            store,
+            telemetry,
+            prefix,
+            relist: None,
+        }
+    }
+
+    fn note_skip(&self, pod: &Pod, skip: &Skip) {
+        if let Skip::Misconfigured(why) = skip {
+            let key = key_of(pod);
+            tracing::warn!(namespace = %key.namespace, pod = %key.name, reason = %why, "pod opted in but cannot be scraped");
+        }
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, event: Event<Pod>) {
+        match event {
+            Event::Init => self.relist = Some(Vec::new()),
+            Event::InitApply(pod) => match target_for(&pod, &self.prefix) {
+                Ok(t) => self.relist.get_or_insert_with(Vec::new).push(t),
+                Err(skip) => self.note_skip(&pod, &skip),
+            },
+            Event::InitDone => {
+                let targets = self.relist.take().unwrap_or_default();
+                tracing::info!(pods = targets.len(), "pod watch synced");
+                self.store.replace_all(targets);
+                self.telemetry.inventory_event("relisted");
+            }
+            Event::Apply(pod) => match target_for(&pod, &self.prefix) {
+                Ok(t) => {
+                    let added = self.store.upsert(t);
+                    self.telemetry
+                        .inventory_event(if added { "added" } else { "updated" });
+                }
+                Err(skip) => {
+                    self.note_skip(&pod, &skip);
+                    // No longer eligible (stopped running, being deleted, opted out): drop now.
+                    if self.store.remove(&key_of(&pod)) {
+                        self.telemetry.inventory_event("deleted");
+                    }
+                }
+            },
+            Event::Delete(pod) => {
+                if self.store.remove(&key_of(&pod)) {
+                    self.telemetry.inventory_event("deleted");
+                }
+            }
+        }
+    }
+}
+
+/// Watches every pod in the cluster and keeps the store's inventory current until `shutdown`.
+/// Watch errors are logged and retried with kube-runtime's default backoff.
+pub async fn watch(client: Client, mut inventory: Inventory, shutdown: impl Future<Output = ()>) {
+    let api: Api<Pod> = Api::all(client);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    tokio::pin!(stream);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            next = stream.next() => match next {
+                Some(Ok(event)) => inventory.apply(event),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "pod watch failed; retrying with backoff (values keep being served until --max-age)");
+                    inventory.telemetry.inventory_error();
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::Selector;
+    use crate::store::{MetricCatalog, MetricMapping};
+    use std::time::Duration;
+
+    fn pod(name: &str, annotations: &[(&str, &str)], phase: &str, ip: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "chat", "uid": format!("uid-{name}"),
+                "labels": {"app": "ws"},
+                "annotations": annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+            },
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "metrics", "containerPort": 9100}]}]},
+            "status": {"phase": phase, "podIP": ip},
+        }))
+        .expect("valid pod")
+    }
+
+    const P: &str = "ws-metrics-adapter.io";
+
+    #[test]
+    fn only_opted_in_running_pods_with_an_ip_are_scraped() {
+        let on = [
+            ("ws-metrics-adapter.io/scrape", "true"),
+            ("ws-metrics-adapter.io/port", "9090"),
+        ];
+        let t = target_for(&pod("a", &on, "Running", Some("10.0.0.7")), P).expect("eligible");
+        assert_eq!(t.url, "http://10.0.0.7:9090/metrics");
+        assert_eq!(t.uid, "uid-a");
+        assert_eq!(
+            target_for(&pod("a", &[], "Running", Some("10.0.0.7")), P),
+            Err(Skip::NotOptedIn)
+        );
+        assert_eq!(
+            target_for(&pod("a", &on, "Pending", Some("10.0.0.7")), P),
+            Err(Skip::NotRunning)
+        );
+        assert_eq!(
+            target_for(&pod("a", &on, "Running", None), P),
+            Err(Skip::NoIp)
+        );
+        let mut deleting = pod("a", &on, "Running", Some("10.0.0.7"));
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().expect("time"),
+            ));
+        assert_eq!(target_for(&deleting, P), Err(Skip::Terminating));
+    }
+
+    #[test]
+    fn port_path_and_scheme_come_from_annotations_or_the_metrics_port() {
+        let t = target_for(
+            &pod(
+                "a",
+                &[
+                    ("ws-metrics-adapter.io/scrape", "true"),
+                    ("ws-metrics-adapter.io/path", "/stats/prom"),
+                    ("ws-metrics-adapter.io/scheme", "https"),
+                ],
+                "Running",
+                Some("fd00::7"),
+            ),
+            P,
+        )
+        .expect("eligible");
+        assert_eq!(t.url, "https://[fd00::7]:9100/stats/prom");
+        for (k, v) in [
+            ("port", "http"),
+            ("port", "0"),
+            ("path", "metrics"),
+            ("scheme", "ftp"),
+        ] {
+            let key = format!("ws-metrics-adapter.io/{k}");
+            let r = target_for(
+                &pod(
+                    "a",
+                    &[("ws-metrics-adapter.io/scrape", "true"), (&key, v)],
+                    "Running",
+                    Some("10.0.0.1"),
+                ),
+                P,
+            );
+            assert!(matches!(r, Err(Skip::Misconfigured(_))), "{k}={v}: {r:?}");
+        }
+    }
+
+    fn inventory() -> (Inventory, Arc<Store>) {
+        let catalog = MetricCatalog::new(vec![MetricMapping {
+            served: "websocket_connections".into(),
+            family: "websocket_connections_active".into(),
+        }]);
+        let store = Arc::new(Store::new(catalog, Duration::from_secs(3)));
+        let inv = Inventory::new(store.clone(), Arc::new(Telemetry::new()), P.into());
+        (inv, store)
+    }
+
+    fn names(store: &Store) -> Vec<String> {
+        let mut v: Vec<String> = store
+            .scrape_jobs()
+            .into_iter()
+            .map(|j| j.key.name)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn watcher_events_drive_the_inventory() {
+        let (mut inv, store) = inventory();
+        let on = [("ws-metrics-adapter.io/scrape", "true")];
+        inv.apply(Event::Init);
+        inv.apply(Event::InitApply(pod("a", &on, "Running", Some("10.0.0.1"))));
+        inv.apply(Event::InitApply(pod("b", &on, "Pending", None)));
+        assert!(!store.is_synced(), "not synced before InitDone");
+        inv.apply(Event::InitDone);
+        assert!(store.is_synced());
+        assert_eq!(names(&store), vec!["a"]);
+        inv.apply(Event::Apply(pod("b", &on, "Running", Some("10.0.0.2"))));
+        assert_eq!(names(&store), vec!["a", "b"]);
+        // a stops running: gone at once.
+        inv.apply(Event::Apply(pod("a", &on, "Succeeded", Some("10.0.0.1"))));
+        assert_eq!(names(&store), vec!["b"]);
+        inv.apply(Event::Delete(pod("b", &on, "Running", Some("10.0.0.2"))));
+        assert!(names(&store).is_empty());
+        // A re-list replaces everything: pods deleted during a watch outage vanish.
+        inv.apply(Event::Apply(pod("c", &on, "Running", Some("10.0.0.3"))));
+        inv.apply(Event::Init);
+        inv.apply(Event::InitApply(pod("d", &on, "Running", Some("10.0.0.4"))));
+        assert_eq!(
+            names(&store),
+            vec!["c"],
+            "old inventory served until the re-list completes"
+        );
+        inv.apply(Event::InitDone);
+        assert_eq!(names(&store), vec!["d"]);
+        let all = Selector::everything();
+        assert!(
+            store
+                .pods_matching("chat", &all, 0, &all, std::time::SystemTime::now())
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Discovery: which pods to scrape. Two sources feed the same [`crate::store::Store`]:
+//! a Kubernetes pod watch ([`cluster`]) or a YAML file re-read when it changes ([`static_file`]).
+//! Neither is ever consulted on the request path.
+
+pub mod cluster;
+pub mod static_file;

@@ -1,0 +1,251 @@
+//! Serving: the HTTPS listener for the API (rustls; a failed handshake drops one connection, never
+//! the server), the plain-HTTP listener for `/livez`, `/readyz` and the adapter's own `/metrics`,
+//! and the health state both report.
+//!
+//! - [`tls`]: certificates (files re-read on change, or a generated CA plus leaf).
+
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+/// Liveness and readiness, written by the loops and read by the probes.
+#[derive(Debug)]
+pub struct Health {
+    origin: Instant,
+    /// Milliseconds since `origin` at which the last collection tick started; 0 = none yet.
+    last_tick_ms: AtomicU64,
+    collected: AtomicBool,
+    ready_latch: AtomicBool,
+    max_tick_gap: Duration,
+    store: Arc<Store>,
+}
+
+impl Health {
+    /// Health for a collector ticking every `interval` with per-scrape `timeout`: live while a tick
+    /// started within 1.5 × interval + timeout (metrics-server uses 1.5 × resolution).
+    pub fn new(store: Arc<Store>, interval: Duration, timeout: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
+            collected: AtomicBool::new(false),
+            ready_latch: AtomicBool::new(false),
+            max_tick_gap: interval.mul_f64(1.5) + timeout,
+            store,
+        }
+    }
+
+    /// Called when a collection tick starts.
+    pub fn tick_started(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.last_tick_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Called when a collection round has finished.
+    pub fn round_finished(&self) {
+        self.collected.store(true, Ordering::Relaxed);
+    }
+
+    /// Live: the collection loop is ticking on time (or has not had its first tick yet).
+    pub fn is_live(&self) -> bool {
+        let last = self.last_tick_ms.load(Ordering::Relaxed);
+        let now = self.origin.elapsed();
+        let reference = if last == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(last)
+        };
+        // Before the first tick, allow the same gap from start-up.
+        now.saturating_sub(reference)
+            <= self.max_tick_gap + Duration::from_secs(if last == 0 { 5 } else { 0 })
+    }
+
+    /// Ready once pods are known (watch synced or static file read) and the first round finished.
+    /// A latch: once ready, stays ready, so that a data-source problem never takes the
+    /// APIService down (spec §5.2); failures show as missing values instead.
+    pub fn is_ready(&self) -> bool {
+        if self.ready_latch.load(Ordering::Relaxed) {
+            return true;
+        }
+        let ready = self.store.is_synced() && self.collected.load(Ordering::Relaxed);
+        if ready {
+            self.ready_latch.store(true, Ordering::Relaxed);
+        }
+        ready
+    }
+
+    /// Why not ready, for the `/readyz` body.
+    fn not_ready_reason(&self) -> &'static str {
+        if !self.store.is_synced() {
+            "pod inventory not loaded yet (watch not synced or static file not read)"
+        } else {
+            "first collection round not finished yet"
+        }
+    }
+}
+
+fn text(code: StatusCode, body: &'static str) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn livez(State(health): State<Arc<Health>>) -> Response {
+    if health.is_live() {
+        text(StatusCode::OK, "ok")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "collection loop is not ticking on time\n",
+        )
+    }
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> Response {
+    if health.is_ready() {
+        text(StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("not ready: {}\n", health.not_ready_reason()),
+        )
+            .into_response()
+    }
+}
+
+/// `/healthz`, `/livez` and `/readyz` (no authentication; for probes).
+pub fn health_routes(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/healthz", get(livez))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+/// The plain-HTTP router: health plus the adapter's own `/metrics`.
+pub fn metrics_router(health: Arc<Health>, telemetry: Arc<Telemetry>) -> Router {
+    // Prometheus text by default; OpenMetrics for scrapers that ask for it.
+    let metrics = get(move |headers: http::HeaderMap| {
+        let telemetry = telemetry.clone();
+        async move {
+            let openmetrics = headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            if openmetrics {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    telemetry.render_openmetrics(),
+                )
+            } else {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    telemetry.render_text(),
+                )
+            }
+        }
+    });
+    health_routes(health).route("/metrics", metrics)
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish for up to `grace`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+/// Serves `app` over plain HTTP until `shutdown` resolves.
+///
+/// # Errors
+/// When the listener fails irrecoverably.
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

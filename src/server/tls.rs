@@ -1,0 +1,330 @@
+//! Serving certificate: loaded from `--tls-cert-file`/`--tls-private-key-file` and re-read when
+//! they change, or generated as a CA plus a leaf under `--cert-dir` (clients such as kube-rs
+//! reject a lone self-signed certificate). Handshakes always use the newest good pair.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// Errors of loading or generating certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate file could not be read or holds no certificate.
+    #[error("reading certificate {path}: {reason}")]
+    CertUnreadable {
+        /// File.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The key file could not be read or parsed.
+    #[error("reading private key {path}: {reason}")]
+    KeyUnreadable {
+        /// File.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The key does not belong to the certificate, or is of an unsupported type.
+    #[error("certificate {cert} and key {key} do not form a usable pair: {reason}")]
+    PairUnusable {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+    /// Generating the self-signed pair failed.
+    #[error("generating a self-signed certificate: {0}")]
+    GenerateFailed(String),
+    /// Writing the generated files failed.
+    #[error("writing {path}: {source}")]
+    WriteFailed {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The crypto provider used everywhere in the process (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process-wide rustls provider. Safe to call more than once.
+pub fn install_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Loads a PEM certificate chain and key, checking that they match.
+///
+/// # Errors
+/// Any of the [`Error`] read variants, or [`Error::PairUnusable`].
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| Error::CertUnreadable {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(Error::CertUnreadable {
+            path: cert.to_owned(),
+            reason: "no PEM CERTIFICATE block".into(),
+        });
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::KeyUnreadable {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, private, &provider()).map_err(|e| Error::PairUnusable {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A CA and a leaf certificate signed by it, as PEM.
+#[derive(Debug, Clone)]
+pub struct GeneratedPair {
+    /// The CA certificate (what a client trusts: a kubeconfig's certificate-authority, an
+    /// APIService caBundle).
+    pub ca_pem: String,
+    /// The CA's private key.
+    pub ca_key_pem: String,
+    /// The leaf (serving) certificate.
+    pub cert_pem: String,
+    /// The leaf's private key.
+    pub key_pem: String,
+}
+
+/// Generates a CA and a serving certificate valid for `sans` (DNS names or IP addresses) for one
+/// year.
+///
+/// # Errors
+/// [`Error::GenerateFailed`] when a name is not valid in a certificate.
+pub fn generate_pair(common_name: &str, sans: &[String]) -> Result<GeneratedPair> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let fail = |e: rcgen::Error| Error::GenerateFailed(e.to_string());
+    let now = time_now();
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{common_name}-ca@{}", now.0));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = now.1;
+    ca.not_after = now.1 + time::Duration::days(365);
+    let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
+    let issuer = Issuer::new(ca, &ca_key);
+
+    let leaf_key = KeyPair::generate().map_err(fail)?;
+    let mut leaf = CertificateParams::new(sans.to_vec()).map_err(fail)?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, common_name);
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.not_before = now.1;
+    leaf.not_after = now.1 + time::Duration::days(365);
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(fail)?;
+    Ok(GeneratedPair {
+        ca_pem: ca_cert.pem(),
+        ca_key_pem: ca_key.serialize_pem(),
+        cert_pem: leaf_cert.pem(),
+        key_pem: leaf_key.serialize_pem(),
+    })
+}
+
+fn time_now() -> (u64, time::OffsetDateTime) {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    // Back-date by an hour to tolerate clock skew between us and our clients.
+    let start = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0) - 3600)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    (secs, start)
+}
+
+/// File names used under `--cert-dir`.
+pub const CA_FILE: &str = "ca.crt";
+/// Serving certificate file under `--cert-dir`.
+pub const CERT_FILE: &str = "tls.crt";
+/// Serving key file under `--cert-dir`.
+pub const KEY_FILE: &str = "tls.key";
+
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
+    }
+    let _ = private;
+    opts.open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|source| Error::WriteFailed {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Makes sure `dir` holds a serving pair: reuses `tls.crt`/`tls.key` when both exist, otherwise
+/// generates a CA (`ca.crt`) and a leaf for localhost, the loopback addresses and `extra_sans`.
+/// Returns the certificate and key paths.
+///
+/// # Errors
+/// [`Error::WriteFailed`] or [`Error::GenerateFailed`].
+pub fn ensure_self_signed(dir: &Path, extra_sans: &[String]) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join(CERT_FILE);
+    let key = dir.join(KEY_FILE);
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| Error::WriteFailed {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    sans.extend(extra_sans.iter().cloned());
+    let pair = generate_pair("ws-metrics-adapter", &sans)?;
+    write_file(&dir.join(CA_FILE), &pair.ca_pem, false)?;
+    write_file(&key, &pair.key_pem, true)?;
+    write_file(&cert, &pair.cert_pem, false)?;
+    Ok((cert, key))
+}
+
+/// Hands the current certificate to every handshake; swapped atomically on reload.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    /// A resolver serving `initial`.
+    pub fn new(initial: CertifiedKey) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(initial),
+        }
+    }
+
+    /// Replaces the certificate for new handshakes; established connections are untouched.
+    pub fn replace(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// A rustls server config (TLS 1.2 and 1.3, ALPN h2 and http/1.1) using `resolver`.
+///
+/// # Errors
+/// Only if the ring provider lacks the default protocol versions, which it does not.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64, Vec<u8>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), bytes))
+}
+
+/// Re-reads `cert` and `key` every `period` and swaps them in when their contents change and
+/// still form a usable pair; a bad new pair is logged and the old one kept.
+pub async fn watch_files(
+    resolver: Arc<CertResolver>,
+    cert: PathBuf,
+    key: PathBuf,
+    period: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut last = (fingerprint(&cert), fingerprint(&key));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let now = (fingerprint(&cert), fingerprint(&key));
+        if now == last {
+            continue;
+        }
+        match load_pair(&cert, &key) {
+            Ok(pair) => {
+                resolver.replace(pair);
+                last = now;
+                tracing::info!(cert = %cert.display(), "serving certificate reloaded");
+            }
+            // Files may be mid-write (cert updated, key not yet): retry next period.
+            Err(e) => {
+                tracing::warn!(error = %e, "serving certificate changed but cannot be used yet; keeping the previous one")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pair_loads_and_mismatched_key_is_refused() {
+        install_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = ensure_self_signed(dir.path(), &[]).expect("generated");
+        assert!(dir.path().join(CA_FILE).exists());
+        load_pair(&cert, &key).expect("pair loads");
+        // Reused, not regenerated.
+        let before = std::fs::read(&cert).expect("read");
+        ensure_self_signed(dir.path(), &[]).expect("reused");
+        assert_eq!(before, std::fs::read(&cert).expect("read"));
+        // A key from another pair does not match.
+        let other = generate_pair("other", &["localhost".into()]).expect("generated");
+        std::fs::write(&key, other.key_pem).expect("write");
+        assert!(matches!(
+            load_pair(&cert, &key),
+            Err(Error::PairUnusable { .. })
+        ));
+        std::fs::write(&cert, "garbage").expect("write");
+        assert!(matches!(
+            load_pair(&cert, &key),
+            Err(Error::CertUnreadable { .. })
+        ));
+    }
+}

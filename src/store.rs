@@ -1,0 +1,696 @@
+//! In-memory state between collection and the API: which pods exist (written by discovery), the
+//! latest good reading of each (written by collection), and the queries the API runs (reads only).
+//!
+//! Safety rules live here: a reading older than `max_age` is never served, a failed scrape never
+//! replaces a good reading, and a pod removed by discovery is gone from the next answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::quantity;
+use crate::selector::Selector;
+
+/// Label set of a Kubernetes object or of a Prometheus series, by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// One served metric and the exposition family it is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricMapping {
+    /// Name in the custom metrics API (e.g. `websocket_connections`).
+    pub served: String,
+    /// Exact name of the Prometheus samples summed for it (e.g. `websocket_connections_active`).
+    pub family: String,
+}
+
+/// The fixed set of metrics this adapter serves, decided at start-up.
+#[derive(Debug, Clone)]
+pub struct MetricCatalog {
+    mappings: Vec<MetricMapping>,
+    families: Vec<String>,
+    /// For each mapping, the index of its family in `families`.
+    family_of: Vec<usize>,
+}
+
+impl MetricCatalog {
+    /// Builds the catalog. Several served names may share one family.
+    pub fn new(mappings: Vec<MetricMapping>) -> Self {
+        let mut families: Vec<String> = Vec::new();
+        let mut family_of = Vec::with_capacity(mappings.len());
+        for m in &mappings {
+            let idx = match families.iter().position(|f| *f == m.family) {
+                Some(i) => i,
+                None => {
+                    families.push(m.family.clone());
+                    families.len() - 1
+                }
+            };
+            family_of.push(idx);
+        }
+        Self {
+            mappings,
+            families,
+            family_of,
+        }
+    }
+
+    /// The served metrics, in configuration order.
+    pub fn mappings(&self) -> &[MetricMapping] {
+        &self.mappings
+    }
+
+    /// The distinct exposition families to keep from each scrape, in index order.
+    pub fn families(&self) -> &[String] {
+        &self.families
+    }
+
+    /// Looks a served metric up by exact name and returns the index of its family.
+    pub fn family_index(&self, served: &str) -> Option<usize> {
+        self.mappings
+            .iter()
+            .position(|m| m.served == served)
+            .map(|i| self.family_of[i])
+    }
+}
+
+/// Identity of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodKey {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod.
+    pub name: String,
+}
+
+/// What discovery knows about a pod that should be scraped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTarget {
+    /// Namespace and name.
+    pub key: PodKey,
+    /// Identity of this incarnation of the pod (the Kubernetes UID; in static mode, derived from
+    /// the entry). A reading taken from an older incarnation is never recorded on a newer one.
+    pub uid: String,
+    /// The pod's Kubernetes labels, matched by `labelSelector`.
+    pub labels: Labels,
+    /// Full URL of the pod's metrics endpoint, e.g. `http://10.1.2.3:9090/metrics`.
+    pub url: String,
+}
+
+/// One series of a family as read from a pod: its Prometheus labels and value in milli-units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    /// Prometheus labels of the series (matched by `metricLabelSelector`).
+    pub labels: Vec<(String, String)>,
+    /// Value. Unit: milli-units of the sample value (1 connection = 1000).
+    pub milli: i64,
+}
+
+/// The series of one family in one scrape: `None` when the pod did not expose the family at all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FamilyReading {
+    /// Series of the family, in exposition order.
+    pub series: Vec<Series>,
+    /// Sum of all series. Unit: milli-units.
+    pub total_milli: i64,
+}
+
+/// One successful scrape of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// When the scrape's response was read: the sample time reported to the HPA.
+    pub time: SystemTime,
+    /// Indexed like [`MetricCatalog::families`]; `None` where the pod does not expose the family.
+    pub families: Vec<Option<FamilyReading>>,
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    uid: String,
+    labels: Labels,
+    url: Arc<str>,
+    reading: Option<Arc<Reading>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// namespace → pod name → entry. BTreeMap keeps answers in a stable, sorted order.
+    pods: HashMap<String, BTreeMap<String, PodEntry>>,
+    pod_count: usize,
+    /// Whether the pod inventory is complete (watch synced or static file read).
+    synced: bool,
+}
+
+/// A pod selected by a query, with the value computed for the requested metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodValue {
+    /// Pod name.
+    pub name: String,
+    /// Value. Unit: milli-units.
+    pub milli: i64,
+    /// Sample time of the reading the value comes from.
+    pub time: SystemTime,
+}
+
+/// A scrape job handed to the collector.
+#[derive(Debug, Clone)]
+pub struct ScrapeJob {
+    /// Which pod.
+    pub key: PodKey,
+    /// Incarnation the reading must be recorded on.
+    pub uid: String,
+    /// Where to scrape.
+    pub url: Arc<str>,
+}
+
+/// Why a namespace total could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TotalError {
+    /// Some pods of the namespace have no fresh value: a partial sum would undercount.
+    #[error("{missing} of {pods} pods in namespace {namespace} have no fresh value")]
+    IncompleteData {
+        /// Namespace asked for.
+        namespace: String,
+        /// Pods without a fresh value.
+        missing: usize,
+        /// Pods tracked in the namespace.
+        pods: usize,
+    },
+}
+
+/// The shared store. Cheap to share behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Store {
+    catalog: MetricCatalog,
+    max_age: Duration,
+    inner: RwLock<Inner>,
+    /// Time the last collection round ended, used as the timestamp of answers with no samples.
+    last_round: RwLock<Option<SystemTime>>,
+}
+
+impl Store {
+    /// An empty store. `max_age` is the age after which a reading is no longer served.
+    pub fn new(catalog: MetricCatalog, max_age: Duration) -> Self {
+        Self {
+            catalog,
+            max_age,
+            inner: RwLock::new(Inner::default()),
+            last_round: RwLock::new(None),
+        }
+    }
+
+    /// The served metrics.
+    pub fn catalog(&self) -> &MetricCatalog {
+        &self.catalog
+    }
+
+    /// Age after which a reading is left out of answers.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A poisoned lock means a writer panicked mid-update; every update here is a single
+        // map operation, so the data is still consistent and serving it is better than dying.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a pod or updates its labels and URL. A new UID (the pod was re-created under the same
+    /// name) drops the old reading. Returns whether the pod was new.
+    pub fn upsert(&self, target: PodTarget) -> bool {
+        let mut inner = self.write();
+        let ns = inner.pods.entry(target.key.namespace.clone()).or_default();
+        let inserted = match ns.get_mut(&target.key.name) {
+            Some(entry) => {
+                if entry.uid != target.uid {
+                    entry.reading = None;
+                    entry.uid = target.uid;
+                }
+                entry.labels = target.labels;
+                if *entry.url != *target.url {
+                    entry.url = Arc::from(target.url);
+                }
+                false
+            }
+            None => {
+                ns.insert(
+                    target.key.name,
+                    PodEntry {
+                        uid: target.uid,
+                        labels: target.labels,
+                        url: Arc::from(target.url),
+                        reading: None,
+                    },
+                );
+                true
+            }
+        };
+        if inserted {
+            inner.pod_count += 1;
+        }
+        inserted
+    }
+
+    /// Removes a pod; it is absent from every answer from now on. Returns whether it was known.
+    pub fn remove(&self, key: &PodKey) -> bool {
+        let mut inner = self.write();
+        let Some(ns) = inner.pods.get_mut(&key.namespace) else {
+            return false;
+        };
+        let removed = ns.remove(&key.name).is_some();
+        if ns.is_empty() {
+            inner.pods.remove(&key.namespace);
+        }
+        if removed {
+            inner.pod_count -= 1;
+        }
+        removed
+    }
+
+    /// Replaces the whole inventory (a watch re-list or a re-read static file) and marks the
+    /// store synced. Pods that stay (same namespace, name and UID) keep their readings.
+    pub fn replace_all(&self, targets: Vec<PodTarget>) {
+        let mut fresh: HashMap<String, BTreeMap<String, PodEntry>> = HashMap::new();
+        let mut inner = self.write();
+        let mut count = 0;
+        for t in targets {
+            let reading = inner
+                .pods
+                .get(&t.key.namespace)
+                .and_then(|ns| ns.get(&t.key.name))
+                .filter(|e| e.uid == t.uid)
+                .and_then(|e| e.reading.clone());
+            let previous = fresh.entry(t.key.namespace).or_default().insert(
+                t.key.name,
+                PodEntry {
+                    uid: t.uid,
+                    labels: t.labels,
+                    url: Arc::from(t.url),
+                    reading,
+                },
+            );
+            if previous.is_none() {
+                count += 1;
+            }
+        }
+        inner.pods = fresh;
+        inner.pod_count = count;
+        inner.synced = true;
+    }
+
+    /// Marks the inventory as complete without changing it.
+    pub fn mark_synced(&self) {
+        self.write().synced = true;
+    }
+
+    /// Whether the inventory is complete (watch synced or static file read).
+    pub fn is_synced(&self) -> bool {
+        self.read().synced
+    }
+
+    /// Number of pods tracked.
+    pub fn pod_count(&self) -> usize {
+        self.read().pod_count
+    }
+
+    /// The scrape jobs for one collection round (a snapshot; the store stays unlocked during the
+    /// round).
+    pub fn scrape_jobs(&self) -> Vec<ScrapeJob> {
+        let inner = self.read();
+        let mut jobs = Vec::with_capacity(inner.pod_count);
+        for (ns, pods) in &inner.pods {
+            for (name, entry) in pods {
+                jobs.push(ScrapeJob {
+                    key: PodKey {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    },
+                    uid: entry.uid.clone(),
+                    url: entry.url.clone(),
+                });
+            }
+        }
+        jobs
+    }
+
+    /// Records a good reading for the pod, unless the pod is gone or was re-created since the job
+    /// was handed out. Returns whether it was recorded.
+    pub fn record(&self, key: &PodKey, uid: &str, reading: Reading) -> bool {
+        let mut inner = self.write();
+        match inner
+            .pods
+            .get_mut(&key.namespace)
+            .and_then(|ns| ns.get_mut(&key.name))
+        {
+            Some(entry) if entry.uid == uid => {
+                entry.reading = Some(Arc::new(reading));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes that a collection round ended at `at`.
+    pub fn round_finished(&self, at: SystemTime) {
+        *self.last_round.write().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// When the last collection round ended, if any did.
+    pub fn last_round(&self) -> Option<SystemTime> {
+        *self.last_round.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fresh<'a>(&self, entry: &'a PodEntry, now: SystemTime) -> Option<&'a Reading> {
+        let reading = entry.reading.as_deref()?;
+        // A reading from the future (clock step) counts as age zero.
+        let age = now.duration_since(reading.time).unwrap_or(Duration::ZERO);
+        (age <= self.max_age).then_some(reading)
+    }
+
+    /// Every pod of `namespace` matching `pod_selector` that has a fresh value for the family at
+    /// `family`, with that value filtered by `series_selector` and summed. Sorted by name.
+    pub fn pods_matching(
+        &self,
+        namespace: &str,
+        pod_selector: &Selector,
+        family: usize,
+        series_selector: &Selector,
+        now: SystemTime,
+    ) -> Vec<PodValue> {
+        let inner = self.read();
+        let Some(pods) = inner.pods.get(namespace) else {
+            return Vec::new();
+        };
+        pods.iter()
+            .filter(|(_, e)| pod_selector.matches_map(&e.labels))
+            .filter_map(|(name, e)| {
+                let reading = self.fresh(e, now)?;
+                let milli = family_value(reading, family, series_selector)?;
+                Some(PodValue {
+                    name: name.clone(),
+                    milli,
+                    time: reading.time,
+                })
+            })
+            .collect()
+    }
+
+    /// The value of one pod, if it is tracked and has a fresh reading of the family.
+    pub fn pod_value(
+        &self,
+        key: &PodKey,
+        family: usize,
+        series_selector: &Selector,
+        now: SystemTime,
+    ) -> Option<PodValue> {
+        let inner = self.read();
+        let entry = inner.pods.get(&key.namespace)?.get(&key.name)?;
+        let reading = self.fresh(entry, now)?;
+        let milli = family_value(reading, family, series_selector)?;
+        Some(PodValue {
+            name: key.name.clone(),
+            milli,
+            time: reading.time,
+        })
+    }
+
+    /// Sum over every tracked pod of `namespace`. Fails when any of them has no fresh value, since
+    /// a partial sum would read as a drop in load. The time is the oldest sample time included (or
+    /// the end of the last round when the namespace has no pods).
+    ///
+    /// # Errors
+    /// [`TotalError::IncompleteData`] when at least one pod has no fresh value for the family.
+    pub fn namespace_total(
+        &self,
+        namespace: &str,
+        family: usize,
+        series_selector: &Selector,
+        now: SystemTime,
+    ) -> Result<(i64, SystemTime), TotalError> {
+        let inner = self.read();
+        let mut sum: i64 = 0;
+        let mut oldest: Option<SystemTime> = None;
+        let mut missing = 0;
+        let pods = inner.pods.get(namespace);
+        let count = pods.map_or(0, BTreeMap::len);
+        for entry in pods.into_iter().flat_map(BTreeMap::values) {
+            let value = self
+                .fresh(entry, now)
+                .and_then(|r| family_value(r, family, series_selector).map(|v| (v, r.time)));
+            match value {
+                Some((v, t)) => {
+                    sum = sum.saturating_add(v);
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+                None => missing += 1,
+            }
+        }
+        if missing > 0 {
+            return Err(TotalError::IncompleteData {
+                namespace: namespace.to_owned(),
+                missing,
+                pods: count,
+            });
+        }
+        let time = oldest.or_else(|| self.last_round()).unwrap_or(now);
+        Ok((sum, time))
+    }
+
+    /// Ages of all fresh readings and the number of pods without one, for the adapter's own
+    /// metrics. Unit of ages: seconds.
+    pub fn freshness(&self, now: SystemTime) -> (usize, usize) {
+        let inner = self.read();
+        let mut fresh = 0;
+        let mut stale = 0;
+        for entry in inner.pods.values().flat_map(BTreeMap::values) {
+            if self.fresh(entry, now).is_some() {
+                fresh += 1;
+            } else {
+                stale += 1;
+            }
+        }
+        (fresh, stale)
+    }
+}
+
+/// Value of a family in a reading: the sum of its series matching `series_selector`. `None` when
+/// the pod does not expose the family. A family present with no matching series is `Some(0)`.
+fn family_value(reading: &Reading, family: usize, series_selector: &Selector) -> Option<i64> {
+    let fam = reading.families.get(family)?.as_ref()?;
+    if series_selector.is_empty() {
+        return Some(fam.total_milli);
+    }
+    Some(
+        fam.series
+            .iter()
+            .filter(|s| series_selector.matches_pairs(&s.labels))
+            .fold(0i64, |acc, s| acc.saturating_add(s.milli)),
+    )
+}
+
+/// Builds the [`FamilyReading`]s of a scrape from parsed samples. Returns `None` when a wanted
+/// family has a value that cannot be served (NaN, ±Inf or out of range): such a scrape is
+/// treated as unparsable, never as zero.
+pub fn readings_from_samples(
+    catalog: &MetricCatalog,
+    samples: &[crate::exposition::Sample],
+    declared: impl Fn(&str) -> bool,
+) -> Option<Vec<Option<FamilyReading>>> {
+    let mut out: Vec<Option<FamilyReading>> = catalog
+        .families()
+        .iter()
+        .map(|f| declared(f).then(FamilyReading::default))
+        .collect();
+    for s in samples {
+        let Some(idx) = catalog.families().iter().position(|f| *f == s.name) else {
+            continue;
+        };
+        let milli = quantity::milli_from_f64(s.value)?;
+        let fam = out[idx].get_or_insert_with(FamilyReading::default);
+        fam.total_milli = fam.total_milli.checked_add(milli)?;
+        fam.series.push(Series {
+            labels: s.labels.clone(),
+            milli,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> MetricCatalog {
+        MetricCatalog::new(vec![MetricMapping {
+            served: "websocket_connections".into(),
+            family: "websocket_connections_active".into(),
+        }])
+    }
+
+    fn target(ns: &str, name: &str, uid: &str, app: &str) -> PodTarget {
+        PodTarget {
+            key: PodKey {
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            uid: uid.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            url: format!("http://127.0.0.1:1/{name}"),
+        }
+    }
+
+    fn reading(time: SystemTime, series: &[(&str, i64)]) -> Reading {
+        let series: Vec<Series> = series
+            .iter()
+            .map(|(route, milli)| Series {
+                labels: vec![("route".into(), (*route).into())],
+                milli: *milli,
+            })
+            .collect();
+        let total_milli = series.iter().map(|s| s.milli).sum();
+        Reading {
+            time,
+            families: vec![Some(FamilyReading {
+                series,
+                total_milli,
+            })],
+        }
+    }
+
+    fn key(ns: &str, name: &str) -> PodKey {
+        PodKey {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_reading_older_than_max_age_is_left_out() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert!(store.record(&key("ns", "a"), "u1", reading(t0, &[("chat", 5000)])));
+        let all = Selector::everything();
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(store.pods_matching("ns", &all, 0, &all, at(3)).len(), 1);
+        assert!(store.pods_matching("ns", &all, 0, &all, at(4)).is_empty());
+        assert!(store.pod_value(&key("ns", "a"), 0, &all, at(4)).is_none());
+    }
+
+    #[test]
+    fn a_reading_for_a_replaced_incarnation_is_not_recorded() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        store.upsert(target("ns", "a", "u2", "ws"));
+        let now = SystemTime::now();
+        assert!(!store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 1000)])));
+        assert!(store.record(&key("ns", "a"), "u2", reading(now, &[("chat", 1000)])));
+    }
+
+    #[test]
+    fn a_removed_pod_disappears_and_is_not_resurrected_by_a_late_scrape() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        let now = SystemTime::now();
+        assert!(store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 1000)])));
+        assert!(store.remove(&key("ns", "a")));
+        assert!(!store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 1000)])));
+        let all = Selector::everything();
+        assert!(store.pods_matching("ns", &all, 0, &all, now).is_empty());
+        assert_eq!(store.pod_count(), 0);
+    }
+
+    #[test]
+    fn series_selector_filters_before_summing_and_no_match_is_zero() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        let now = SystemTime::now();
+        store.record(
+            &key("ns", "a"),
+            "u1",
+            reading(now, &[("chat", 3000), ("echo", 4000)]),
+        );
+        let all = Selector::everything();
+        let chat = Selector::parse("route=chat").expect("valid selector");
+        let none = Selector::parse("route=nope").expect("valid selector");
+        let v = |sel: &Selector| {
+            store
+                .pod_value(&key("ns", "a"), 0, sel, now)
+                .map(|v| v.milli)
+        };
+        assert_eq!(v(&all), Some(7000));
+        assert_eq!(v(&chat), Some(3000));
+        assert_eq!(v(&none), Some(0));
+    }
+
+    #[test]
+    fn namespace_total_refuses_a_partial_sum() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        store.upsert(target("ns", "b", "u2", "ws"));
+        let now = SystemTime::now();
+        store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 2000)]));
+        let all = Selector::everything();
+        assert!(matches!(
+            store.namespace_total("ns", 0, &all, now),
+            Err(TotalError::IncompleteData {
+                missing: 1,
+                pods: 2,
+                ..
+            })
+        ));
+        store.record(&key("ns", "b"), "u2", reading(now, &[("chat", 5000)]));
+        assert_eq!(
+            store.namespace_total("ns", 0, &all, now).map(|t| t.0),
+            Ok(7000)
+        );
+        assert_eq!(
+            store.namespace_total("empty", 0, &all, now).map(|t| t.0),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn replace_all_keeps_readings_of_pods_that_stay() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        store.upsert(target("ns", "b", "u2", "ws"));
+        let now = SystemTime::now();
+        store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 2000)]));
+        assert!(!store.is_synced());
+        store.replace_all(vec![
+            target("ns", "a", "u1", "ws"),
+            target("ns", "c", "u3", "ws"),
+        ]);
+        assert!(store.is_synced());
+        assert_eq!(store.pod_count(), 2);
+        let all = Selector::everything();
+        let names: Vec<_> = store
+            .pods_matching("ns", &all, 0, &all, now)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn pod_selector_picks_pods_by_kubernetes_labels() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        let now = SystemTime::now();
+        for (name, app) in [("a", "ws"), ("b", "other"), ("c", "ws")] {
+            store.upsert(target("ns", name, name, app));
+            store.record(&key("ns", name), name, reading(now, &[("chat", 1000)]));
+        }
+        let sel = Selector::parse("app=ws").expect("valid selector");
+        let all = Selector::everything();
+        let names: Vec<_> = store
+            .pods_matching("ns", &sel, 0, &all, now)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["a".to_string(), "c".to_string()]);
+    }
+}

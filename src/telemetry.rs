@@ -1,0 +1,322 @@
+//! The adapter's own observability: Prometheus metrics about scrapes, rounds, API requests and the
+//! age of served values (served on the plain-HTTP `/metrics`), and the logging set-up.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::LogFormat;
+
+/// Outcome of one pod scrape, by kind.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ScrapeOutcome {
+    /// Parsed and recorded.
+    Success,
+    /// No response within `--scrape-timeout`.
+    Timeout,
+    /// Connection refused, reset, DNS or TLS failure.
+    ConnectError,
+    /// A non-2xx HTTP status.
+    BadStatus,
+    /// Body larger than `--scrape-max-body-bytes`.
+    BodyTooLarge,
+    /// Body not in the text format, not UTF-8, or a value that cannot be served (NaN, Inf).
+    Unparseable,
+    /// Parsed, but the pod disappeared or was re-created during the scrape.
+    Discarded,
+}
+
+impl ScrapeOutcome {
+    /// The label value used in `ws_metrics_adapter_scrapes_total{outcome=…}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Timeout => "timeout",
+            Self::ConnectError => "connect_error",
+            Self::BadStatus => "bad_status",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Unparseable => "unparseable",
+            Self::Discarded => "discarded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    event: &'static str,
+}
+
+/// Handles to every metric, and the registry that renders them.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    scrapes: Family<OutcomeLabels, Counter>,
+    scrape_duration: Histogram,
+    round_duration: Histogram,
+    round_overruns: Counter,
+    last_round_end: Gauge<f64, AtomicU64>,
+    pods_tracked: Gauge,
+    pods_fresh: Gauge,
+    pods_stale: Gauge,
+    api_requests: Family<RequestLabels, Histogram>,
+    served_age: Histogram,
+    watch_events: Family<WatchLabels, Counter>,
+    inventory_errors: Counter,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    /// Creates and registers every metric under the `ws_metrics_adapter_` prefix.
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("ws_metrics_adapter");
+        let build = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+        registry.register("build", "Build information of the adapter", build);
+
+        let scrapes = Family::<OutcomeLabels, Counter>::default();
+        registry.register("scrapes", "Pod scrapes by outcome", scrapes.clone());
+        let scrape_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register_with_unit(
+            "scrape_duration",
+            "Time to scrape and parse one pod, whatever the outcome",
+            Unit::Seconds,
+            scrape_duration.clone(),
+        );
+        let round_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register_with_unit(
+            "collection_round_duration",
+            "Time to scrape every tracked pod once",
+            Unit::Seconds,
+            round_duration.clone(),
+        );
+        let round_overruns = Counter::default();
+        registry.register(
+            "collection_round_overruns",
+            "Rounds that took longer than the scrape interval",
+            round_overruns.clone(),
+        );
+        let last_round_end = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "collection_last_round_end_timestamp_seconds",
+            "Unix time at which the last collection round ended",
+            last_round_end.clone(),
+        );
+        let pods_tracked = Gauge::default();
+        registry.register(
+            "pods_tracked",
+            "Pods opted in for scraping",
+            pods_tracked.clone(),
+        );
+        let pods_fresh = Gauge::default();
+        registry.register(
+            "pods_with_fresh_value",
+            "Tracked pods whose last good reading is younger than --max-age",
+            pods_fresh.clone(),
+        );
+        let pods_stale = Gauge::default();
+        registry.register(
+            "pods_without_fresh_value",
+            "Tracked pods left out of answers: never scraped successfully or last good reading older than --max-age",
+            pods_stale.clone(),
+        );
+        let api_requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 14))
+        });
+        registry.register_with_unit(
+            "api_request_duration",
+            "Custom metrics API requests by route kind and HTTP code",
+            Unit::Seconds,
+            api_requests.clone(),
+        );
+        let served_age = Histogram::new(exponential_buckets(0.125, 2.0, 10));
+        registry.register_with_unit(
+            "served_value_age",
+            "Age of each value served by the API (now minus its sample time)",
+            Unit::Seconds,
+            served_age.clone(),
+        );
+        let watch_events = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "inventory_events",
+            "Pod inventory events (watch events or static-file reloads) by kind",
+            watch_events.clone(),
+        );
+        let inventory_errors = Counter::default();
+        registry.register(
+            "inventory_errors",
+            "Pod watch errors and static-file reload failures",
+            inventory_errors.clone(),
+        );
+        Self {
+            registry: root,
+            scrapes,
+            scrape_duration,
+            round_duration,
+            round_overruns,
+            last_round_end,
+            pods_tracked,
+            pods_fresh,
+            pods_stale,
+            api_requests,
+            served_age,
+            watch_events,
+            inventory_errors,
+        }
+    }
+
+    /// Counts one scrape. Unit of `secs`: seconds.
+    pub fn observe_scrape(&self, outcome: ScrapeOutcome, secs: f64) {
+        self.scrapes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.scrape_duration.observe(secs);
+    }
+
+    /// Number of scrapes with this outcome so far.
+    pub fn scrape_count(&self, outcome: ScrapeOutcome) -> u64 {
+        self.scrapes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .get()
+    }
+
+    /// Records a finished round. Unit of `secs` and `end_unix`: seconds.
+    pub fn observe_round(
+        &self,
+        secs: f64,
+        overran: bool,
+        end_unix: f64,
+        tracked: usize,
+        fresh: usize,
+        stale: usize,
+    ) {
+        self.round_duration.observe(secs);
+        if overran {
+            self.round_overruns.inc();
+        }
+        self.last_round_end.set(end_unix);
+        self.pods_tracked
+            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+        self.pods_fresh
+            .set(i64::try_from(fresh).unwrap_or(i64::MAX));
+        self.pods_stale
+            .set(i64::try_from(stale).unwrap_or(i64::MAX));
+    }
+
+    /// Records one API request. Unit of `secs`: seconds.
+    pub fn observe_api_request(&self, route: &'static str, code: u16, secs: f64) {
+        self.api_requests
+            .get_or_create(&RequestLabels { route, code })
+            .observe(secs);
+    }
+
+    /// Records the age of one served value. Unit: seconds.
+    pub fn observe_served_age(&self, secs: f64) {
+        self.served_age.observe(secs);
+    }
+
+    /// Counts an inventory event (`added`, `updated`, `deleted`, `relisted`, `reloaded`).
+    pub fn inventory_event(&self, event: &'static str) {
+        self.watch_events
+            .get_or_create(&WatchLabels { event })
+            .inc();
+    }
+
+    /// Counts an inventory error.
+    pub fn inventory_error(&self) {
+        self.inventory_errors.inc();
+    }
+
+    /// Renders every metric in the OpenMetrics text format.
+    pub fn render_openmetrics(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Renders every metric in the classic Prometheus text format (0.0.4), which is what
+    /// scrapers and `promtool check metrics` expect by default.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render_openmetrics())
+    }
+}
+
+/// Converts prometheus-client's OpenMetrics output to the Prometheus text format: counter
+/// families are named with their `_total` suffix in HELP/TYPE, info families become gauges named
+/// `_info`, and `# UNIT` and `# EOF` lines are dropped.
+fn openmetrics_to_text(om: &str) -> String {
+    let mut types: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+        {
+            types.insert(name, kind);
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let header = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("HELP", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        let Some((what, rest)) = header else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (name, tail) = match (types.get(name).copied(), what) {
+            (Some("counter"), _) if !name.ends_with("_total") => {
+                (format!("{name}_total"), tail.to_owned())
+            }
+            (Some("info"), "TYPE") => (format!("{name}_info"), "gauge".to_owned()),
+            (Some("info"), _) => (format!("{name}_info"), tail.to_owned()),
+            _ => (name.to_owned(), tail.to_owned()),
+        };
+        out.push_str(&format!("# {what} {name} {tail}\n"));
+    }
+    out
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` sets the filter (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
