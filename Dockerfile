@@ -1,27 +1,33 @@
 # syntax=docker/dockerfile:1
-# Container image for ws-metrics-adapter (manifests/deployment.yaml runs it).
+# Container images of the package's two binaries:
 #
-#   docker build -t ws-metrics-adapter:0.1.0 .
+#   docker build -t ws-metrics-adapter:0.1.0 .                 # the adapter (default, last stage)
+#   docker build --target ws-demo -t ws-demo:0.1.0 .           # the demo WebSocket workload
 #
-# The builder compiles the one binary named by BIN. Another binary of the package (the
-# ws-demo server of a later issue) gets its own final stage that copies /out/<name>, built with
-#   docker build --build-arg BIN=ws-demo --target ws-demo -t ws-demo .
-# The adapter's stage stays last, so it remains the default target.
+# manifests/deployment.yaml runs the first, manifests/examples/ws-demo-deployment.yaml the second.
 
 FROM rust:1.95-slim-bookworm AS builder
-ARG BIN=ws-metrics-adapter
 WORKDIR /src
 # The whole context minus .dockerignore: Cargo refuses to build when a target the manifest
 # declares (src/bin/*, [[bench]] under benches/, tests/) is missing, even one not being built.
 COPY . .
 # Cache mounts keep the crates.io download and the incremental target dir between builds;
-# the binary is copied out of the cache in the same step.
+# the binaries are copied out of the cache in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --locked --release --bin "${BIN}" \
-    && install -D -m 0755 "target/release/${BIN}" "/out/${BIN}"
+    cargo build --locked --release --bin ws-metrics-adapter --bin ws-demo \
+    && install -D -m 0755 target/release/ws-metrics-adapter /out/ws-metrics-adapter \
+    && install -D -m 0755 target/release/ws-demo /out/ws-demo
 
-# glibc + libgcc, CA certificates and a nonroot user; no shell, no package manager.
+# glibc + libgcc and a nonroot user; no shell, no package manager.
+FROM gcr.io/distroless/cc-debian12:nonroot AS ws-demo
+COPY --from=builder /out/ws-demo /ws-demo
+USER 65532:65532
+# WebSocket routes, /metrics and /healthz on one port.
+EXPOSE 9000
+ENTRYPOINT ["/ws-demo"]
+CMD ["serve", "--listen", "0.0.0.0:9000"]
+
 FROM gcr.io/distroless/cc-debian12:nonroot AS ws-metrics-adapter
 COPY --from=builder /out/ws-metrics-adapter /ws-metrics-adapter
 # Same UID/GID as runAsUser/runAsGroup in manifests/deployment.yaml.

@@ -1,9 +1,9 @@
 # One entry point for every task; CI (.ci/run) calls `make test`, the same command as the README.
 .PHONY: demo test lint unit manifests dockerfile bench deps fmt
 
-# The main job: a local run with no cluster (static mode, real TLS, real kubectl).
+# The main job: the whole loop on one machine, no cluster (demo pods, adapter over TLS, load, HPA view).
 demo:
-	./scripts/quickstart.sh
+	cargo run --release --locked --bin ws-metrics-adapter -- demo
 
 # Every test: formatting, lints, unit/router/wire/e2e tests, manifests, Dockerfile.
 test: deps lint unit manifests dockerfile

@@ -236,6 +236,57 @@ fn bench_in_process(seeded: &Seeded, n: usize) -> Vec<Stats> {
     }
     out.push(Stats::new("Store::pods_matching only", lat));
 
+    // The scan alone: a selector that matches no pod still visits all 10,000.
+    let none = Selector::parse("app=absent").expect("selector");
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..warmup + n {
+        let now = SystemTime::now();
+        let t = Instant::now();
+        let pods = seeded.store.pods_matching(NAMESPACE, &none, 0, &all, now);
+        let el = t.elapsed();
+        assert!(pods.is_empty());
+        if k >= warmup {
+            lat.push(el.as_nanos() as u64);
+        }
+    }
+    out.push(Stats::new(
+        "Store::pods_matching, selector matching 0 pods (scan only)",
+        lat,
+    ));
+
+    // What a label index would cost instead: point look-ups of just the 100 pods of the app
+    // (`Store::pod_value` each, one read lock per call), the names coming from a prebuilt
+    // app → names map standing in for the index.
+    let mut by_app: Vec<Vec<PodKey>> = vec![Vec::new(); APPS];
+    for (name, (app, _)) in &seeded.expected {
+        by_app[*app].push(PodKey {
+            namespace: NAMESPACE.into(),
+            name: name.clone(),
+        });
+    }
+    for keys in &mut by_app {
+        keys.sort();
+    }
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..warmup + n {
+        let app = (k * 37) % APPS;
+        let now = SystemTime::now();
+        let t = Instant::now();
+        let pods: Vec<_> = by_app[app]
+            .iter()
+            .filter_map(|key| seeded.store.pod_value(key, 0, &all, now))
+            .collect();
+        let el = t.elapsed();
+        assert_eq!(pods.len(), PODS_PER_APP);
+        if k >= warmup {
+            lat.push(el.as_nanos() as u64);
+        }
+    }
+    out.push(Stats::new(
+        "index stand-in: 100 × Store::pod_value of the app's pods",
+        lat,
+    ));
+
     // … and the body serialization alone (100 items, v1beta2).
     let now = SystemTime::now();
     let item_sets: Vec<Vec<Item>> = selectors
@@ -487,6 +538,14 @@ fn main() {
     let conns = support::env_list("WSMA_BENCH_CONNS", &[4, 16, 64]);
     let secs = support::env_num("WSMA_BENCH_SECONDS", 10);
     let started = Instant::now();
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let load_start = load();
+    println!("load average at start: {load_start}");
 
     let t = Instant::now();
     let seeded = seed();
@@ -563,5 +622,6 @@ fn main() {
             r.conns
         );
     }
+    println!("load average at start: {load_start}; at end: {}", load());
     println!("total bench time {:.1?}", started.elapsed());
 }

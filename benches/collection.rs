@@ -318,7 +318,8 @@ impl Adapter {
         let dir = tempfile::tempdir().expect("tempdir");
         let pods = dir.path().join("pods.yaml");
         std::fs::write(&pods, pods_yaml(n, pod_port)).expect("write pods file");
-        let (api_port, metrics_port) = (support::free_port(), support::free_port());
+        let ports = support::free_ports(2);
+        let (api_port, metrics_port) = (ports[0], ports[1]);
         let log = std::fs::File::create(dir.path().join("adapter.log")).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ws-metrics-adapter"));
         cmd.arg("serve")

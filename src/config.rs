@@ -30,6 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve custom.metrics.k8s.io from live per-pod connection counts.
     Serve(Box<ServeArgs>),
+    /// Run the whole loop locally: demo WebSocket pods, the adapter over TLS, a load ramp and a
+    /// live view of what an HPA would read and decide.
+    Demo(crate::demo::run::DemoArgs),
 }
 
 /// Log output format.
@@ -401,8 +404,10 @@ mod tests {
         let mut argv = vec!["ws-metrics-adapter", "serve"];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv)?;
-        let Command::Serve(a) = cli.command;
-        Ok(*a)
+        match cli.command {
+            Command::Serve(a) => Ok(*a),
+            Command::Demo(_) => panic!("expected serve"),
+        }
     }
 
     #[test]

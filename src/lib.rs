@@ -25,11 +25,14 @@
 //! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates), health and metrics listener.
 //! - [`telemetry`]: the adapter's own Prometheus metrics and logging set-up.
 //! - [`app`]: the composition root that wires the above together (`run`).
+//! - [`demo`]: the demo workload (`ws-demo`): a WebSocket service with an exact connection gauge,
+//!   and a load generator.
 
 pub mod api;
 pub mod app;
 pub mod collect;
 pub mod config;
+pub mod demo;
 pub mod discovery;
 pub mod exposition;
 pub mod quantity;

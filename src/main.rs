@@ -61,5 +61,15 @@ async fn main() -> anyhow::Result<()> {
             app::run(config, Listeners { secure, metrics }, shutdown).await?;
             Ok(())
         }
+        Command::Demo(args) => {
+            // The live view owns the terminal: only warnings and errors are logged.
+            if std::env::var_os("RUST_LOG").is_none() {
+                telemetry::init_logging_with_default(telemetry::LogFormat::Text, "warn");
+            } else {
+                telemetry::init_logging(telemetry::LogFormat::Text);
+            }
+            ws_metrics_adapter::demo::run::run(args, wait_for_signal()).await?;
+            Ok(())
+        }
     }
 }

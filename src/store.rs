@@ -459,8 +459,8 @@ impl Store {
         Ok((sum, time))
     }
 
-    /// Ages of all fresh readings and the number of pods without one, for the adapter's own
-    /// metrics. Unit of ages: seconds.
+    /// How many tracked pods have a fresh reading, and how many do not (never scraped
+    /// successfully, or last good reading older than `max_age`), for the adapter's own metrics.
     pub fn freshness(&self, now: SystemTime) -> (usize, usize) {
         let inner = self.read();
         let mut fresh = 0;

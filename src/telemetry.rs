@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::LogFormat;
+pub use crate::config::LogFormat;
 
 /// Outcome of one pod scrape, by kind.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -270,7 +270,7 @@ impl Telemetry {
 /// Converts prometheus-client's OpenMetrics output to the Prometheus text format: counter
 /// families are named with their `_total` suffix in HELP/TYPE, info families become gauges named
 /// `_info`, and `# UNIT` and `# EOF` lines are dropped.
-fn openmetrics_to_text(om: &str) -> String {
+pub(crate) fn openmetrics_to_text(om: &str) -> String {
     let mut types: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
     for line in om.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ")
@@ -309,8 +309,13 @@ fn openmetrics_to_text(om: &str) -> String {
 
 /// Installs the global tracing subscriber. `RUST_LOG` sets the filter (default `info`).
 pub fn init_logging(format: LogFormat) {
+    init_logging_with_default(format, "info");
+}
+
+/// Like [`init_logging`] with another default filter when `RUST_LOG` is unset.
+pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

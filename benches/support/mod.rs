@@ -182,10 +182,14 @@ pub fn open_fds(pid: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("addr").port()
+/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 /// Blocking HTTP/1.1 GET with `Connection: close`; returns status and body.

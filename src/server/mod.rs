@@ -65,18 +65,15 @@ impl Health {
         self.collected.store(true, Ordering::Relaxed);
     }
 
-    /// Live: the collection loop is ticking on time (or has not had its first tick yet).
+    /// Live: the collection loop is ticking on time. Before its first tick (start-up, a slow
+    /// first watch sync) the gap is counted from start-up, with 5 s of extra allowance.
     pub fn is_live(&self) -> bool {
         let last = self.last_tick_ms.load(Ordering::Relaxed);
-        let now = self.origin.elapsed();
-        let reference = if last == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(last)
-        };
-        // Before the first tick, allow the same gap from start-up.
-        now.saturating_sub(reference)
-            <= self.max_tick_gap + Duration::from_secs(if last == 0 { 5 } else { 0 })
+        let since_start = self.origin.elapsed();
+        if last == 0 {
+            return since_start <= self.max_tick_gap + Duration::from_secs(5);
+        }
+        since_start.saturating_sub(Duration::from_millis(last)) <= self.max_tick_gap
     }
 
     /// Ready once pods are known (watch synced or static file read) and the first round finished.

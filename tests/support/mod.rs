@@ -198,7 +198,9 @@ impl Adapter {
     /// are ignored: listeners are bound on 127.0.0.1:0 here).
     pub async fn start_with(argv: Vec<String>, dir: tempfile::TempDir, pods_file: PathBuf) -> Self {
         use clap::Parser;
-        let Command::Serve(args) = Cli::try_parse_from(&argv).expect("flags parse").command;
+        let Command::Serve(args) = Cli::try_parse_from(&argv).expect("flags parse").command else {
+            panic!("expected the serve subcommand")
+        };
         let config = args.validate().expect("valid config");
         let secure = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let metrics = TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,1231 @@
+//! The load generator (`ws-demo load`): opens WebSocket connections at a rate, each to the target
+//! with the fewest connections open from here (as a Service would spread them), holds them through
+//! a scenario of steps, churns a fraction per second, and ends with a summary.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Deadline of one connection attempt, TCP connect to the end of the handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time given to each part of a close (our close frame, then the server's reply).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connection attempts in flight at most (above that, opening waits for attempts to finish).
+const MAX_IN_FLIGHT: usize = 512;
+
+/// Longest sleep of the controller between two looks at the counters.
+const TICK: Duration = Duration::from_millis(20);
+
+/// First retry delay of a target whose last attempt failed; doubles per failure in a row.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+
+/// Longest retry delay of a failing target.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// One step of a scenario: reach `connections` open, opening or closing at `rate`, then hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Connections to have open during the step.
+    pub connections: usize,
+    /// Connections opened (or closed, going down) per second at most. Unit: 1/s.
+    pub rate: f64,
+    /// How long to hold once `connections` are open.
+    pub hold: Duration,
+}
+
+/// What to run: targets, steps and churn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadPlan {
+    /// WebSocket URLs (`ws://HOST:PORT/PATH`).
+    pub targets: Vec<String>,
+    /// Steps, run in order.
+    pub steps: Vec<Step>,
+    /// Fraction of open connections closed (and reopened) each second while holding.
+    pub churn_per_sec: f64,
+}
+
+/// Why a plan cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The scenario file could not be read.
+    #[error("reading scenario {}: {source}", path.display())]
+    ScenarioUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The scenario file is not the expected YAML.
+    #[error(
+        "scenario {}: {message} (expected `steps: [{{connections: 600, rate: 200, hold: 30s}}, …]`)",
+        path.display()
+    )]
+    ScenarioUnparseable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        message: String,
+    },
+    /// One or more values are out of range; every problem is listed.
+    #[error("invalid load plan:\n  - {}", .problems.join("\n  - "))]
+    Invalid {
+        /// One message per problem.
+        problems: Vec<String>,
+    },
+}
+
+/// Flags of `ws-demo load` (each with a `WS_DEMO_*` environment fallback).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// WebSocket URL to connect to (ws://HOST:PORT/PATH). Repeat to spread connections over
+    /// several targets, each new one to the target with the fewest open from here.
+    #[arg(long = "target", env = "WS_DEMO_TARGETS", value_delimiter = ',')]
+    pub targets: Vec<String>,
+
+    /// Connections to open and hold (a one-step scenario).
+    #[arg(
+        long,
+        env = "WS_DEMO_CONNECTIONS",
+        default_value_t = 100,
+        conflicts_with = "scenario"
+    )]
+    pub connections: usize,
+
+    /// Connections opened (or closed) per second; the default rate of scenario steps.
+    #[arg(long, env = "WS_DEMO_RATE", default_value_t = 100.0)]
+    pub rate: f64,
+
+    /// How long to hold the connections once open (e.g. 30s, 2m).
+    #[arg(long, env = "WS_DEMO_HOLD", default_value = "30s", value_parser = super::parse_duration, conflicts_with = "scenario")]
+    pub hold: Duration,
+
+    /// YAML scenario instead of --connections/--hold:
+    /// `steps: [{connections: 600, rate: 200, hold: 30s}, {connections: 150, hold: 20s}]`.
+    #[arg(long, env = "WS_DEMO_SCENARIO")]
+    pub scenario: Option<PathBuf>,
+
+    /// Fraction of open connections closed and reopened each second while holding (e.g. 0.01).
+    #[arg(long, env = "WS_DEMO_CHURN", default_value_t = 0.0)]
+    pub churn: f64,
+
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Draw progress bars on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+}
+
+impl LoadArgs {
+    /// Reads the scenario (if any) and checks everything.
+    ///
+    /// # Errors
+    /// A [`PlanError`] for an unreadable or unparsable scenario, or every invalid value.
+    pub fn into_plan(self) -> Result<LoadPlan, PlanError> {
+        let steps = match &self.scenario {
+            Some(path) => read_scenario(path, self.rate)?,
+            None => vec![Step {
+                connections: self.connections,
+                rate: self.rate,
+                hold: self.hold,
+            }],
+        };
+        let plan = LoadPlan {
+            targets: self.targets,
+            steps,
+            churn_per_sec: self.churn,
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    steps: Vec<ScenarioStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioStep {
+    connections: usize,
+    rate: Option<f64>,
+    hold: String,
+}
+
+/// Parses a scenario (`steps: [{connections: 600, rate: 200, hold: 30s}, …]`); a step without
+/// `rate` takes `default_rate`. `path` only names the source in errors.
+///
+/// # Errors
+/// [`PlanError::ScenarioUnparseable`] for YAML that does not have this shape or a bad `hold`.
+pub fn parse_scenario(yaml: &str, default_rate: f64, path: &Path) -> Result<Vec<Step>, PlanError> {
+    let unparseable = |message: String| PlanError::ScenarioUnparseable {
+        path: path.to_owned(),
+        message,
+    };
+    let file: ScenarioFile = serde_yaml::from_str(yaml).map_err(|e| unparseable(e.to_string()))?;
+    file.steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let hold = super::parse_duration(&s.hold)
+                .map_err(|e| unparseable(format!("step {}: hold {:?}: {e}", i + 1, s.hold)))?;
+            Ok(Step {
+                connections: s.connections,
+                rate: s.rate.unwrap_or(default_rate),
+                hold,
+            })
+        })
+        .collect()
+}
+
+/// Reads and parses a scenario file (see [`parse_scenario`]).
+///
+/// # Errors
+/// [`PlanError::ScenarioUnreadable`] or [`PlanError::ScenarioUnparseable`].
+pub fn read_scenario(path: &Path, default_rate: f64) -> Result<Vec<Step>, PlanError> {
+    let yaml = std::fs::read_to_string(path).map_err(|source| PlanError::ScenarioUnreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_scenario(&yaml, default_rate, path)
+}
+
+/// `host:port` to connect to for a `ws://` URL.
+///
+/// # Errors
+/// Why the URL cannot be used.
+pub fn target_authority(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected ws://HOST:PORT/PATH"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => return Err("wss:// needs TLS, which ws-demo is built without".into()),
+        _ => return Err("expected a ws:// URL such as ws://127.0.0.1:9000/ws/echo".into()),
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or("no host; expected ws://HOST:PORT/PATH")?;
+    Ok(format!("{host}:{}", uri.port_u16().unwrap_or(80)))
+}
+
+impl LoadPlan {
+    /// Checks the plan, reporting every problem at once.
+    ///
+    /// # Errors
+    /// [`PlanError::Invalid`] listing each problem.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let mut problems = Vec::new();
+        if self.targets.is_empty() {
+            problems.push("no target: give at least one --target ws://HOST:PORT/PATH".into());
+        }
+        for t in &self.targets {
+            if let Err(e) = target_authority(t) {
+                problems.push(format!("--target {t:?}: {e}"));
+            }
+        }
+        if self.steps.is_empty() {
+            problems.push("no step: the scenario needs at least one step".into());
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if !(s.rate.is_finite() && s.rate > 0.0) {
+                problems.push(format!(
+                    "step {}: rate {}: must be a positive number of connections per second",
+                    i + 1,
+                    s.rate
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.churn_per_sec) {
+            problems.push(format!(
+                "--churn {}: must be between 0 and 1 (a fraction of open connections per second)",
+                self.churn_per_sec
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanError::Invalid { problems })
+        }
+    }
+}
+
+/// Counters of one target. `load` is what "least loaded" compares: connections open or being
+/// opened, minus those asked to close.
+#[derive(Debug)]
+struct Target {
+    url: String,
+    /// `host:port`, or the reason the URL is unusable (every attempt then fails).
+    authority: Result<String, String>,
+    load: AtomicUsize,
+    open: AtomicUsize,
+    pending: AtomicUsize,
+    established: AtomicU64,
+    failed: AtomicU64,
+    fail_streak: AtomicU32,
+    /// No new attempt before this many milliseconds after the generator's epoch.
+    retry_at_ms: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    plan: LoadPlan,
+    targets: Vec<Target>,
+    epoch: Instant,
+    /// Successful connect times. Unit: microseconds.
+    connect_us: Mutex<Vec<u32>>,
+    /// Connections that ended without being asked to (server close or error).
+    dropped: AtomicU64,
+    step: AtomicUsize,
+    desired: AtomicUsize,
+    /// Wakes the controller when a connection opens or ends.
+    wake: Notify,
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Current step, from 1 (0 before the first).
+    pub step: usize,
+    /// Number of steps.
+    pub steps: usize,
+    /// Connections the current step wants open.
+    pub desired: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Connections established so far.
+    pub established: u64,
+    /// Failed attempts so far.
+    pub failed: u64,
+}
+
+/// End-of-run figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Connections whose handshake completed (including churn reopenings).
+    pub established: u64,
+    /// Attempts that failed (refused, timed out, rejected handshake).
+    pub failed: u64,
+    /// Median connect time, TCP connect to handshake done. Unit: milliseconds.
+    pub connect_p50_ms: f64,
+    /// 99th percentile connect time. Unit: milliseconds.
+    pub connect_p99_ms: f64,
+    /// Connections established per second of time spent below the step's target.
+    /// Unit: 1/s.
+    pub achieved_rate: f64,
+    /// Connections established per target, in `--target` order.
+    #[serde(serialize_with = "per_target_objects")]
+    pub per_target: Vec<(String, u64)>,
+    /// Connections that ended without the generator asking (closed by the server or failed).
+    pub dropped: u64,
+    /// Length of the run. Unit: seconds.
+    pub duration_secs: f64,
+}
+
+fn per_target_objects<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        target: &'a str,
+        established: u64,
+    }
+    s.collect_seq(v.iter().map(|(target, established)| Entry {
+        target,
+        established: *established,
+    }))
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "established      {}", self.established)?;
+        writeln!(f, "failed           {}", self.failed)?;
+        writeln!(f, "dropped          {}", self.dropped)?;
+        writeln!(
+            f,
+            "connect time     p50 {:.2} ms, p99 {:.2} ms",
+            self.connect_p50_ms, self.connect_p99_ms
+        )?;
+        writeln!(
+            f,
+            "achieved rate    {:.1} connections/s",
+            self.achieved_rate
+        )?;
+        writeln!(f, "duration         {:.1} s", self.duration_secs)?;
+        writeln!(f, "per target (established):")?;
+        for (target, n) in &self.per_target {
+            writeln!(f, "  {n:>8}  {target}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens new connections no faster than `rate` per second, counted from the moment work appears.
+struct Pacer {
+    rate: f64,
+    start: Instant,
+    used: u64,
+    active: bool,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            start: Instant::now(),
+            used: 0,
+            active: false,
+        }
+    }
+
+    /// Tokens available now (the first immediately). Starts counting on the first call after
+    /// [`Self::idle`], so time spent with nothing to do does not build a burst.
+    fn available(&mut self, now: Instant) -> u64 {
+        if !self.active {
+            self.active = true;
+            self.start = now;
+            self.used = 0;
+        }
+        // Saturating float-to-int cast: a huge rate just means "no limit".
+        let earned =
+            ((now.duration_since(self.start).as_secs_f64() * self.rate) as u64).saturating_add(1);
+        earned.saturating_sub(self.used)
+    }
+
+    fn idle(&mut self) {
+        self.active = false;
+    }
+
+    /// When the next token becomes available.
+    fn next_at(&self) -> Instant {
+        self.start + Duration::from_secs_f64(self.used as f64 / self.rate)
+    }
+}
+
+/// The load generator. A cheap handle: clones share the connections and counters.
+#[derive(Debug, Clone)]
+pub struct LoadGenerator {
+    shared: Arc<Shared>,
+}
+
+impl LoadGenerator {
+    /// Prepares a run of `plan` (nothing is opened before [`run`](Self::run)). A target whose
+    /// URL is unusable only fails its attempts; check the plan with [`LoadPlan::validate`] first.
+    pub fn new(plan: LoadPlan) -> Self {
+        let targets = plan
+            .targets
+            .iter()
+            .map(|url| Target {
+                url: url.clone(),
+                authority: target_authority(url),
+                load: AtomicUsize::new(0),
+                open: AtomicUsize::new(0),
+                pending: AtomicUsize::new(0),
+                established: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                fail_streak: AtomicU32::new(0),
+                retry_at_ms: AtomicU64::new(0),
+            })
+            .collect();
+        Self {
+            shared: Arc::new(Shared {
+                plan,
+                targets,
+                epoch: Instant::now(),
+                connect_us: Mutex::new(Vec::new()),
+                dropped: AtomicU64::new(0),
+                step: AtomicUsize::new(0),
+                desired: AtomicUsize::new(0),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// Connections open now, per target in plan order.
+    pub fn open_per_target(&self) -> Vec<(String, usize)> {
+        self.shared
+            .targets
+            .iter()
+            .map(|t| (t.url.clone(), t.open.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// Connections open now, all targets together.
+    pub fn open(&self) -> usize {
+        self.shared
+            .targets
+            .iter()
+            .map(|t| t.open.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Live counters for a progress display.
+    pub fn progress(&self) -> Progress {
+        let s = &self.shared;
+        Progress {
+            step: s.step.load(Ordering::Relaxed),
+            steps: s.plan.steps.len(),
+            desired: s.desired.load(Ordering::Relaxed),
+            open: self.open(),
+            established: s
+                .targets
+                .iter()
+                .map(|t| t.established.load(Ordering::Relaxed))
+                .sum(),
+            failed: s
+                .targets
+                .iter()
+                .map(|t| t.failed.load(Ordering::Relaxed))
+                .sum(),
+        }
+    }
+
+    /// Runs the plan: each step reaches its connection count at its rate (least-loaded target
+    /// first; failed attempts are counted and retried, a failing target backs off), holds it
+    /// (replacing connections the servers close, churning if asked), then moves on. Ends after
+    /// the last step or when `shutdown` resolves, closing every connection with a close frame.
+    /// Meant to be called once per generator.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Summary {
+        let started = Instant::now();
+        let mut shutdown = pin!(shutdown);
+        let mut conns: Vec<VecDeque<oneshot::Sender<()>>> = self
+            .shared
+            .targets
+            .iter()
+            .map(|_| VecDeque::new())
+            .collect();
+        let mut opening_time = Duration::ZERO;
+        let mut last_prune = Instant::now();
+        'steps: for (i, step) in self.shared.plan.steps.iter().enumerate() {
+            self.shared.step.store(i + 1, Ordering::Relaxed);
+            self.shared
+                .desired
+                .store(step.connections, Ordering::Relaxed);
+            let step_start = Instant::now();
+            let delta = step.connections.abs_diff(self.live());
+            // A step that cannot reach its count (targets down) still ends: hold from here.
+            let ramp_limit = step_start
+                + Duration::from_secs_f64(delta as f64 / step.rate * 1.5)
+                + Duration::from_secs(10);
+            let mut open_pacer = Pacer::new(step.rate);
+            let mut close_pacer = Pacer::new(step.rate);
+            let mut hold_until: Option<Instant> = None;
+            let mut next_churn = Instant::now();
+            let mut churn_carry = 0.0_f64;
+            let mut was_opening = false;
+            let mut last = Instant::now();
+            loop {
+                let now = Instant::now();
+                if was_opening {
+                    opening_time += now.duration_since(last);
+                }
+                last = now;
+                if now.duration_since(last_prune) >= Duration::from_secs(1) {
+                    for q in &mut conns {
+                        q.retain(|s| !s.is_closed());
+                    }
+                    last_prune = now;
+                }
+                let open = self.open();
+                was_opening = open < step.connections;
+                let settled = open == step.connections
+                    && self.live() == step.connections
+                    && self.pending() == 0;
+                if hold_until.is_none() && (settled || now >= ramp_limit) {
+                    if !settled {
+                        tracing::warn!(
+                            step = i + 1,
+                            open,
+                            want = step.connections,
+                            "step did not reach its connection count in time; holding anyway"
+                        );
+                    }
+                    hold_until = Some(now + step.hold);
+                    next_churn = now + Duration::from_secs(1);
+                }
+                if hold_until.is_some_and(|h| now >= h) {
+                    continue 'steps;
+                }
+                let mut wake = now + TICK;
+
+                // Churn: close a fraction of what is open; the deficit below reopens it.
+                if hold_until.is_some() && self.shared.plan.churn_per_sec > 0.0 && now >= next_churn
+                {
+                    churn_carry += self.shared.plan.churn_per_sec * open as f64;
+                    let n = churn_carry.floor();
+                    churn_carry -= n;
+                    for _ in 0..n as usize {
+                        if !self.close_one(&mut conns) {
+                            break;
+                        }
+                    }
+                    next_churn += Duration::from_secs(1);
+                }
+                if hold_until.is_some() {
+                    wake = wake.min(next_churn);
+                }
+
+                let live = self.live();
+                if live < step.connections {
+                    let room = MAX_IN_FLIGHT.saturating_sub(self.pending());
+                    let n = (step.connections - live)
+                        .min(room)
+                        .min(usize::try_from(open_pacer.available(now)).unwrap_or(usize::MAX));
+                    for _ in 0..n {
+                        match self.pick_target(now) {
+                            Some(t) => {
+                                conns[t].push_back(self.spawn_connection(t));
+                                open_pacer.used += 1;
+                            }
+                            None => {
+                                wake = wake.min(self.next_retry());
+                                break;
+                            }
+                        }
+                    }
+                    wake = wake.min(open_pacer.next_at());
+                } else {
+                    open_pacer.idle();
+                }
+                if live > step.connections {
+                    let n = (live - step.connections)
+                        .min(usize::try_from(close_pacer.available(now)).unwrap_or(usize::MAX));
+                    for _ in 0..n {
+                        if !self.close_one(&mut conns) {
+                            break;
+                        }
+                        close_pacer.used += 1;
+                    }
+                    wake = wake.min(close_pacer.next_at());
+                } else {
+                    close_pacer.idle();
+                }
+                if let Some(h) = hold_until {
+                    wake = wake.min(h);
+                }
+                let wake = wake.max(Instant::now() + Duration::from_millis(1));
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake) => {}
+                    () = self.shared.wake.notified() => {}
+                    () = &mut shutdown => {
+                        tracing::info!("stopping early: closing every connection");
+                        break 'steps;
+                    }
+                }
+            }
+        }
+        self.close_all(&mut conns).await;
+        self.summary(opening_time, started.elapsed())
+    }
+
+    /// Connections open or being opened, minus those asked to close.
+    fn live(&self) -> usize {
+        self.shared
+            .targets
+            .iter()
+            .map(|t| t.load.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    fn pending(&self) -> usize {
+        self.shared
+            .targets
+            .iter()
+            .map(|t| t.pending.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.shared.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The least-loaded target not backing off (ties: the first in plan order).
+    fn pick_target(&self, now: Instant) -> Option<usize> {
+        let now_ms = self.now_ms(now);
+        self.shared
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.retry_at_ms.load(Ordering::SeqCst) <= now_ms)
+            .min_by_key(|(i, t)| (t.load.load(Ordering::SeqCst), *i))
+            .map(|(i, _)| i)
+    }
+
+    fn next_retry(&self) -> Instant {
+        let ms = self
+            .shared
+            .targets
+            .iter()
+            .map(|t| t.retry_at_ms.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(0);
+        self.shared.epoch + Duration::from_millis(ms)
+    }
+
+    /// Asks the oldest connection of the most-loaded target to close. False if none is left.
+    fn close_one(&self, conns: &mut [VecDeque<oneshot::Sender<()>>]) -> bool {
+        loop {
+            let Some(t) = (0..conns.len())
+                .filter(|&t| !conns[t].is_empty())
+                .max_by_key(|&t| {
+                    (
+                        self.shared.targets[t].load.load(Ordering::SeqCst),
+                        std::cmp::Reverse(t),
+                    )
+                })
+            else {
+                return false;
+            };
+            while let Some(tx) = conns[t].pop_front() {
+                // Accounted here, once: the task sees the request and leaves `load` alone. A task
+                // that already ended refuses the request and has accounted for itself.
+                if tx.send(()).is_ok() {
+                    self.shared.targets[t].load.fetch_sub(1, Ordering::SeqCst);
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn spawn_connection(&self, t: usize) -> oneshot::Sender<()> {
+        let target = &self.shared.targets[t];
+        target.load.fetch_add(1, Ordering::SeqCst);
+        target.pending.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        let slot = Slot {
+            shared: self.shared.clone(),
+            target: t,
+            open: false,
+            close: rx,
+            close_requested: false,
+        };
+        tokio::spawn(connection(slot));
+        tx
+    }
+
+    async fn close_all(&self, conns: &mut [VecDeque<oneshot::Sender<()>>]) {
+        for q in conns.iter_mut() {
+            for tx in q.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+        let deadline = Instant::now() + CLOSE_TIMEOUT * 3;
+        while self.open() + self.pending() > 0 && Instant::now() < deadline {
+            let notified = self.shared.wake.notified();
+            let _ = tokio::time::timeout(TICK, notified).await;
+        }
+        if self.open() + self.pending() > 0 {
+            tracing::warn!(
+                open = self.open(),
+                "some connections did not finish closing in time"
+            );
+        }
+    }
+
+    fn summary(&self, opening_time: Duration, duration: Duration) -> Summary {
+        let s = &self.shared;
+        let mut times = s
+            .connect_us
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        times.sort_unstable();
+        let established: u64 = s
+            .targets
+            .iter()
+            .map(|t| t.established.load(Ordering::SeqCst))
+            .sum();
+        let achieved_rate = if opening_time.is_zero() {
+            0.0
+        } else {
+            established as f64 / opening_time.as_secs_f64()
+        };
+        Summary {
+            established,
+            failed: s
+                .targets
+                .iter()
+                .map(|t| t.failed.load(Ordering::SeqCst))
+                .sum(),
+            connect_p50_ms: percentile_ms(&times, 0.50),
+            connect_p99_ms: percentile_ms(&times, 0.99),
+            achieved_rate,
+            per_target: s
+                .targets
+                .iter()
+                .map(|t| (t.url.clone(), t.established.load(Ordering::SeqCst)))
+                .collect(),
+            dropped: s.dropped.load(Ordering::SeqCst),
+            duration_secs: duration.as_secs_f64(),
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted microsecond samples, in milliseconds (0 with no sample).
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted_us.len() as f64).ceil() as usize;
+    let idx = rank.clamp(1, sorted_us.len()) - 1;
+    f64::from(sorted_us[idx]) / 1000.0
+}
+
+/// One connection's share of the target counters, settled exactly once when it drops (also if
+/// the task is cancelled).
+struct Slot {
+    shared: Arc<Shared>,
+    target: usize,
+    /// False while connecting.
+    open: bool,
+    close: oneshot::Receiver<()>,
+    close_requested: bool,
+}
+
+impl Slot {
+    fn target(&self) -> &Target {
+        &self.shared.targets[self.target]
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Closing the receiver first makes any later request fail at the sender, so the request
+        // is counted on exactly one side.
+        self.close.close();
+        let requested = self.close_requested || self.close.try_recv().is_ok();
+        let target = &self.shared.targets[self.target];
+        if self.open {
+            target.open.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            target.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !requested {
+            target.load.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+async fn connect(authority: &str, url: &str) -> Result<WebSocketStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    // Small messages: send them at once.
+    let _ = tcp.set_nodelay(true);
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(url, tcp, Some(super::websocket_config()))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+async fn connection(mut slot: Slot) {
+    let started = Instant::now();
+    let (authority, url) = (slot.target().authority.clone(), slot.target().url.clone());
+    let attempt = async {
+        let authority = authority.as_deref().map_err(String::clone)?;
+        tokio::time::timeout(CONNECT_TIMEOUT, connect(authority, &url))
+            .await
+            .map_err(|_| format!("no handshake within {CONNECT_TIMEOUT:?}"))?
+    };
+    let result = tokio::select! {
+        r = attempt => r,
+        r = &mut slot.close => {
+            // Asked to close before the connection was up: just stop.
+            slot.close_requested = r.is_ok();
+            return;
+        }
+    };
+    let mut ws = match result {
+        Ok(ws) => ws,
+        Err(e) => {
+            let target = slot.target();
+            target.failed.fetch_add(1, Ordering::SeqCst);
+            let streak = target.fail_streak.fetch_add(1, Ordering::SeqCst);
+            let backoff = RETRY_BASE
+                .saturating_mul(1 << streak.min(10))
+                .min(RETRY_MAX);
+            let retry_at = slot.shared.epoch.elapsed() + backoff;
+            target.retry_at_ms.store(
+                u64::try_from(retry_at.as_millis()).unwrap_or(u64::MAX),
+                Ordering::SeqCst,
+            );
+            if streak == 0 {
+                tracing::warn!(target = %target.url, error = %e, "connection failed (retrying with back-off)");
+            } else {
+                tracing::debug!(target = %target.url, error = %e, "connection failed");
+            }
+            return;
+        }
+    };
+    let elapsed_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+    {
+        let target = slot.target();
+        // Open before no longer pending, so that the total never dips in between.
+        target.open.fetch_add(1, Ordering::SeqCst);
+        target.pending.fetch_sub(1, Ordering::SeqCst);
+        target.established.fetch_add(1, Ordering::SeqCst);
+        target.fail_streak.store(0, Ordering::SeqCst);
+    }
+    slot.open = true;
+    if let Ok(mut v) = slot.shared.connect_us.lock() {
+        v.push(elapsed_us);
+    }
+    slot.shared.wake.notify_one();
+
+    // Polling the read side keeps answering the server's pings (tungstenite queues the pong and
+    // flushes it on the next read).
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                // The server's close frame: tungstenite replies; the next read ends the stream.
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    slot.shared.dropped.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            },
+            r = &mut slot.close, if !slot.close_requested => {
+                // Ok: asked to close. Err: the generator is gone. Close either way.
+                slot.close_requested = r.is_ok();
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "load finished".into(),
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Draws progress (one bar for the step, one per target) to stderr until dropped or finished.
+#[derive(Debug)]
+pub struct ProgressView {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Where [`ProgressView`] draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// Nothing is drawn.
+    Hidden,
+    /// Drawn if stderr is a terminal.
+    Auto,
+    /// Drawn on stderr even if it is not a terminal (`--progress`).
+    Forced,
+}
+
+impl ProgressView {
+    /// Starts drawing the generator's progress (10 times a second).
+    pub fn start(generator: &LoadGenerator, mode: ProgressMode) -> Self {
+        use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let target = match mode {
+            ProgressMode::Hidden => ProgressDrawTarget::hidden(),
+            ProgressMode::Auto => ProgressDrawTarget::stderr(),
+            ProgressMode::Forced => ProgressDrawTarget::term_like(Box::new(StderrTerm)),
+        };
+        if target.is_hidden() {
+            return Self {
+                stop: None,
+                task: None,
+            };
+        }
+        let multi = MultiProgress::with_draw_target(target);
+        let style = |template: &str| {
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+        };
+        let main = multi.add(ProgressBar::new(0));
+        main.set_style(
+            style("step {prefix} [{bar:40.cyan/blue}] {pos}/{len} open  {msg}")
+                .progress_chars("=> "),
+        );
+        let per_target: Vec<ProgressBar> = generator
+            .shared
+            .targets
+            .iter()
+            .map(|t| {
+                let bar = multi.add(ProgressBar::new(0));
+                bar.set_style(style("  {pos:>7} open  {msg}"));
+                bar.set_message(t.url.clone());
+                bar
+            })
+            .collect();
+        let generator = generator.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let p = generator.progress();
+                main.set_prefix(format!("{}/{}", p.step, p.steps));
+                main.set_length(p.desired as u64);
+                main.set_position(p.open as u64);
+                main.set_message(format!(
+                    "{} established, {} failed",
+                    p.established, p.failed
+                ));
+                for (bar, (_, open)) in per_target.iter().zip(generator.open_per_target()) {
+                    bar.set_position(open as u64);
+                }
+                if tokio::time::timeout(Duration::from_millis(100), &mut stopped)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+            for bar in &per_target {
+                bar.finish_and_clear();
+            }
+            main.finish_and_clear();
+            let _ = multi.clear();
+        });
+        Self {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops drawing and clears the bars.
+    pub async fn finish(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A minimal ANSI terminal on stderr, for `--progress` when stderr is not a terminal.
+#[derive(Debug)]
+struct StderrTerm;
+
+impl StderrTerm {
+    fn write(s: &str) -> std::io::Result<()> {
+        std::io::stderr().write_all(s.as_bytes())
+    }
+}
+
+impl indicatif::TermLike for StderrTerm {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            Self::write(&format!("\x1b[{n}A"))?;
+        }
+        Ok(())
+    }
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            Self::write(&format!("\x1b[{n}B"))?;
+        }
+        Ok(())
+    }
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            Self::write(&format!("\x1b[{n}C"))?;
+        }
+        Ok(())
+    }
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            Self::write(&format!("\x1b[{n}D"))?;
+        }
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        Self::write(&format!("{s}\n"))
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        Self::write(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Self::write("\r\x1b[2K")
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(targets: &[&str], steps: Vec<Step>, churn: f64) -> LoadPlan {
+        LoadPlan {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            steps,
+            churn_per_sec: churn,
+        }
+    }
+
+    fn step(connections: usize) -> Step {
+        Step {
+            connections,
+            rate: 100.0,
+            hold: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn scenario_steps_take_the_default_rate_when_they_name_none() {
+        let steps = parse_scenario(
+            "steps: [{connections: 600, rate: 200, hold: 30s}, {connections: 150, hold: 20s}]",
+            50.0,
+            Path::new("s.yaml"),
+        )
+        .expect("valid scenario");
+        assert_eq!(
+            steps,
+            vec![
+                Step {
+                    connections: 600,
+                    rate: 200.0,
+                    hold: Duration::from_secs(30)
+                },
+                Step {
+                    connections: 150,
+                    rate: 50.0,
+                    hold: Duration::from_secs(20)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn scenario_errors_name_the_file_and_the_problem() {
+        for (yaml, needle) in [
+            ("steps: [{connections: ten, hold: 1s}]", "connections"),
+            ("steps: [{connections: 1, hold: soon}]", "hold \"soon\""),
+            (
+                "steps: [{connections: 1, hold: 1s, ramp: 2}]",
+                "unknown field `ramp`",
+            ),
+            ("[1, 2]", "expected"),
+        ] {
+            let err = parse_scenario(yaml, 1.0, Path::new("bad.yaml"))
+                .expect_err(yaml)
+                .to_string();
+            assert!(err.contains("scenario bad.yaml"), "{err}");
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+    }
+
+    #[test]
+    fn plan_validation_lists_every_problem() {
+        let mut bad_rate = step(1);
+        bad_rate.rate = 0.0;
+        let err = plan(&["http://x/ws", "wss://x/ws"], vec![bad_rate], 1.5)
+            .validate()
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "\"http://x/ws\": expected a ws:// URL",
+            "\"wss://x/ws\": wss:// needs TLS",
+            "step 1: rate 0",
+            "--churn 1.5",
+        ] {
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+        let err = plan(&[], vec![], 0.0)
+            .validate()
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.contains("no target"), "{err}");
+        assert!(err.contains("no step"), "{err}");
+        assert!(
+            plan(&["ws://127.0.0.1:9000/ws/echo"], vec![step(1)], 0.01)
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn target_authority_defaults_to_port_80_and_keeps_ipv6_brackets() {
+        assert_eq!(
+            target_authority("ws://example.test/ws/echo").as_deref(),
+            Ok("example.test:80")
+        );
+        assert_eq!(
+            target_authority("ws://[::1]:9000/ws/echo").as_deref(),
+            Ok("[::1]:9000")
+        );
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let samples: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile_ms(&samples, 0.5), 50.0);
+        assert_eq!(percentile_ms(&samples, 0.99), 99.0);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+        assert_eq!(percentile_ms(&[1500], 0.99), 1.5);
+    }
+
+    #[test]
+    fn pacer_allows_one_at_once_then_rate_per_second() {
+        let mut p = Pacer::new(10.0);
+        let t0 = Instant::now();
+        assert_eq!(p.available(t0), 1);
+        p.used += 1;
+        assert_eq!(p.available(t0), 0);
+        assert_eq!(p.next_at(), p.start + Duration::from_millis(100));
+        assert_eq!(p.available(p.start + Duration::from_millis(500)), 5);
+        p.idle();
+        // Idle time does not build up a burst.
+        assert_eq!(p.available(t0 + Duration::from_secs(60)), 1);
+    }
+
+    #[test]
+    fn summary_json_lists_targets_as_objects() {
+        let s = Summary {
+            established: 3,
+            failed: 1,
+            connect_p50_ms: 1.0,
+            connect_p99_ms: 2.0,
+            achieved_rate: 30.0,
+            per_target: vec![("ws://a/ws".into(), 2), ("ws://b/ws".into(), 1)],
+            dropped: 0,
+            duration_secs: 1.0,
+        };
+        let v = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(
+            v["per_target"],
+            serde_json::json!([
+                {"target": "ws://a/ws", "established": 2},
+                {"target": "ws://b/ws", "established": 1}
+            ])
+        );
+        assert_eq!(v["established"], 3);
+        assert!(
+            s.to_string()
+                .contains("achieved rate    30.0 connections/s")
+        );
+    }
+}
