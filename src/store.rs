@@ -4,12 +4,12 @@
 //! Safety rules live here: a reading older than `max_age` is never served, a failed scrape never
 //! replaces a good reading, and a pod removed by discovery is gone from the next answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::quantity;
-use crate::selector::Selector;
+use crate::selector::{Operator, Selector};
 
 /// Label set of a Kubernetes object or of a Prometheus series, by name.
 pub type Labels = BTreeMap<String, String>;
@@ -131,10 +131,105 @@ struct PodEntry {
     reading: Option<Arc<Reading>>,
 }
 
+/// The pods of one namespace, with an inverted index of their labels so that a selector such as
+/// `app=ws` visits only the pods it can match instead of every pod of the namespace.
+#[derive(Debug, Default)]
+struct Namespace {
+    /// Pod name → entry. BTreeMap keeps answers in a stable, sorted order.
+    pods: BTreeMap<String, PodEntry>,
+    /// Label key → label value → names of the pods carrying it.
+    index: HashMap<String, HashMap<String, BTreeSet<String>>>,
+}
+
+impl Namespace {
+    fn index_labels(&mut self, name: &str, labels: &Labels) {
+        for (k, v) in labels {
+            self.index
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .insert(name.to_owned());
+        }
+    }
+
+    fn unindex_labels(&mut self, name: &str, labels: &Labels) {
+        for (k, v) in labels {
+            if let Some(values) = self.index.get_mut(k) {
+                if let Some(names) = values.get_mut(v) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        values.remove(v);
+                    }
+                }
+                if values.is_empty() {
+                    self.index.remove(k);
+                }
+            }
+        }
+    }
+
+    /// Inserts or replaces a pod; returns whether it is new.
+    fn insert(&mut self, name: String, entry: PodEntry) -> bool {
+        let replaced = self.remove(&name);
+        self.index_labels(&name, &entry.labels);
+        self.pods.insert(name, entry);
+        !replaced
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        match self.pods.remove(name) {
+            Some(old) => {
+                self.unindex_labels(name, &old.labels);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_labels(&mut self, name: &str, labels: Labels) {
+        let Some(entry) = self.pods.get_mut(name) else {
+            return;
+        };
+        if entry.labels == labels {
+            return;
+        }
+        let old = std::mem::replace(&mut entry.labels, labels.clone());
+        self.unindex_labels(name, &old);
+        self.index_labels(name, &labels);
+    }
+
+    /// The names a selector can match, sorted, from its most selective `=`, `==` or `in`
+    /// requirement; `None` when it has none (the caller scans every pod).
+    fn candidates(&self, selector: &Selector) -> Option<Vec<&str>> {
+        let mut best: Option<Vec<&str>> = None;
+        for req in selector.requirements() {
+            let values: &[String] = match req.operator {
+                Operator::Equals | Operator::DoubleEquals | Operator::In => &req.values,
+                _ => continue,
+            };
+            let by_value = self.index.get(&req.key);
+            let mut names: Vec<&str> = values
+                .iter()
+                .filter_map(|v| by_value.and_then(|m| m.get(v)))
+                .flat_map(|set| set.iter().map(String::as_str))
+                .collect();
+            if values.len() > 1 {
+                names.sort_unstable();
+                names.dedup();
+            }
+            if best.as_ref().is_none_or(|b| names.len() < b.len()) {
+                best = Some(names);
+            }
+        }
+        best
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    /// namespace → pod name → entry. BTreeMap keeps answers in a stable, sorted order.
-    pods: HashMap<String, BTreeMap<String, PodEntry>>,
+    /// Namespace name → its pods.
+    pods: HashMap<String, Namespace>,
     pod_count: usize,
     /// Whether the pod inventory is complete (watch synced or static file read).
     synced: bool,
@@ -223,30 +318,27 @@ impl Store {
     pub fn upsert(&self, target: PodTarget) -> bool {
         let mut inner = self.write();
         let ns = inner.pods.entry(target.key.namespace.clone()).or_default();
-        let inserted = match ns.get_mut(&target.key.name) {
+        let inserted = match ns.pods.get_mut(&target.key.name) {
             Some(entry) => {
                 if entry.uid != target.uid {
                     entry.reading = None;
                     entry.uid = target.uid;
                 }
-                entry.labels = target.labels;
                 if *entry.url != *target.url {
                     entry.url = Arc::from(target.url);
                 }
+                ns.set_labels(&target.key.name, target.labels);
                 false
             }
-            None => {
-                ns.insert(
-                    target.key.name,
-                    PodEntry {
-                        uid: target.uid,
-                        labels: target.labels,
-                        url: Arc::from(target.url),
-                        reading: None,
-                    },
-                );
-                true
-            }
+            None => ns.insert(
+                target.key.name,
+                PodEntry {
+                    uid: target.uid,
+                    labels: target.labels,
+                    url: Arc::from(target.url),
+                    reading: None,
+                },
+            ),
         };
         if inserted {
             inner.pod_count += 1;
@@ -260,8 +352,8 @@ impl Store {
         let Some(ns) = inner.pods.get_mut(&key.namespace) else {
             return false;
         };
-        let removed = ns.remove(&key.name).is_some();
-        if ns.is_empty() {
+        let removed = ns.remove(&key.name);
+        if ns.pods.is_empty() {
             inner.pods.remove(&key.namespace);
         }
         if removed {
@@ -273,17 +365,17 @@ impl Store {
     /// Replaces the whole inventory (a watch re-list or a re-read static file) and marks the
     /// store synced. Pods that stay (same namespace, name and UID) keep their readings.
     pub fn replace_all(&self, targets: Vec<PodTarget>) {
-        let mut fresh: HashMap<String, BTreeMap<String, PodEntry>> = HashMap::new();
+        let mut fresh: HashMap<String, Namespace> = HashMap::new();
         let mut inner = self.write();
         let mut count = 0;
         for t in targets {
             let reading = inner
                 .pods
                 .get(&t.key.namespace)
-                .and_then(|ns| ns.get(&t.key.name))
+                .and_then(|ns| ns.pods.get(&t.key.name))
                 .filter(|e| e.uid == t.uid)
                 .and_then(|e| e.reading.clone());
-            let previous = fresh.entry(t.key.namespace).or_default().insert(
+            let added = fresh.entry(t.key.namespace).or_default().insert(
                 t.key.name,
                 PodEntry {
                     uid: t.uid,
@@ -292,7 +384,7 @@ impl Store {
                     reading,
                 },
             );
-            if previous.is_none() {
+            if added {
                 count += 1;
             }
         }
@@ -322,7 +414,7 @@ impl Store {
         let inner = self.read();
         let mut jobs = Vec::with_capacity(inner.pod_count);
         for (ns, pods) in &inner.pods {
-            for (name, entry) in pods {
+            for (name, entry) in &pods.pods {
                 jobs.push(ScrapeJob {
                     key: PodKey {
                         namespace: ns.clone(),
@@ -343,7 +435,7 @@ impl Store {
         match inner
             .pods
             .get_mut(&key.namespace)
-            .and_then(|ns| ns.get_mut(&key.name))
+            .and_then(|ns| ns.pods.get_mut(&key.name))
         {
             Some(entry) if entry.uid == uid => {
                 entry.reading = Some(Arc::new(reading));
@@ -381,21 +473,34 @@ impl Store {
         now: SystemTime,
     ) -> Vec<PodValue> {
         let inner = self.read();
-        let Some(pods) = inner.pods.get(namespace) else {
+        let Some(ns) = inner.pods.get(namespace) else {
             return Vec::new();
         };
-        pods.iter()
-            .filter(|(_, e)| pod_selector.matches_map(&e.labels))
-            .filter_map(|(name, e)| {
-                let reading = self.fresh(e, now)?;
-                let milli = family_value(reading, family, series_selector)?;
-                Some(PodValue {
-                    name: name.clone(),
-                    milli,
-                    time: reading.time,
-                })
+        let value_of = |name: &str, e: &PodEntry| {
+            if !pod_selector.matches_map(&e.labels) {
+                return None;
+            }
+            let reading = self.fresh(e, now)?;
+            let milli = family_value(reading, family, series_selector)?;
+            Some(PodValue {
+                name: name.to_owned(),
+                milli,
+                time: reading.time,
             })
-            .collect()
+        };
+        match ns.candidates(pod_selector) {
+            // Only the pods carrying the most selective required label; the full selector is
+            // still applied to each.
+            Some(names) => names
+                .into_iter()
+                .filter_map(|name| ns.pods.get(name).and_then(|e| value_of(name, e)))
+                .collect(),
+            None => ns
+                .pods
+                .iter()
+                .filter_map(|(name, e)| value_of(name, e))
+                .collect(),
+        }
     }
 
     /// The value of one pod, if it is tracked and has a fresh reading of the family.
@@ -407,7 +512,7 @@ impl Store {
         now: SystemTime,
     ) -> Option<PodValue> {
         let inner = self.read();
-        let entry = inner.pods.get(&key.namespace)?.get(&key.name)?;
+        let entry = inner.pods.get(&key.namespace)?.pods.get(&key.name)?;
         let reading = self.fresh(entry, now)?;
         let milli = family_value(reading, family, series_selector)?;
         Some(PodValue {
@@ -434,7 +539,7 @@ impl Store {
         let mut sum: i64 = 0;
         let mut oldest: Option<SystemTime> = None;
         let mut missing = 0;
-        let pods = inner.pods.get(namespace);
+        let pods = inner.pods.get(namespace).map(|ns| &ns.pods);
         let count = pods.map_or(0, BTreeMap::len);
         for entry in pods.into_iter().flat_map(BTreeMap::values) {
             let value = self
@@ -465,7 +570,7 @@ impl Store {
         let inner = self.read();
         let mut fresh = 0;
         let mut stale = 0;
-        for entry in inner.pods.values().flat_map(BTreeMap::values) {
+        for entry in inner.pods.values().flat_map(|ns| ns.pods.values()) {
             if self.fresh(entry, now).is_some() {
                 fresh += 1;
             } else {
@@ -674,6 +779,81 @@ mod tests {
             .map(|p| p.name)
             .collect();
         assert_eq!(names, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn the_label_index_follows_label_changes_and_removals() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        let now = SystemTime::now();
+        for (name, app) in [("a", "ws"), ("b", "ws"), ("c", "other")] {
+            store.upsert(target("ns", name, name, app));
+            store.record(&key("ns", name), name, reading(now, &[("chat", 1000)]));
+        }
+        let all = Selector::everything();
+        let names = |sel: &str| -> Vec<String> {
+            let sel = Selector::parse(sel).expect("valid selector");
+            store
+                .pods_matching("ns", &sel, 0, &all, now)
+                .into_iter()
+                .map(|p| p.name)
+                .collect()
+        };
+        assert_eq!(names("app=ws"), vec!["a", "b"]);
+        assert_eq!(names("app in (ws,other)"), vec!["a", "b", "c"]);
+        // b is relabelled: the index drops it from app=ws; its reading stays (same UID).
+        store.upsert(target("ns", "b", "b", "other"));
+        assert_eq!(names("app=ws"), vec!["a"]);
+        assert_eq!(names("app==other"), vec!["b", "c"]);
+        assert_eq!(names("app=other,app!=other"), Vec::<String>::new());
+        store.remove(&key("ns", "c"));
+        assert_eq!(names("app=other"), vec!["b"]);
+        assert_eq!(names("app notin (ws)"), vec!["b"]);
+        assert_eq!(names("app=nope"), Vec::<String>::new());
+    }
+
+    proptest::proptest! {
+        /// The index answers exactly what a scan of every pod would.
+        #[test]
+        fn indexed_queries_equal_a_full_scan(
+            pods in proptest::collection::vec((0u8..40, 0u8..4, 0u8..3), 0..60),
+            ops in proptest::collection::vec((0u8..40, 0u8..4, proptest::bool::ANY), 0..30),
+            selector in "(app|tier)(=|==|!=| in | notin )(\\(a0,a1\\)|a[0-3]|t[0-2])(,tier( in \\(t0,t1\\)|=t[0-2]))?",
+        ) {
+            let store = Store::new(catalog(), Duration::from_secs(3));
+            let now = SystemTime::now();
+            let mut expected: BTreeMap<String, Labels> = BTreeMap::new();
+            let labels = |app: u8, tier: u8| -> Labels {
+                [("app".to_string(), format!("a{app}")), ("tier".to_string(), format!("t{tier}"))].into()
+            };
+            for (n, app, tier) in pods {
+                let name = format!("p{n}");
+                let mut t = target("ns", &name, &name, "x");
+                t.labels = labels(app, tier);
+                store.upsert(t.clone());
+                store.record(&t.key, &name, reading(now, &[("chat", 1000)]));
+                expected.insert(name, t.labels);
+            }
+            for (n, app, delete) in ops {
+                let name = format!("p{n}");
+                if delete {
+                    store.remove(&key("ns", &name));
+                    expected.remove(&name);
+                } else if let Some(l) = expected.get_mut(&name) {
+                    l.insert("app".into(), format!("a{app}"));
+                    let mut t = target("ns", &name, &name, "x");
+                    t.labels = l.clone();
+                    store.upsert(t);
+                }
+            }
+            let sel = match Selector::parse(&selector) {
+                Ok(s) => s,
+                Err(_) => return Ok(()),
+            };
+            let all = Selector::everything();
+            let got: Vec<String> = store.pods_matching("ns", &sel, 0, &all, now).into_iter().map(|p| p.name).collect();
+            let want: Vec<String> = expected.iter().filter(|(_, l)| sel.matches_map(l)).map(|(n, _)| n.clone()).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
