@@ -8,29 +8,6 @@ use ws_metrics_adapter::app::{self, Listeners, Shutdown};
 use ws_metrics_adapter::config::{Cli, Command};
 use ws_metrics_adapter::telemetry;
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -54,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
                 })?;
             let (trigger, shutdown) = Shutdown::new();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                app::shutdown_signal().await;
                 tracing::info!("shutting down");
                 trigger.trigger();
             });
@@ -68,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 telemetry::init_logging(telemetry::LogFormat::Text);
             }
-            ws_metrics_adapter::demo::run::run(args, wait_for_signal()).await?;
+            ws_metrics_adapter::demo::run::run(args, app::shutdown_signal()).await?;
             Ok(())
         }
     }

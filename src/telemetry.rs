@@ -307,6 +307,33 @@ pub(crate) fn openmetrics_to_text(om: &str) -> String {
     out
 }
 
+/// The HTTP answer to a scrape of a prometheus-client registry: Prometheus text 0.0.4 by default
+/// (what `promtool check metrics` and most scrapers expect), OpenMetrics when the `Accept` header
+/// asks for it. `render_openmetrics` renders the registry.
+pub fn exposition_response(
+    headers: &http::HeaderMap,
+    render_openmetrics: impl FnOnce() -> String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let openmetrics = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render_openmetrics(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            openmetrics_to_text(&render_openmetrics()),
+        )
+    };
+    ([(http::header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` sets the filter (default `info`).
 pub fn init_logging(format: LogFormat) {
     init_logging_with_default(format, "info");

@@ -5,10 +5,10 @@ use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ws_metrics_adapter::app::shutdown_signal;
 use ws_metrics_adapter::config::LogFormat;
 use ws_metrics_adapter::demo::load::{LoadArgs, LoadGenerator, ProgressMode, ProgressView};
 use ws_metrics_adapter::demo::server::{self, DemoServer, ServeArgs};
-use ws_metrics_adapter::demo::shutdown_signal;
 use ws_metrics_adapter::telemetry;
 
 /// Demo WebSocket workload for ws-metrics-adapter.

@@ -697,30 +697,7 @@ async fn healthz(State(server): State<DemoServer>) -> Response {
 
 /// Prometheus text by default; OpenMetrics for scrapers that ask for it.
 async fn metrics(State(server): State<DemoServer>, headers: HeaderMap) -> Response {
-    let openmetrics = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    if openmetrics {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            server.render_openmetrics(),
-        )
-            .into_response()
-    } else {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            server.render_text(),
-        )
-            .into_response()
-    }
+    crate::telemetry::exposition_response(&headers, || server.render_openmetrics())
 }
 
 #[cfg(test)]

@@ -144,33 +144,9 @@ pub fn health_routes(health: Arc<Health>) -> Router {
 
 /// The plain-HTTP router: health plus the adapter's own `/metrics`.
 pub fn metrics_router(health: Arc<Health>, telemetry: Arc<Telemetry>) -> Router {
-    // Prometheus text by default; OpenMetrics for scrapers that ask for it.
     let metrics = get(move |headers: http::HeaderMap| {
         let telemetry = telemetry.clone();
-        async move {
-            let openmetrics = headers
-                .get_all(header::ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.contains("application/openmetrics-text"));
-            if openmetrics {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    telemetry.render_openmetrics(),
-                )
-            } else {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    telemetry.render_text(),
-                )
-            }
-        }
+        async move { crate::telemetry::exposition_response(&headers, || telemetry.render_openmetrics()) }
     });
     health_routes(health).route("/metrics", metrics)
 }
