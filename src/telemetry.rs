@@ -26,7 +26,8 @@ pub enum ScrapeOutcome {
     BadStatus,
     /// Body larger than `--scrape-max-body-bytes`.
     BodyTooLarge,
-    /// Body not in the text format, not UTF-8, or a value that cannot be served (NaN, Inf).
+    /// A malformed HTTP response, a body not in the text format or not UTF-8, or a value that
+    /// cannot be served (NaN, Inf).
     Unparseable,
     /// Parsed, but the pod disappeared or was re-created during the scrape.
     Discarded,

@@ -2,8 +2,16 @@
 //! concurrency, per-pod deadline, keep-alive reused), parse it, and record the wanted families in
 //! the [`Store`]. A failed scrape records nothing, so the pod keeps its last good value until
 //! `--max-age` and is then left out: it is never turned into a zero.
+//!
+//! Transports, picked by the URL's scheme: `http://` pods go through the lean HTTP/1.1 client of
+//! `http1` (one idle socket per pod between rounds, a pooled read buffer per scrape in flight);
+//! `https://` pods through hyper's pooled client with rustls. On the `http://` path a response
+//! that is not HTTP/1.x, has broken framing or an oversized head counts as `unparseable` (hyper
+//! reports those as `connect_error`); a connection that fails or ends early is a `connect_error`.
 
-use std::collections::HashMap;
+mod http1;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,6 +44,12 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `Accept` of every scrape: the Prometheus text format first, then OpenMetrics.
+const ACCEPT: &str =
+    "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.8,*/*;q=0.1";
+/// `User-Agent` of every scrape.
+const USER_AGENT: &str = concat!("ws-metrics-adapter/", env!("CARGO_PKG_VERSION"));
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// What one round did.
@@ -54,7 +68,10 @@ pub struct Collector {
     store: Arc<Store>,
     telemetry: Arc<Telemetry>,
     config: CollectConfig,
+    /// For `https://` pods.
     client: HttpsClient,
+    /// For `http://` pods.
+    http1: http1::Client,
     /// Last outcome per pod, to log transitions rather than every failure.
     last_outcome: Mutex<HashMap<PodKey, ScrapeOutcome>>,
 }
@@ -97,7 +114,7 @@ fn declares_family(text: &str, family: &str) -> bool {
 }
 
 impl Collector {
-    /// Builds the HTTP client (keep-alive pool, connect deadline) and the collector.
+    /// Builds the HTTP clients (keep-alive, connect deadline) and the collector.
     ///
     /// # Errors
     /// [`Error::CaFileUnreadable`] when `--scrape-ca-file` cannot be used.
@@ -123,19 +140,30 @@ impl Collector {
         Ok(Self {
             store,
             telemetry,
+            http1: http1::Client::new(config.max_body_bytes, config.concurrency),
             config,
             client,
             last_outcome: Mutex::new(HashMap::new()),
         })
     }
 
-    async fn fetch(&self, url: &str) -> std::result::Result<Reading, ScrapeOutcome> {
+    async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Reading, ScrapeOutcome> {
+        if http1::is_plain_http(url) {
+            let body = self.http1.get(url).await?;
+            let time = SystemTime::now();
+            self.reading(url, body.bytes(), time)
+        } else {
+            let body = self.fetch_hyper(url).await?;
+            let time = SystemTime::now();
+            self.reading(url, &body, time)
+        }
+    }
+
+    /// The body of `url` through hyper (used for `https://`).
+    async fn fetch_hyper(&self, url: &str) -> std::result::Result<Bytes, ScrapeOutcome> {
         let req = http::Request::get(url)
-            .header(
-                http::header::ACCEPT,
-                "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.8,*/*;q=0.1",
-            )
-            .header(http::header::USER_AGENT, concat!("ws-metrics-adapter/", env!("CARGO_PKG_VERSION")))
+            .header(http::header::ACCEPT, ACCEPT)
+            .header(http::header::USER_AGENT, USER_AGENT)
             .body(Empty::<Bytes>::new())
             .map_err(|_| ScrapeOutcome::ConnectError)?;
         let resp = self.client.request(req).await.map_err(|e| {
@@ -145,7 +173,7 @@ impl Collector {
         if !resp.status().is_success() {
             return Err(ScrapeOutcome::BadStatus);
         }
-        let body = Limited::new(resp.into_body(), self.config.max_body_bytes)
+        Ok(Limited::new(resp.into_body(), self.config.max_body_bytes)
             .collect()
             .await
             .map_err(|e| {
@@ -155,9 +183,17 @@ impl Collector {
                     ScrapeOutcome::ConnectError
                 }
             })?
-            .to_bytes();
-        let time = SystemTime::now();
-        let text = std::str::from_utf8(&body).map_err(|_| ScrapeOutcome::Unparseable)?;
+            .to_bytes())
+    }
+
+    /// The reading in a scrape's body, read at `time`.
+    fn reading(
+        &self,
+        url: &str,
+        body: &[u8],
+        time: SystemTime,
+    ) -> std::result::Result<Reading, ScrapeOutcome> {
+        let text = std::str::from_utf8(body).map_err(|_| ScrapeOutcome::Unparseable)?;
         let families = self.store.catalog().families();
         let samples = exposition::parse_selected(text, |name| families.iter().any(|f| f == name))
             .map_err(|e| {
@@ -216,7 +252,8 @@ impl Collector {
             attempted: jobs.len(),
             ..RoundReport::default()
         };
-        let live: std::collections::HashSet<PodKey> = jobs.iter().map(|j| j.key.clone()).collect();
+        let live: HashSet<PodKey> = jobs.iter().map(|j| j.key.clone()).collect();
+        let live_urls: HashSet<Arc<str>> = jobs.iter().map(|j| j.url.clone()).collect();
         let mut results = futures::stream::iter(jobs)
             .map(|job| async move {
                 let outcome = self.scrape(&job).await;
@@ -237,6 +274,7 @@ impl Collector {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| live.contains(k));
+        self.http1.retain(&live_urls);
         let end = SystemTime::now();
         self.store.round_finished(end);
         let elapsed = started.elapsed();
