@@ -13,7 +13,12 @@ use ws_metrics_adapter::telemetry;
 
 /// Demo WebSocket workload for ws-metrics-adapter.
 #[derive(Debug, Parser)]
-#[command(name = "ws-demo", version, about, long_about = None)]
+#[command(
+    name = "ws-demo",
+    version,
+    about = "The demo WebSocket workload of ws-metrics-adapter: a server that exports its live connection count, and a load generator",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
