@@ -76,7 +76,11 @@ pub struct Collector {
     last_outcome: Mutex<HashMap<PodKey, ScrapeOutcome>>,
 }
 
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
+/// A rustls client config trusting the PEM bundle `ca_file`, or the webpki roots without one.
+///
+/// # Errors
+/// [`Error::CaFileUnreadable`] when the file cannot be read or holds no usable certificate.
+pub(crate) fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();

@@ -117,21 +117,10 @@ fn write_kubeconfig(dir: &Path, port: u16) -> Result<PathBuf, Error> {
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn https_client(ca: &Path) -> Result<HttpsClient, Error> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Error::Io {
-            what: format!("reading {}", ca.display()),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    roots.add_parsable_certificates(certs);
-    let cfg = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = crate::collect::tls_config(Some(ca)).map_err(|e| Error::Io {
+        what: format!("reading {}", ca.display()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let conn = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)
         .https_only()
