@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real kube-apiserver, kube-controller-manager and etcd that the control-plane tests run,
-# from the Go modules pinned in tests/control-plane/ (see the README there), into a cache outside
+# from the Go modules pinned in tests/control_plane/go/ (see the README there), into a cache outside
 # git. Rebuilds only when a pin changes. Prints the directory that holds the three binaries.
 #
 #   scripts/build-control-plane.sh          # build if needed, print the bin directory
@@ -11,7 +11,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-pins="$root/tests/control-plane"
+pins="$root/tests/control_plane/go"
 cache="${WS_CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ws-metrics-adapter/control-plane}"
 
 command -v go >/dev/null || {

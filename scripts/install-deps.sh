@@ -2,7 +2,8 @@
 # Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool (from
 # Debian's `prometheus` package; its service is not started) and kubectl (Debian's
 # `kubernetes-client` when no kubectl is on PATH). Python tools are installed by the scripts that
-# use them. Idempotent: installs nothing that is already there.
+# use them. Go (1.26 or newer, for the control-plane binaries) is checked, not installed: Debian's
+# golang is too old for Kubernetes 1.37. Idempotent: installs nothing that is already there.
 set -euo pipefail
 
 need=()
@@ -22,4 +23,11 @@ fi
 for tool in promtool kubectl curl python3 cargo; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
-echo "install-deps: promtool, kubectl, curl, python3 and cargo are present"
+go_min=1.26
+go_have="$(go env GOVERSION 2>/dev/null | sed 's/^go//')" || true
+if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head -1)" != "$go_min" ]; then
+  echo "install-deps: Go >= $go_min is needed to build kube-apiserver for the control-plane tests" \
+    "(found: ${go_have:-none}); install it from https://go.dev/dl" >&2
+  exit 1
+fi
+echo "install-deps: promtool, kubectl, curl, python3, cargo and Go $go_have are present"

@@ -13,6 +13,11 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use crate::config::LogFormat;
 
+/// Upper bounds of the `served_value_age_seconds` buckets. Unit: seconds.
+pub const SERVED_AGE_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 0.75, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Outcome of one pod scrape, by kind.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ScrapeOutcome {
@@ -151,7 +156,9 @@ impl Telemetry {
             Unit::Seconds,
             api_requests.clone(),
         );
-        let served_age = Histogram::new(exponential_buckets(0.125, 2.0, 10));
+        // Fine around the default 1 s scrape interval, where the question is "at most one
+        // interval (+ the scrape's own time) old?"; coarse beyond, where values are stale anyway.
+        let served_age = Histogram::new(SERVED_AGE_BUCKETS.iter().copied());
         registry.register_with_unit(
             "served_value_age",
             "Age of each value served by the API (now minus its sample time)",
