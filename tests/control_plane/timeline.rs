@@ -51,8 +51,9 @@ pub fn write_csv(path: &Path, rows: &[Row]) {
     std::fs::write(path, s).expect("write CSV");
 }
 
-/// Draws connections (held and as answered by the API) above, replicas (desired and current)
-/// below, with the load steps as dashed lines.
+/// Draws connections (held, and as answered by the API) above; below, the HPA's desired and
+/// current replicas and the pods the API answered for (the pods actually running and scraped);
+/// the load steps as dashed lines.
 pub fn write_svg(path: &Path, title: &str, rows: &[Row], steps: &[StepMark]) {
     const W: f64 = 900.0;
     const LEFT: f64 = 60.0;
@@ -141,7 +142,7 @@ pub fn write_svg(path: &Path, title: &str, rows: &[Row], steps: &[StepMark]) {
                     points.join(" ")
                 );
             }
-            let lx = W - RIGHT - 260.0 + 130.0 * i as f64;
+            let lx = W - RIGHT - 500.0 + 170.0 * i as f64;
             let _ = writeln!(
                 s,
                 r#"<line x1="{lx}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
@@ -179,14 +180,19 @@ pub fn write_svg(path: &Path, title: &str, rows: &[Row], steps: &[StepMark]) {
         "HPA replicas",
         &[
             (
-                "desired",
+                "status.desiredReplicas",
                 "#2ca02c",
                 rows.iter().map(|r| Some(f64::from(r.desired))).collect(),
             ),
             (
-                "current",
+                "status.currentReplicas",
                 "#d62728",
                 rows.iter().map(|r| Some(f64::from(r.current))).collect(),
+            ),
+            (
+                "pods served",
+                "#9467bd",
+                rows.iter().map(|r| r.api_pods.map(|n| n as f64)).collect(),
             ),
         ],
     );
