@@ -1,7 +1,8 @@
 //! The node agent: a stand-in for a kubelet. It registers a Node and, for each pod bound to it,
 //! starts the real demo WebSocket server (`ws-demo serve`) as a process on a loopback address of
-//! its own (127.0.1.N), reports the pod Running and Ready with that podIP, and, when the pod is
-//! deleted, stops the process (SIGTERM, drain) and removes the pod as a kubelet does.
+//! its own (127.x.y.z, unique on the machine), reports the pod Running and Ready with that podIP,
+//! and, when the pod is deleted, stops the process (SIGTERM, drain) and removes the pod as a
+//! kubelet does.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -66,7 +67,25 @@ impl PodProcess {
 struct State {
     /// By `namespace/name`.
     pods: BTreeMap<String, PodProcess>,
-    next_host: u32,
+}
+
+/// A loopback address no other process listens on at [`POD_PORT`]: every pod of every cluster on
+/// this machine (other test processes included) gets its own. Candidates run through
+/// 127.1.0.0–127.254.255.255 from a pid-derived start, skipping addresses in use.
+fn allocate_ip() -> Ipv4Addr {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 0x7F01_0000; // 127.1.0.0
+    const SPAN: u32 = 0x00FE_0000; // up to 127.254.255.255
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(4096) % SPAN));
+    loop {
+        let ip = Ipv4Addr::from(FIRST + next.fetch_add(1, Ordering::Relaxed) % SPAN);
+        let last = ip.octets()[3];
+        if last != 0 && last != 255 && std::net::TcpListener::bind((ip, POD_PORT)).is_ok() {
+            return ip;
+        }
+    }
 }
 
 /// Handle on the agent; stops every pod process when stopped or dropped.
@@ -230,15 +249,11 @@ async fn start_if_new(
     pod: &Pod,
 ) {
     let key = key(pod);
-    let ip = {
-        let mut s = state.lock().expect("agent state");
-        if s.pods.contains_key(&key) {
-            return;
-        }
-        s.next_host += 1;
-        // 127.0.1.1, 127.0.1.2, …: every 127/8 address is on the loopback interface.
-        Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 0)) + s.next_host)
-    };
+    if state.lock().expect("agent state").pods.contains_key(&key) {
+        return;
+    }
+    // Every 127/8 address is on the loopback interface.
+    let ip = allocate_ip();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let log = logs.join(format!("{namespace}_{name}.log"));
@@ -269,6 +284,14 @@ async fn start_if_new(
     );
     let started = Instant::now();
     while !matches!(plain_get(addr, "/healthz").await, Ok((200, _))) {
+        let exited = match state.lock().expect("agent state").pods.get_mut(&key) {
+            Some(p) => !matches!(p.process.try_wait(), Ok(None)),
+            None => true,
+        };
+        if exited {
+            eprintln!("node agent: pod {key}'s process exited before answering /healthz");
+            return;
+        }
         if started.elapsed() > Duration::from_secs(15) {
             eprintln!("node agent: pod {key} did not answer /healthz within 15 s");
             return;
