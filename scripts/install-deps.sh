@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool (from
-# Debian's `prometheus` package; its service is not started) and kubectl (Debian's
+# Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool and
+# prometheus (Debian's `prometheus` package; its service is not started, tests run their own) and kubectl (Debian's
 # `kubernetes-client` when no kubectl is on PATH). Python tools are installed by the scripts that
 # use them. Idempotent: installs nothing that is already there.
 set -euo pipefail
 
 need=()
-command -v promtool >/dev/null || need+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
@@ -19,7 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-for tool in promtool kubectl curl python3 cargo; do
+for tool in promtool prometheus kubectl curl python3 cargo; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
-echo "install-deps: promtool, kubectl, curl, python3 and cargo are present"
+echo "install-deps: promtool, prometheus, kubectl, curl, python3 and cargo are present"
