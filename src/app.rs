@@ -187,11 +187,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 address = %config.secure_addr,
                 "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
             );
-            let inventory = cluster::Inventory::new(
+            let mut inventory = cluster::Inventory::new(
                 store.clone(),
                 telemetry.clone(),
                 config.annotation_prefix.clone(),
             );
+            // With Prometheus as the source, Prometheus decides what is scraped: every running
+            // pod may have values, annotated or not.
+            if matches!(config.source, Source::Prometheus(_)) {
+                inventory = inventory.tracking_all_running_pods();
+            }
             tokio::spawn(cluster::watch(client, inventory, shutdown.wait()));
         }
     }
