@@ -759,6 +759,68 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_source_flags_are_checked_together() {
+        let err = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-timeout",
+            "10s",
+            "--prometheus-query",
+            "sum(<<.Nope>>)",
+            "--prometheus-pod-label",
+            "kubernetes-pod",
+            "--prometheus-ca-file",
+            "/nonexistent/ca.pem",
+            "--prometheus-client-cert-file",
+            "/nonexistent/c.pem",
+            "--prometheus-rules-file",
+            "/nonexistent/rules.yaml",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "needs --prometheus-url",
+            "--prometheus-timeout 10s",
+            "--prometheus-query",
+            "--prometheus-pod-label \"kubernetes-pod\"",
+            "--prometheus-ca-file /nonexistent/ca.pem",
+            "--prometheus-client-cert-file needs --prometheus-client-key-file",
+            "--prometheus-rules-file: reading rules file /nonexistent/rules.yaml",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let ok = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "http://127.0.0.1:9090",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(ok.max_age, DEFAULT_PROMETHEUS_MAX_AGE);
+        assert!(matches!(ok.source, Source::Prometheus(_)));
+        let bad_url = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "prometheus:9090",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("relative URL");
+        assert!(bad_url.to_string().contains("absolute http"), "{bad_url}");
+    }
+
+    #[test]
     fn durations_take_units() {
         assert!(args(&["--scrape-interval", "1 fortnight"]).is_err());
         let a = args(&["--scrape-interval", "2s"]).expect("flags parse");
