@@ -606,6 +606,8 @@ pub fn extend_with_rules(plan: &mut Plan, discovered: &[rules::Discovered]) -> u
             }
         }
         plan.queries = kept;
+        // Indexing cannot panic: `remap` holds every index in `used`, which is built from exactly
+        // these `served` entries.
         for s in &mut plan.served {
             s.values = match s.values {
                 Values::Query(q) => Values::Query(remap[&q]),
