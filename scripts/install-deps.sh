@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool (from
-# Debian's `prometheus` package; its service is not started) and kubectl (Debian's
-# `kubernetes-client` when no kubectl is on PATH). Python tools are installed by the scripts that
+# Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool and
+# prometheus (Debian's `prometheus` package; its service is not started, tests run their own) and
+# kubectl (Debian's `kubernetes-client` when no kubectl is on PATH). Python tools are installed by the scripts that
 # use them. Go (1.26 or newer, for the control-plane binaries) is checked, not installed: Debian's
 # golang is too old for Kubernetes 1.37. Idempotent: installs nothing that is already there.
 set -euo pipefail
 
 need=()
-command -v promtool >/dev/null || need+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
@@ -20,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-for tool in promtool kubectl curl python3 cargo; do
+for tool in promtool prometheus kubectl curl python3 cargo; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
 go_min=1.26
@@ -30,4 +30,4 @@ if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head
     "(found: ${go_have:-none}); install it from https://go.dev/dl" >&2
   exit 1
 fi
-echo "install-deps: promtool, kubectl, curl, python3, cargo and Go $go_have are present"
+echo "install-deps: promtool, prometheus, kubectl, curl, python3, cargo and Go $go_have are present"

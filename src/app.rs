@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
 use crate::collect::{self, Collector};
-use crate::config::{Config, PodSource, TlsSource};
+use crate::config::{Config, PodSource, Source, TlsSource};
 use crate::discovery::{cluster, static_file};
 use crate::server::{self, Health, tls};
 use crate::store::{MetricCatalog, Store};
@@ -35,6 +35,9 @@ pub enum Error {
     /// The collector could not be built.
     #[error(transparent)]
     Collect(#[from] collect::Error),
+    /// The Prometheus source could not be set up.
+    #[error(transparent)]
+    Prometheus(#[from] crate::prometheus::Error),
     /// A listener failed.
     #[error("serving {what}: {source}")]
     Serve {
@@ -184,31 +187,67 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 address = %config.secure_addr,
                 "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
             );
-            let inventory = cluster::Inventory::new(
+            let mut inventory = cluster::Inventory::new(
                 store.clone(),
                 telemetry.clone(),
                 config.annotation_prefix.clone(),
             );
+            // With Prometheus as the source, Prometheus decides what is scraped: every running
+            // pod may have values, annotated or not.
+            if matches!(config.source, Source::Prometheus(_)) {
+                inventory = inventory.tracking_all_running_pods();
+            }
             tokio::spawn(cluster::watch(client, inventory, shutdown.wait()));
         }
     }
 
-    // Collection.
-    let health = Arc::new(Health::new(
-        store.clone(),
-        config.collect.interval,
-        config.collect.timeout,
-    ));
-    let collector = Collector::new(store.clone(), telemetry.clone(), config.collect.clone())?;
-    let collecting = {
-        let health = health.clone();
-        let stop = shutdown.wait();
-        tokio::spawn(async move { collector.run(health, stop).await })
+    // Collection: scrape the pods, or query Prometheus.
+    let (health, collecting, api_state) = match &config.source {
+        Source::Scrape => {
+            let health = Arc::new(Health::new(
+                store.clone(),
+                config.collect.interval,
+                config.collect.timeout,
+            ));
+            let collector =
+                Collector::new(store.clone(), telemetry.clone(), config.collect.clone())?;
+            let h = health.clone();
+            let stop = shutdown.wait();
+            let task = tokio::spawn(async move { collector.run(h, stop).await });
+            (
+                health,
+                task,
+                ApiState::new(store.clone(), telemetry.clone()),
+            )
+        }
+        Source::Prometheus(prom) => {
+            let health = Arc::new(Health::new(store.clone(), prom.interval, prom.timeout));
+            tracing::info!(
+                url = %prom.url,
+                interval = %humantime::format_duration(prom.interval),
+                rules = prom.rules.len(),
+                "values come from Prometheus"
+            );
+            let source = crate::prometheus::Source::new(
+                (**prom).clone(),
+                &config.metrics,
+                store.clone(),
+                telemetry.clone(),
+            )?;
+            let results = source.results();
+            let h = health.clone();
+            let stop = shutdown.wait();
+            let task = tokio::spawn(async move { source.run(h, stop).await });
+            (
+                health,
+                task,
+                ApiState::new(store.clone(), telemetry.clone()).with_prometheus(results),
+            )
+        }
     };
 
     // Listeners.
-    let api_app = api::router(ApiState::new(store.clone(), telemetry.clone()))
-        .merge(server::health_routes(health.clone()));
+    let api_app = api::router(api_state).merge(server::health_routes(health.clone()));
     tracing::info!(
         api = %listeners.secure.local_addr().map_err(|source| Error::Serve { what: "API", source })?,
         metrics = %listeners.metrics.local_addr().map_err(|source| Error::Serve { what: "metrics", source })?,

@@ -144,6 +144,97 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "WS_METRICS_ADAPTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Where values come from: `scrape` each pod's metrics endpoint, or query an existing
+    /// `prometheus` (--prometheus-url).
+    #[arg(long, env = "WS_METRICS_ADAPTER_SOURCE", value_enum, default_value_t = SourceKind::Scrape)]
+    pub source: SourceKind,
+
+    /// Base URL of the Prometheus HTTP API (with --source=prometheus), e.g.
+    /// http://prometheus.monitoring:9090.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+
+    /// File holding a bearer token sent to Prometheus, re-read every round.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_BEARER_TOKEN_FILE")]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) an https Prometheus must chain to [default: the webpki roots].
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS with Prometheus.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_CLIENT_CERT_FILE")]
+    pub prometheus_client_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --prometheus-client-cert-file.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_CLIENT_KEY_FILE")]
+    pub prometheus_client_key_file: Option<PathBuf>,
+
+    /// Deadline of one Prometheus query; must not exceed --prometheus-interval.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    pub prometheus_timeout: Duration,
+
+    /// How often each served metric is queried (one query per metric and resource per interval,
+    /// whatever the number of HPA reads).
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub prometheus_interval: Duration,
+
+    /// Query template for each --metric SERVED=FAMILY; <<.Series>> is FAMILY, <<.GroupBy>> the
+    /// namespace and pod labels, <<.LabelMatchers>> requires both.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_QUERY", default_value = DEFAULT_PROMETHEUS_QUERY)]
+    pub prometheus_query: String,
+
+    /// Label of Prometheus series holding the pod's namespace.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_PROMETHEUS_NAMESPACE_LABEL",
+        default_value = "namespace"
+    )]
+    pub prometheus_namespace_label: String,
+
+    /// Label of Prometheus series holding the pod's name.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_PROMETHEUS_POD_LABEL",
+        default_value = "pod"
+    )]
+    pub prometheus_pod_label: String,
+
+    /// A prometheus-adapter configuration file whose `rules:` are served as well.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RULES_FILE")]
+    pub prometheus_rules_file: Option<PathBuf>,
+
+    /// How often the rules' seriesQuery are listed again to find new metrics (prometheus-adapter's
+    /// --metrics-relist-interval); also the window listed.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RELIST_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub prometheus_relist_interval: Duration,
+}
+
+/// Default query template of the Prometheus source: with the default labels it renders
+/// `sum by (namespace,pod) (websocket_connections_active{namespace!="",pod!=""})`.
+pub const DEFAULT_PROMETHEUS_QUERY: &str =
+    "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})";
+
+/// Default `--max-age` with `--source=prometheus`: one missed 30 s Prometheus scrape.
+pub const DEFAULT_PROMETHEUS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Where values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// Scrape each pod's metrics endpoint every --scrape-interval.
+    Scrape,
+    /// Query an existing Prometheus every --prometheus-interval.
+    Prometheus,
+}
+
+/// Where values come from, validated.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Scrape the pods (settings in [`Config::collect`]).
+    Scrape,
+    /// Query Prometheus.
+    Prometheus(Box<crate::prometheus::PrometheusConfig>),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -220,6 +311,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where values come from.
+    pub source: Source,
 }
 
 /// Every problem found in the flags, reported together.
@@ -293,12 +386,23 @@ impl ServeArgs {
                 humantime::format_duration(interval)
             ));
         }
-        let max_age = self.max_age.unwrap_or(interval * 3);
-        if max_age < interval {
+        let max_age = match (self.max_age, self.source) {
+            (Some(m), _) => m,
+            (None, SourceKind::Scrape) => interval * 3,
+            (None, SourceKind::Prometheus) => DEFAULT_PROMETHEUS_MAX_AGE,
+        };
+        if self.source == SourceKind::Scrape && max_age < interval {
             problems.push(format!(
                 "--max-age {}: must be at least --scrape-interval ({}), or every value would expire before the next scrape",
                 humantime::format_duration(max_age),
                 humantime::format_duration(interval)
+            ));
+        }
+        if self.source == SourceKind::Prometheus && max_age < self.prometheus_interval {
+            problems.push(format!(
+                "--max-age {}: must be at least --prometheus-interval ({})",
+                humantime::format_duration(max_age),
+                humantime::format_duration(self.prometheus_interval)
             ));
         }
         if self.scrape_concurrency == 0 {
@@ -372,6 +476,26 @@ impl ServeArgs {
         };
         let secure_addr =
             SocketAddr::new(self.bind_address.unwrap_or(default_bind), self.secure_port);
+        let source = match self.source {
+            SourceKind::Scrape => Source::Scrape,
+            SourceKind::Prometheus => prometheus_source(
+                PrometheusArgs {
+                    url: self.prometheus_url,
+                    bearer_token_file: self.prometheus_bearer_token_file,
+                    ca_file: self.prometheus_ca_file,
+                    client_cert_file: self.prometheus_client_cert_file,
+                    client_key_file: self.prometheus_client_key_file,
+                    timeout: self.prometheus_timeout,
+                    interval: self.prometheus_interval,
+                    query: self.prometheus_query,
+                    namespace_label: self.prometheus_namespace_label,
+                    pod_label: self.prometheus_pod_label,
+                    rules_file: self.prometheus_rules_file,
+                    relist_interval: self.prometheus_relist_interval,
+                },
+                &mut problems,
+            ),
+        };
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -392,7 +516,136 @@ impl ServeArgs {
             annotation_prefix: prefix,
             shutdown_grace: self.shutdown_grace,
             log_format: self.log_format,
+            source,
         })
+    }
+}
+
+/// The `--prometheus-*` flags, gathered for validation.
+struct PrometheusArgs {
+    url: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    timeout: Duration,
+    interval: Duration,
+    query: String,
+    namespace_label: String,
+    pod_label: String,
+    rules_file: Option<PathBuf>,
+    relist_interval: Duration,
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Validates the `--prometheus-*` flags, pushing every problem; the returned value is only used
+/// when there are none.
+fn prometheus_source(a: PrometheusArgs, problems: &mut Vec<String>) -> Source {
+    use crate::prometheus::{PrometheusConfig, rules, template};
+    let url = match a.url {
+        None => {
+            problems.push("--source=prometheus needs --prometheus-url".into());
+            String::new()
+        }
+        Some(u) => {
+            match u.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some() => {}
+                _ => problems.push(format!(
+                    "--prometheus-url {u:?}: must be an absolute http:// or https:// URL"
+                )),
+            }
+            u
+        }
+    };
+    for (flag, path) in [
+        ("--prometheus-bearer-token-file", &a.bearer_token_file),
+        ("--prometheus-ca-file", &a.ca_file),
+        ("--prometheus-client-cert-file", &a.client_cert_file),
+        ("--prometheus-client-key-file", &a.client_key_file),
+    ] {
+        if let Some(p) = path
+            && let Err(e) = std::fs::metadata(p)
+        {
+            problems.push(format!("{flag} {}: {e}", p.display()));
+        }
+    }
+    let client_cert = match (a.client_cert_file, a.client_key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems
+                .push("--prometheus-client-cert-file needs --prometheus-client-key-file".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems
+                .push("--prometheus-client-key-file needs --prometheus-client-cert-file".into());
+            None
+        }
+    };
+    if a.interval < Duration::from_millis(100) {
+        problems.push(format!(
+            "--prometheus-interval {}: must be at least 100ms",
+            humantime::format_duration(a.interval)
+        ));
+    }
+    if a.timeout.is_zero() || a.timeout > a.interval {
+        problems.push(format!(
+            "--prometheus-timeout {}: must be greater than 0 and at most --prometheus-interval ({})",
+            humantime::format_duration(a.timeout),
+            humantime::format_duration(a.interval)
+        ));
+    }
+    let query = match template::Template::parse(&a.query) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(format!("--prometheus-query {:?}: {e}", a.query));
+            None
+        }
+    };
+    for (flag, label) in [
+        ("--prometheus-namespace-label", &a.namespace_label),
+        ("--prometheus-pod-label", &a.pod_label),
+    ] {
+        if !is_label_name(label) {
+            problems.push(format!("{flag} {label:?}: not a Prometheus label name"));
+        }
+    }
+    if a.relist_interval < Duration::from_secs(1) {
+        problems.push("--prometheus-relist-interval: must be at least 1s".into());
+    }
+    let rules = match &a.rules_file {
+        None => Vec::new(),
+        Some(path) => match rules::load(path) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("--prometheus-rules-file: {e}"));
+                Vec::new()
+            }
+        },
+    };
+    match query {
+        Some(query) => Source::Prometheus(Box::new(PrometheusConfig {
+            url,
+            bearer_token_file: a.bearer_token_file,
+            ca_file: a.ca_file,
+            client_cert,
+            timeout: a.timeout,
+            interval: a.interval,
+            query,
+            namespace_label: a.namespace_label,
+            pod_label: a.pod_label,
+            rules,
+            relist_interval: a.relist_interval,
+        })),
+        None => Source::Scrape,
     }
 }
 
@@ -503,6 +756,68 @@ mod tests {
         .validate()
         .expect_err("duplicate");
         assert!(dup.to_string().contains("given twice"));
+    }
+
+    #[test]
+    fn prometheus_source_flags_are_checked_together() {
+        let err = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-timeout",
+            "10s",
+            "--prometheus-query",
+            "sum(<<.Nope>>)",
+            "--prometheus-pod-label",
+            "kubernetes-pod",
+            "--prometheus-ca-file",
+            "/nonexistent/ca.pem",
+            "--prometheus-client-cert-file",
+            "/nonexistent/c.pem",
+            "--prometheus-rules-file",
+            "/nonexistent/rules.yaml",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "needs --prometheus-url",
+            "--prometheus-timeout 10s",
+            "--prometheus-query",
+            "--prometheus-pod-label \"kubernetes-pod\"",
+            "--prometheus-ca-file /nonexistent/ca.pem",
+            "--prometheus-client-cert-file needs --prometheus-client-key-file",
+            "--prometheus-rules-file: reading rules file /nonexistent/rules.yaml",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let ok = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "http://127.0.0.1:9090",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(ok.max_age, DEFAULT_PROMETHEUS_MAX_AGE);
+        assert!(matches!(ok.source, Source::Prometheus(_)));
+        let bad_url = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "prometheus:9090",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("relative URL");
+        assert!(bad_url.to_string().contains("absolute http"), "{bad_url}");
     }
 
     #[test]

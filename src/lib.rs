@@ -18,6 +18,8 @@
 //! - [`discovery`]: which pods to scrape, from a Kubernetes pod watch or a static YAML file.
 //! - [`collect`]: the scrape loop: one bounded-concurrency round per interval.
 //! - [`exposition`]: pure parser of the Prometheus text format and OpenMetrics text.
+//! - [`prometheus`]: the other source (`--source=prometheus`): one PromQL query per served metric
+//!   per interval against an existing Prometheus, and prometheus-adapter `rules:`.
 //! - [`store`]: per-pod labels, scrape target and latest good reading with its sample time.
 //! - [`selector`]: Kubernetes label selectors (parse, match, echo).
 //! - [`quantity`]: canonical `resource.Quantity` strings.
@@ -35,6 +37,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod exposition;
+pub mod prometheus;
 pub mod quantity;
 pub mod selector;
 pub mod server;

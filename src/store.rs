@@ -564,6 +564,37 @@ impl Store {
         Ok((sum, time))
     }
 
+    /// Names of the tracked pods of `namespace` matching `pod_selector`, sorted. Used by the
+    /// Prometheus source, whose values come from elsewhere but whose pods are the inventory's.
+    pub fn pod_names(&self, namespace: &str, pod_selector: &Selector) -> Vec<String> {
+        let inner = self.read();
+        let Some(ns) = inner.pods.get(namespace) else {
+            return Vec::new();
+        };
+        let matches = |e: &PodEntry| pod_selector.matches_map(&e.labels);
+        match ns.candidates(pod_selector) {
+            Some(names) => names
+                .into_iter()
+                .filter(|name| ns.pods.get(*name).is_some_and(matches))
+                .map(str::to_owned)
+                .collect(),
+            None => ns
+                .pods
+                .iter()
+                .filter(|(_, e)| matches(e))
+                .map(|(name, _)| name.clone())
+                .collect(),
+        }
+    }
+
+    /// Whether the pod is tracked.
+    pub fn has_pod(&self, key: &PodKey) -> bool {
+        self.read()
+            .pods
+            .get(&key.namespace)
+            .is_some_and(|ns| ns.pods.contains_key(&key.name))
+    }
+
     /// How many tracked pods have a fresh reading, and how many do not (never scraped
     /// successfully, or last good reading older than `max_age`), for the adapter's own metrics.
     pub fn freshness(&self, now: SystemTime) -> (usize, usize) {

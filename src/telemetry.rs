@@ -53,6 +53,42 @@ impl ScrapeOutcome {
     }
 }
 
+/// Outcome of one request to Prometheus (`--source=prometheus`), by kind.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum QueryOutcome {
+    /// Answered with data.
+    Success,
+    /// No answer within `--prometheus-timeout`.
+    Timeout,
+    /// Connection, TLS or HTTP failure.
+    RequestFailed,
+    /// Prometheus answered with an error, or an answer of the wrong type.
+    PrometheusError,
+}
+
+impl QueryOutcome {
+    /// The label value used in `ws_metrics_adapter_prometheus_requests_total{outcome=…}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Timeout => "timeout",
+            Self::RequestFailed => "request_failed",
+            Self::PrometheusError => "prometheus_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PromLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
@@ -85,6 +121,9 @@ pub struct Telemetry {
     served_age: Histogram,
     watch_events: Family<WatchLabels, Counter>,
     inventory_errors: Counter,
+    prom_requests: Family<PromLabels, Counter>,
+    prom_duration: Histogram,
+    prom_dropped: Family<DropLabels, Counter>,
 }
 
 impl Default for Telemetry {
@@ -177,8 +216,30 @@ impl Telemetry {
             "Pod watch errors and static-file reload failures",
             inventory_errors.clone(),
         );
+        let prom_requests = Family::<PromLabels, Counter>::default();
+        registry.register(
+            "prometheus_requests",
+            "Requests to Prometheus (--source=prometheus) by kind (query, series) and outcome",
+            prom_requests.clone(),
+        );
+        let prom_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register_with_unit(
+            "prometheus_query_duration",
+            "Time of one query to Prometheus, whatever the outcome",
+            Unit::Seconds,
+            prom_duration.clone(),
+        );
+        let prom_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "prometheus_series_dropped",
+            "Series of query answers not served, by reason (unlabelled: no object label; unservable: NaN or Inf)",
+            prom_dropped.clone(),
+        );
         Self {
             registry: root,
+            prom_requests,
+            prom_duration,
+            prom_dropped,
             scrapes,
             scrape_duration,
             round_duration,
@@ -202,6 +263,40 @@ impl Telemetry {
             })
             .inc();
         self.scrape_duration.observe(secs);
+    }
+
+    /// Counts one request to Prometheus (`kind`: `query` or `series`). Unit of `secs`: seconds.
+    pub fn observe_prometheus_query(&self, kind: &'static str, outcome: QueryOutcome, secs: f64) {
+        self.prom_requests
+            .get_or_create(&PromLabels {
+                kind,
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        if kind == "query" {
+            self.prom_duration.observe(secs);
+        }
+    }
+
+    /// Number of requests to Prometheus of this kind and outcome so far.
+    pub fn prometheus_query_count(&self, kind: &'static str, outcome: QueryOutcome) -> u64 {
+        self.prom_requests
+            .get_or_create(&PromLabels {
+                kind,
+                outcome: outcome.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts series left out of a query answer.
+    pub fn prometheus_series_dropped(&self, unlabelled: usize, unservable: usize) {
+        for (reason, n) in [("unlabelled", unlabelled), ("unservable", unservable)] {
+            if n > 0 {
+                self.prom_dropped
+                    .get_or_create(&DropLabels { reason })
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     /// Number of scrapes with this outcome so far.

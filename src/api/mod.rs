@@ -18,6 +18,8 @@ use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 
+use crate::prometheus::results::{Objects, ReadError, Results};
+use crate::prometheus::rules;
 use crate::selector::Selector;
 use crate::store::{PodKey, Store};
 use crate::telemetry::Telemetry;
@@ -36,6 +38,8 @@ pub struct ApiState {
     group_list: Arc<[u8]>,
     group: Arc<[u8]>,
     resource_lists: Arc<[Vec<u8>; 2]>,
+    /// Values from Prometheus instead of the store's scraped readings (`--source=prometheus`).
+    prometheus: Option<Arc<Results>>,
 }
 
 impl ApiState {
@@ -62,7 +66,15 @@ impl ApiState {
             store,
             telemetry,
             clock,
+            prometheus: None,
         }
+    }
+
+    /// Serves values (and discovery) from the Prometheus source's results; the store is still the
+    /// pod inventory.
+    pub fn with_prometheus(mut self, results: Arc<Results>) -> Self {
+        self.prometheus = Some(results);
+        self
     }
 }
 
@@ -132,10 +144,10 @@ fn route_kind(route: &Result<Route, PathError>) -> &'static str {
             ..
         }) => "namespace",
         Ok(Route::Metric {
-            target: Target::Unserved { .. },
+            target: Target::Object { .. },
             ..
-        })
-        | Err(_) => "other",
+        }) => "object",
+        Err(_) => "other",
     }
 }
 
@@ -183,6 +195,14 @@ fn respond(state: &ApiState, req: &Request, route: Result<Route, PathError>) -> 
     match route {
         Route::GroupList => json(StatusCode::OK, state.group_list.to_vec()),
         Route::Group => json(StatusCode::OK, state.group.to_vec()),
+        Route::ResourceList(v) if state.prometheus.is_some() => json(
+            StatusCode::OK,
+            state
+                .prometheus
+                .as_ref()
+                .map(|p| p.resource_list(v))
+                .unwrap_or_default(),
+        ),
         Route::ResourceList(v) => {
             let idx = match v {
                 Version::V1beta1 => 0,
@@ -228,13 +248,17 @@ fn read_metric(
         "metricLabelSelector",
         query.metric_label_selector.as_deref(),
     )?;
+    if let Some(results) = &state.prometheus {
+        let items = read_prometheus(state, results, target, metric, &metric_selector, query)?;
+        return Ok(finish(state, version, metric, &metric_selector, &items));
+    }
     let resource = match &target {
         Target::AllPods { .. } | Target::Pod { .. } => "pods",
         Target::Namespace { .. } => "namespaces",
-        Target::Unserved { resource } => resource.as_str(),
+        Target::Object { resource, .. } => resource.as_str(),
     };
     let family = match (&target, state.store.catalog().family_index(metric)) {
-        (Target::Unserved { .. }, _) | (_, None) => {
+        (Target::Object { .. }, _) | (_, None) => {
             return Err(Status::failure(
                 404,
                 "NotFound",
@@ -304,11 +328,112 @@ fn read_metric(
                 }
             }
         }
-        Target::Unserved { .. } => Vec::new(),
+        Target::Object { .. } => Vec::new(),
     };
     for item in &items {
         let age = now.duration_since(item.time).unwrap_or_default();
         state.telemetry.observe_served_age(age.as_secs_f64());
     }
     Ok(wire::metric_value_list(version, metric, &echo, &items))
+}
+
+/// Records the age of each served value and renders the list.
+fn finish(
+    state: &ApiState,
+    version: Version,
+    metric: &str,
+    metric_selector: &Selector,
+    items: &[Item],
+) -> Vec<u8> {
+    let now = (state.clock)();
+    for item in items {
+        let age = now.duration_since(item.time).unwrap_or_default();
+        state.telemetry.observe_served_age(age.as_secs_f64());
+    }
+    wire::metric_value_list(version, metric, &metric_selector.to_label_selector(), items)
+}
+
+/// A metric read answered from the Prometheus source's last query results (memory only).
+fn read_prometheus(
+    state: &ApiState,
+    results: &Results,
+    target: Target,
+    metric: &str,
+    metric_selector: &Selector,
+    query: &path::Query,
+) -> Result<Vec<Item>, Status> {
+    let not_found = |resource: &str| {
+        Status::failure(
+            404,
+            "NotFound",
+            format!("the server could not find the metric {metric} for {resource}"),
+        )
+    };
+    let pod_selector;
+    let (resource, objects) = match &target {
+        Target::AllPods { namespace } => {
+            pod_selector = parse_selector("labelSelector", query.label_selector.as_deref())?;
+            (
+                rules::pods(),
+                Objects::All {
+                    namespace,
+                    selector: &pod_selector,
+                },
+            )
+        }
+        Target::Pod { namespace, name } => (rules::pods(), Objects::One { namespace, name }),
+        Target::Namespace { namespace } => (
+            rules::namespaces(),
+            Objects::One {
+                namespace: "",
+                name: namespace,
+            },
+        ),
+        Target::Object {
+            resource,
+            namespace,
+            name,
+        } => {
+            let info = rules::resolve_path(resource).ok_or_else(|| not_found(resource))?;
+            // A namespaced resource asked for without a namespace (or the reverse) is not a
+            // metric we serve.
+            if info.namespaced != namespace.is_some() {
+                return Err(not_found(resource));
+            }
+            let ns = namespace.as_deref().unwrap_or("");
+            let objects = match name {
+                Some(name) => Objects::One {
+                    namespace: ns,
+                    name,
+                },
+                None => {
+                    pod_selector =
+                        parse_selector("labelSelector", query.label_selector.as_deref())?;
+                    Objects::All {
+                        namespace: ns,
+                        selector: &pod_selector,
+                    }
+                }
+            };
+            (info, objects)
+        }
+    };
+    let now = (state.clock)();
+    results
+        .read(
+            &state.store,
+            resource,
+            metric,
+            objects,
+            metric_selector,
+            now,
+        )
+        .map_err(|e| match e {
+            ReadError::NotFound(msg) => Status::failure(404, "NotFound", msg),
+            ReadError::BadRequest(msg) => Status::failure(400, "BadRequest", msg),
+            ReadError::Unavailable(why) => {
+                tracing::warn!(metric, reason = %why, "prometheus metric not served");
+                Status::internal()
+            }
+        })
 }

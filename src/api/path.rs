@@ -48,10 +48,15 @@ pub enum Target {
         /// Namespace.
         namespace: String,
     },
-    /// Forms A–D for a resource we serve no metric for (`services`, `nodes`, …).
-    Unserved {
+    /// Forms A–D for a resource other than pods (`services`, `deployments.apps`, `nodes`, …):
+    /// served only by the Prometheus source's rules.
+    Object {
         /// The group-resource as written in the path.
         resource: String,
+        /// Namespace (forms A and B); `None` for cluster-scoped forms C and D.
+        namespace: Option<String>,
+        /// Object name; `None` for `*` (forms B and D).
+        name: Option<String>,
     },
 }
 
@@ -170,9 +175,19 @@ fn metric_target<'a>(rest: &[&'a str]) -> Result<(Target, &'a str), PathError> {
                         name: (*name).to_owned(),
                     }
                 }
-                other => Target::Unserved {
-                    resource: other.to_owned(),
-                },
+                other => {
+                    let name = if *name == "*" {
+                        None
+                    } else {
+                        check_name("object name", name)?;
+                        Some((*name).to_owned())
+                    };
+                    Target::Object {
+                        resource: other.to_owned(),
+                        namespace: Some((*ns).to_owned()),
+                        name,
+                    }
+                }
             };
             Ok((target, metric))
         }
@@ -180,13 +195,23 @@ fn metric_target<'a>(rest: &[&'a str]) -> Result<(Target, &'a str), PathError> {
         ["namespaces", _, _] => Err(PathError::Invalid(
             "invalid request path: use namespaces/{namespace}/metrics/{metric} for a namespace's metric".into(),
         )),
-        // Forms C and D: cluster-scoped resources, for which we serve nothing.
-        [resource, _name, metric] if *resource != "namespaces" => Ok((
-            Target::Unserved {
-                resource: (*resource).to_owned(),
-            },
-            metric,
-        )),
+        // Forms C and D: cluster-scoped resources.
+        [resource, name, metric] if *resource != "namespaces" => {
+            let name = if *name == "*" {
+                None
+            } else {
+                check_name("object name", name)?;
+                Some((*name).to_owned())
+            };
+            Ok((
+                Target::Object {
+                    resource: (*resource).to_owned(),
+                    namespace: None,
+                    name,
+                },
+                metric,
+            ))
+        }
         _ => Err(PathError::NotFound),
     }
 }
@@ -279,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn forms_a_and_e_and_unserved_resources() {
+    fn forms_a_and_e_and_other_resources() {
         assert_eq!(
             route(&format!("{CM}/namespaces/chat/pods/ws-0/m")),
             Ok(Route::Metric {
@@ -301,19 +326,33 @@ mod tests {
                 metric: "m".into()
             })
         );
-        assert!(matches!(
+        assert_eq!(
             route(&format!("{CM}/nodes/%2A/m")),
             Ok(Route::Metric {
-                target: Target::Unserved { .. },
-                ..
+                version: Version::V1beta2,
+                target: Target::Object {
+                    resource: "nodes".into(),
+                    namespace: None,
+                    name: None,
+                },
+                metric: "m".into()
             })
-        ));
-        assert!(matches!(
+        );
+        assert_eq!(
             route(&format!("{CM}/namespaces/chat/services/ws/m")),
             Ok(Route::Metric {
-                target: Target::Unserved { .. },
-                ..
+                version: Version::V1beta2,
+                target: Target::Object {
+                    resource: "services".into(),
+                    namespace: Some("chat".into()),
+                    name: Some("ws".into()),
+                },
+                metric: "m".into()
             })
+        );
+        assert!(matches!(
+            route(&format!("{CM}/namespaces/chat/deployments.apps/Bad_Name/m")),
+            Err(PathError::Invalid(_))
         ));
     }
 

@@ -118,6 +118,32 @@ pub fn api_resource_list(version: Version, metrics: &[String]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `GET /apis/custom.metrics.k8s.io/{version}` for an explicit list of
+/// `(group-resource, metric, namespaced)` entries (the Prometheus source, whose rules may serve
+/// any resource). An empty list is a valid (empty) document.
+pub fn api_resource_list_of(version: Version, entries: &[(String, String, bool)]) -> Vec<u8> {
+    let resources: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(resource, metric, namespaced)| {
+            serde_json::json!({
+                "name": format!("{resource}/{metric}"),
+                "singularName": "",
+                "namespaced": namespaced,
+                "kind": "MetricValueList",
+                "verbs": ["get"],
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": version.group_version(),
+        "resources": resources,
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// The object a value describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Described {
@@ -133,16 +159,27 @@ pub enum Described {
         /// Name of the namespace.
         name: String,
     },
+    /// Any other object (served by prometheus-adapter rules: services, deployments, nodes, …).
+    Object {
+        /// Kind, e.g. `Service`.
+        kind: &'static str,
+        /// API version, e.g. `apps/v1`.
+        api_version: &'static str,
+        /// Namespace, for namespaced resources.
+        namespace: Option<String>,
+        /// Name.
+        name: String,
+    },
 }
 
 #[derive(Serialize)]
 struct ObjectReference<'a> {
-    kind: &'static str,
+    kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<&'a str>,
     name: &'a str,
     #[serde(rename = "apiVersion")]
-    api_version: &'static str,
+    api_version: &'a str,
 }
 
 impl Described {
@@ -159,6 +196,17 @@ impl Described {
                 namespace: None,
                 name,
                 api_version: "v1",
+            },
+            Self::Object {
+                kind,
+                api_version,
+                namespace,
+                name,
+            } => ObjectReference {
+                kind,
+                namespace: namespace.as_deref(),
+                name,
+                api_version,
             },
         }
     }

@@ -114,6 +114,28 @@ pub fn target_for(pod: &Pod, prefix: &str) -> Result<PodTarget, Skip> {
     })
 }
 
+/// Decides whether to track `pod` when values come from Prometheus (`--source=prometheus`): every
+/// `Running` pod that is not being deleted, annotations or not, since Prometheus (not this
+/// adapter) decides what is scraped. The target has no URL: nothing scrapes it.
+///
+/// # Errors
+/// [`Skip::Terminating`] or [`Skip::NotRunning`].
+pub fn tracked_for(pod: &Pod) -> Result<PodTarget, Skip> {
+    let meta = &pod.metadata;
+    if meta.deletion_timestamp.is_some() {
+        return Err(Skip::Terminating);
+    }
+    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+        return Err(Skip::NotRunning);
+    }
+    Ok(PodTarget {
+        key: key_of(pod),
+        uid: meta.uid.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        url: String::new(),
+    })
+}
+
 fn key_of(pod: &Pod) -> PodKey {
     PodKey {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -129,6 +151,8 @@ pub struct Inventory {
     telemetry: Arc<Telemetry>,
     prefix: String,
     relist: Option<Vec<PodTarget>>,
+    /// Track every running pod ([`tracked_for`]) instead of opted-in ones ([`target_for`]).
+    all_running: bool,
 }
 
 impl Inventory {
@@ -139,6 +163,21 @@ impl Inventory {
             telemetry,
             prefix,
             relist: None,
+            all_running: false,
+        }
+    }
+
+    /// Tracks every running pod, opted in or not (the Prometheus source).
+    pub fn tracking_all_running_pods(mut self) -> Self {
+        self.all_running = true;
+        self
+    }
+
+    fn target(&self, pod: &Pod) -> Result<PodTarget, Skip> {
+        if self.all_running {
+            tracked_for(pod)
+        } else {
+            target_for(pod, &self.prefix)
         }
     }
 
@@ -153,7 +192,7 @@ impl Inventory {
     pub fn apply(&mut self, event: Event<Pod>) {
         match event {
             Event::Init => self.relist = Some(Vec::new()),
-            Event::InitApply(pod) => match target_for(&pod, &self.prefix) {
+            Event::InitApply(pod) => match self.target(&pod) {
                 Ok(t) => self.relist.get_or_insert_with(Vec::new).push(t),
                 Err(skip) => self.note_skip(&pod, &skip),
             },
@@ -163,7 +202,7 @@ impl Inventory {
                 self.store.replace_all(targets);
                 self.telemetry.inventory_event("relisted");
             }
-            Event::Apply(pod) => match target_for(&pod, &self.prefix) {
+            Event::Apply(pod) => match self.target(&pod) {
                 Ok(t) => {
                     let added = self.store.upsert(t);
                     self.telemetry
@@ -257,6 +296,20 @@ mod tests {
                 "2026-01-01T00:00:00Z".parse().expect("time"),
             ));
         assert_eq!(target_for(&deleting, P), Err(Skip::Terminating));
+    }
+
+    #[test]
+    fn the_prometheus_source_tracks_every_running_pod_opted_in_or_not() {
+        let plain = pod("plain", &[], "Running", Some("10.0.0.9"));
+        assert_eq!(
+            target_for(&plain, "ws-metrics-adapter.io"),
+            Err(Skip::NotOptedIn)
+        );
+        let t = tracked_for(&plain).expect("tracked");
+        assert_eq!(t.key.name, "plain");
+        assert_eq!(t.url, "");
+        let pending = pod("pending", &[], "Pending", None);
+        assert_eq!(tracked_for(&pending), Err(Skip::NotRunning));
     }
 
     #[test]

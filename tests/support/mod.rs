@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 use ws_metrics_adapter::app::{self, Listeners, Shutdown, ShutdownTrigger};
 use ws_metrics_adapter::config::{Cli, Command};
 
+pub mod prometheus;
+
 /// What a fake pod answers on every request.
 #[derive(Debug, Clone)]
 pub enum Behavior {

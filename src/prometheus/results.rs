@@ -1,0 +1,1024 @@
+//! What the Prometheus source serves: the plan (which metric of which resource comes from which
+//! query), the latest outcome of every query, and the pure reads the API makes on them. Written by
+//! the query loop with one atomic swap per round; read by requests without locks or I/O.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use super::rules::{self, ResourceInfo};
+use crate::api::wire::{self, Described, Item, Version};
+use crate::quantity;
+use crate::selector::Selector;
+use crate::store::{PodKey, Store};
+
+/// Label added to tell the value part of a query's answer from its freshness part.
+pub const PART_LABEL: &str = "ws_adapter_part";
+
+/// One query run every interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuerySpec {
+    /// PromQL as sent, value part and freshness part joined (see [`QuerySpec::new`]).
+    pub promql: String,
+    /// Label holding the namespace (namespaced resources).
+    pub namespace_label: Option<String>,
+    /// Label holding the object's name.
+    pub object_label: String,
+}
+
+impl QuerySpec {
+    /// Joins the value query with a freshness part, so that one request returns both the values
+    /// and, per object, the time of the newest raw sample behind them (an instant query stamps
+    /// every result with its evaluation time, which says nothing about the data's age):
+    ///
+    /// ```text
+    /// label_replace(VALUE, "ws_adapter_part", "value", "", "")
+    ///   or label_replace(max by (GROUP) (timestamp(SERIES{MATCHERS})), "ws_adapter_part", "time", "", "")
+    /// ```
+    pub fn new(
+        value_promql: &str,
+        series: &str,
+        namespace_label: Option<String>,
+        object_label: String,
+    ) -> Self {
+        let group: Vec<&str> = namespace_label
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(object_label.as_str()))
+            .collect();
+        let matchers: Vec<String> = group.iter().map(|l| format!("{l}!=\"\"")).collect();
+        let promql = format!(
+            "label_replace({value_promql}, \"{PART_LABEL}\", \"value\", \"\", \"\") or label_replace(max by ({}) (timestamp({series}{{{}}})), \"{PART_LABEL}\", \"time\", \"\", \"\")",
+            group.join(", "),
+            matchers.join(",")
+        );
+        Self {
+            promql,
+            namespace_label,
+            object_label,
+        }
+    }
+}
+
+/// How the values of a served metric are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// From query `n`, one value per object.
+    Query(usize),
+    /// For `namespaces`: the sum of the pods' values of query `n` over every tracked pod of the
+    /// namespace (as the scrape source computes it), refused when a pod has no value.
+    PodSum(usize),
+}
+
+/// A metric served for a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// Resource (`pods`, `namespaces`, `services`, …).
+    pub resource: &'static ResourceInfo,
+    /// Metric name.
+    pub metric: String,
+    /// Where its values come from.
+    pub values: Values,
+}
+
+/// Which metrics are served and the queries behind them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Served (resource, metric) pairs, in discovery order.
+    pub served: Vec<Served>,
+    /// Queries, each run once per interval.
+    pub queries: Vec<QuerySpec>,
+}
+
+impl Plan {
+    /// Adds a query (reusing an identical one) and returns its index.
+    pub fn add_query(&mut self, spec: QuerySpec) -> usize {
+        if let Some(i) = self.queries.iter().position(|q| *q == spec) {
+            return i;
+        }
+        self.queries.push(spec);
+        self.queries.len() - 1
+    }
+
+    /// Adds a served metric unless the (resource, metric) pair is already served; returns
+    /// whether it was added.
+    pub fn serve(&mut self, served: Served) -> bool {
+        if self
+            .served
+            .iter()
+            .any(|s| s.resource == served.resource && s.metric == served.metric)
+        {
+            return false;
+        }
+        self.served.push(served);
+        true
+    }
+}
+
+/// Values of one object in one query answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectValue {
+    /// The answer's series for the object: labels other than the object's, and value. Unit of
+    /// the value: milli-units.
+    pub series: Vec<(Vec<(String, String)>, i64)>,
+    /// Sum of the series. Unit: milli-units.
+    pub total_milli: i64,
+    /// Time of the newest raw sample behind the value (the freshness part), else the
+    /// evaluation time.
+    pub time: SystemTime,
+}
+
+/// Object identity in a table: namespace (empty for cluster-scoped objects) and name.
+pub type ObjectKey = (String, String);
+
+/// One successful query answer, by object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    /// Values by object.
+    pub objects: HashMap<ObjectKey, ObjectValue>,
+    /// Label names, other than the object's, carried by the answer's series: what a
+    /// `metricLabelSelector` may filter on.
+    pub kept_labels: BTreeSet<String>,
+}
+
+/// A sample of an instant-vector answer: labels, value, timestamp (Unix seconds).
+pub type RawSample = (HashMap<String, String>, f64, f64);
+
+/// What a table build dropped, for the adapter's own metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Series without the object label (or namespace label).
+    pub unlabelled: usize,
+    /// Values that cannot be served: NaN, ±Inf, out of range.
+    pub unservable: usize,
+}
+
+fn system_time(secs: f64) -> SystemTime {
+    if secs.is_finite() && secs > 0.0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+impl Table {
+    /// Builds a table from the samples of a [`QuerySpec`] answer. An object with an unservable
+    /// value (NaN, ±Inf) is left out entirely, never served as zero or as a partial sum.
+    pub fn build(spec: &QuerySpec, samples: Vec<RawSample>) -> (Self, Dropped) {
+        let mut dropped = Dropped::default();
+        let mut times: HashMap<ObjectKey, SystemTime> = HashMap::new();
+        let mut table = Table::default();
+        let mut poisoned: BTreeSet<ObjectKey> = BTreeSet::new();
+        for (mut labels, value, ts) in samples {
+            let part = labels.remove(PART_LABEL);
+            let ns = match &spec.namespace_label {
+                Some(l) => match labels.remove(l) {
+                    Some(v) if !v.is_empty() => v,
+                    _ => {
+                        dropped.unlabelled += 1;
+                        continue;
+                    }
+                },
+                None => String::new(),
+            };
+            let name = match labels.remove(&spec.object_label) {
+                Some(v) if !v.is_empty() => v,
+                _ => {
+                    dropped.unlabelled += 1;
+                    continue;
+                }
+            };
+            let key = (ns, name);
+            if part.as_deref() == Some("time") {
+                let t = system_time(value);
+                let slot = times.entry(key).or_insert(t);
+                *slot = (*slot).max(t);
+                continue;
+            }
+            let Some(milli) = quantity::milli_from_f64(value) else {
+                dropped.unservable += 1;
+                poisoned.insert(key);
+                continue;
+            };
+            labels.remove("__name__");
+            let mut pairs: Vec<(String, String)> = labels.into_iter().collect();
+            pairs.sort();
+            table
+                .kept_labels
+                .extend(pairs.iter().map(|(k, _)| k.clone()));
+            let entry = table.objects.entry(key).or_insert_with(|| ObjectValue {
+                series: Vec::new(),
+                total_milli: 0,
+                time: system_time(ts),
+            });
+            entry.total_milli = entry.total_milli.saturating_add(milli);
+            entry.series.push((pairs, milli));
+        }
+        for key in poisoned {
+            table.objects.remove(&key);
+        }
+        for (key, value) in &mut table.objects {
+            if let Some(t) = times.get(key) {
+                value.time = *t;
+            }
+        }
+        (table, dropped)
+    }
+}
+
+/// Latest outcome of one query.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Not run yet.
+    Pending,
+    /// The last run succeeded.
+    Ready(Arc<Table>),
+    /// The last run failed (unreachable, error status, timeout, bad answer): served as 500.
+    Failed(Arc<str>),
+}
+
+/// Plan and outcomes, swapped as a whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// What is served.
+    pub plan: Arc<Plan>,
+    /// Indexed like `plan.queries`.
+    pub outcomes: Vec<Outcome>,
+    resource_lists: [Vec<u8>; 2],
+}
+
+impl Snapshot {
+    /// A snapshot with discovery documents rendered from the plan.
+    pub fn new(plan: Arc<Plan>, outcomes: Vec<Outcome>) -> Self {
+        let entries: Vec<(String, String, bool)> = plan
+            .served
+            .iter()
+            .map(|s| (s.resource.path(), s.metric.clone(), s.resource.namespaced))
+            .collect();
+        Self {
+            resource_lists: [
+                wire::api_resource_list_of(Version::V1beta1, &entries),
+                wire::api_resource_list_of(Version::V1beta2, &entries),
+            ],
+            plan,
+            outcomes,
+        }
+    }
+}
+
+/// Why a read gives no values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// 404 with this message.
+    NotFound(String),
+    /// 400 with this message.
+    BadRequest(String),
+    /// 500: the data cannot be trusted right now; the cause is logged by the caller.
+    Unavailable(String),
+}
+
+/// Which objects a read asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Objects<'a> {
+    /// One object (namespace empty for cluster-scoped ones).
+    One {
+        /// Namespace, or empty.
+        namespace: &'a str,
+        /// Name.
+        name: &'a str,
+    },
+    /// All objects of a namespace (or of the cluster, namespace empty) matching a selector.
+    All {
+        /// Namespace, or empty.
+        namespace: &'a str,
+        /// `labelSelector` on the objects.
+        selector: &'a Selector,
+    },
+}
+
+/// The Prometheus source's served state. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Results {
+    snapshot: ArcSwap<Snapshot>,
+    max_age: Duration,
+}
+
+impl Results {
+    /// Results for a plan, every query pending.
+    pub fn new(plan: Plan, max_age: Duration) -> Self {
+        let outcomes = vec![Outcome::Pending; plan.queries.len()];
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(Arc::new(plan), outcomes)),
+            max_age,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Publishes a new snapshot (one round's outcomes, or a new plan).
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The discovery document of `version`.
+    pub fn resource_list(&self, version: Version) -> Vec<u8> {
+        let idx = match version {
+            Version::V1beta1 => 0,
+            Version::V1beta2 => 1,
+        };
+        self.snapshot.load().resource_lists[idx].clone()
+    }
+
+    /// Whether every query has an outcome (ran at least once).
+    pub fn all_ran(&self) -> bool {
+        self.snapshot
+            .load()
+            .outcomes
+            .iter()
+            .all(|o| !matches!(o, Outcome::Pending))
+    }
+
+    /// Values of `metric` for `objects` of `resource`, read from memory. Pods must be tracked by
+    /// the inventory (`store`): series of pods it does not know are never served. Values older
+    /// than `--max-age` are left out.
+    ///
+    /// # Errors
+    /// [`ReadError`] for unknown metrics or objects, selectors on labels the query drops, and
+    /// queries that failed or have not run.
+    pub fn read(
+        &self,
+        store: &Store,
+        resource: &'static ResourceInfo,
+        metric: &str,
+        objects: Objects<'_>,
+        metric_selector: &Selector,
+        now: SystemTime,
+    ) -> Result<Vec<Item>, ReadError> {
+        let snap = self.snapshot.load();
+        let not_found = || {
+            ReadError::NotFound(format!(
+                "the server could not find the metric {metric} for {}",
+                resource.path()
+            ))
+        };
+        let served = snap
+            .plan
+            .served
+            .iter()
+            .find(|s| s.resource == resource && s.metric == metric)
+            .ok_or_else(not_found)?;
+        let (Values::Query(q) | Values::PodSum(q)) = served.values;
+        let table = match snap.outcomes.get(q) {
+            Some(Outcome::Ready(t)) => t.clone(),
+            Some(Outcome::Failed(why)) => {
+                return Err(ReadError::Unavailable(format!(
+                    "query for {metric} failed: {why}"
+                )));
+            }
+            _ => {
+                return Err(ReadError::Unavailable(format!(
+                    "query for {metric} has not run yet"
+                )));
+            }
+        };
+        for req in metric_selector.requirements() {
+            if !table.objects.is_empty() && !table.kept_labels.contains(&req.key) {
+                return Err(ReadError::BadRequest(format!(
+                    "metricLabelSelector: label {:?} is not kept by the query for {metric} (it keeps: {}); add it to the query's `by (...)` clause",
+                    req.key,
+                    if table.kept_labels.is_empty() {
+                        "no labels besides the object's".to_owned()
+                    } else {
+                        table
+                            .kept_labels
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                )));
+            }
+        }
+        let value_of = |ns: &str, name: &str| -> Option<(i64, SystemTime)> {
+            let v = table.objects.get(&(ns.to_owned(), name.to_owned()))?;
+            let age = now.duration_since(v.time).unwrap_or(Duration::ZERO);
+            if age > self.max_age {
+                return None;
+            }
+            let milli = if metric_selector.is_empty() {
+                v.total_milli
+            } else {
+                let matching: Vec<i64> = v
+                    .series
+                    .iter()
+                    .filter(|(labels, _)| metric_selector.matches_pairs(labels))
+                    .map(|(_, m)| *m)
+                    .collect();
+                if matching.is_empty() {
+                    return None;
+                }
+                matching.into_iter().fold(0i64, i64::saturating_add)
+            };
+            Some((milli, v.time))
+        };
+        let described = |ns: &str, name: &str| -> Described {
+            if resource.is_pods() {
+                Described::Pod {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                }
+            } else if resource.is_namespaces() {
+                Described::Namespace {
+                    name: name.to_owned(),
+                }
+            } else {
+                Described::Object {
+                    kind: resource.kind,
+                    api_version: resource.api_version,
+                    namespace: resource.namespaced.then(|| ns.to_owned()),
+                    name: name.to_owned(),
+                }
+            }
+        };
+        let item = |ns: &str, name: &str, (milli, time): (i64, SystemTime)| Item {
+            described: described(ns, name),
+            milli,
+            time,
+        };
+        match (served.values, objects) {
+            (Values::PodSum(_), Objects::One { name, .. }) => {
+                let pods = store.pod_names(name, &Selector::everything());
+                let mut sum = 0i64;
+                let mut oldest: Option<SystemTime> = None;
+                let mut missing = 0;
+                for pod in &pods {
+                    match value_of(name, pod) {
+                        Some((m, t)) => {
+                            sum = sum.saturating_add(m);
+                            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                        }
+                        None => missing += 1,
+                    }
+                }
+                if missing > 0 {
+                    return Err(ReadError::Unavailable(format!(
+                        "{missing} of {} pods in namespace {name} have no fresh value",
+                        pods.len()
+                    )));
+                }
+                Ok(vec![item("", name, (sum, oldest.unwrap_or(now)))])
+            }
+            (Values::PodSum(_), Objects::All { .. }) => Err(not_found()),
+            (Values::Query(_), Objects::One { namespace, name }) => {
+                if resource.is_pods()
+                    && !store.has_pod(&PodKey {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    })
+                {
+                    return Err(ReadError::NotFound(format!(
+                        "the server could not find the metric {metric} for pods {name}"
+                    )));
+                }
+                let ns = if resource.namespaced { namespace } else { "" };
+                let v = value_of(ns, name).ok_or_else(|| {
+                    ReadError::NotFound(format!(
+                        "the server could not find the metric {metric} for {} {name}",
+                        resource.path()
+                    ))
+                })?;
+                Ok(vec![item(ns, name, v)])
+            }
+            (
+                Values::Query(_),
+                Objects::All {
+                    namespace,
+                    selector,
+                },
+            ) => {
+                if resource.is_pods() {
+                    return Ok(store
+                        .pod_names(namespace, selector)
+                        .into_iter()
+                        .filter_map(|pod| {
+                            value_of(namespace, &pod).map(|v| item(namespace, &pod, v))
+                        })
+                        .collect());
+                }
+                if !selector.is_empty() {
+                    return Err(ReadError::BadRequest(format!(
+                        "labelSelector is only supported for pods: this adapter does not watch {}",
+                        resource.path()
+                    )));
+                }
+                let ns = if resource.namespaced { namespace } else { "" };
+                let mut names: Vec<&String> = table
+                    .objects
+                    .keys()
+                    .filter(|(n, _)| n == ns)
+                    .map(|(_, name)| name)
+                    .collect();
+                names.sort();
+                Ok(names
+                    .into_iter()
+                    .filter_map(|name| value_of(ns, name).map(|v| item(ns, name, v)))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The plan of the plain `--source=prometheus` metrics: for each `--metric SERVED=FAMILY`, the
+/// rendered query template over the pods (namespace and pod labels as configured), served for
+/// `pods` and, summed over the inventory, for `namespaces`.
+pub fn plan_for_mappings(
+    mappings: &[crate::store::MetricMapping],
+    template: &super::template::Template,
+    namespace_label: &str,
+    pod_label: &str,
+) -> Plan {
+    let mut plan = Plan::default();
+    for m in mappings {
+        let promql = template.render(&super::template::Args {
+            series: m.family.clone(),
+            label_matchers: format!("{namespace_label}!=\"\",{pod_label}!=\"\""),
+            group_by: format!("{namespace_label},{pod_label}"),
+        });
+        let q = plan.add_query(QuerySpec::new(
+            &promql,
+            &m.family,
+            Some(namespace_label.to_owned()),
+            pod_label.to_owned(),
+        ));
+        plan.serve(Served {
+            resource: rules::pods(),
+            metric: m.served.clone(),
+            values: Values::Query(q),
+        });
+        plan.serve(Served {
+            resource: rules::namespaces(),
+            metric: m.served.clone(),
+            values: Values::PodSum(q),
+        });
+    }
+    plan
+}
+
+/// Adds what the rules discovered to a plan (after the `--metric` mappings, which win on a
+/// clash). Returns how many (resource, metric) pairs were skipped as duplicates.
+pub fn extend_with_rules(plan: &mut Plan, discovered: &[rules::Discovered]) -> usize {
+    let mut skipped = 0;
+    for d in discovered {
+        let q = plan.add_query(QuerySpec::new(
+            &d.promql,
+            &d.series,
+            d.namespace_label.clone(),
+            d.object_label.clone(),
+        ));
+        if !plan.serve(Served {
+            resource: d.resource,
+            metric: d.metric.clone(),
+            values: Values::Query(q),
+        }) {
+            skipped += 1;
+        }
+    }
+    // Queries of skipped pairs stay in the plan only if something serves them.
+    let used: BTreeSet<usize> = plan
+        .served
+        .iter()
+        .map(|s| match s.values {
+            Values::Query(q) | Values::PodSum(q) => q,
+        })
+        .collect();
+    if used.len() != plan.queries.len() {
+        let mut remap = HashMap::new();
+        let mut kept = Vec::new();
+        for (i, q) in plan.queries.drain(..).enumerate() {
+            if used.contains(&i) {
+                remap.insert(i, kept.len());
+                kept.push(q);
+            }
+        }
+        plan.queries = kept;
+        // Indexing cannot panic: `remap` holds every index in `used`, which is built from exactly
+        // these `served` entries.
+        for s in &mut plan.served {
+            s.values = match s.values {
+                Values::Query(q) => Values::Query(remap[&q]),
+                Values::PodSum(q) => Values::PodSum(remap[&q]),
+            };
+        }
+    }
+    skipped
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::{MetricCatalog, MetricMapping, PodTarget};
+
+    const T0: u64 = 1_700_000_000;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn sample(labels: &[(&str, &str)], value: f64, ts: u64) -> RawSample {
+        (
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            value,
+            ts as f64,
+        )
+    }
+
+    fn store(pods: &[(&str, &str, &str)]) -> Store {
+        let s = Store::new(
+            MetricCatalog::new(vec![MetricMapping {
+                served: "websocket_connections".into(),
+                family: "websocket_connections_active".into(),
+            }]),
+            Duration::from_secs(60),
+        );
+        s.replace_all(
+            pods.iter()
+                .map(|(ns, name, app)| PodTarget {
+                    key: PodKey {
+                        namespace: (*ns).into(),
+                        name: (*name).into(),
+                    },
+                    uid: (*name).into(),
+                    labels: [("app".to_owned(), (*app).to_owned())].into(),
+                    url: "http://127.0.0.1:1/metrics".into(),
+                })
+                .collect(),
+        );
+        s
+    }
+
+    fn mapping_results(samples: Vec<RawSample>) -> Results {
+        let template =
+            crate::prometheus::template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY)
+                .unwrap();
+        let plan = plan_for_mappings(
+            &[MetricMapping {
+                served: "websocket_connections".into(),
+                family: "websocket_connections_active".into(),
+            }],
+            &template,
+            "namespace",
+            "pod",
+        );
+        let (table, _) = Table::build(&plan.queries[0], samples);
+        let plan = Arc::new(plan);
+        let r = Results::new((*plan).clone(), Duration::from_secs(60));
+        r.publish(Snapshot::new(plan, vec![Outcome::Ready(Arc::new(table))]));
+        r
+    }
+
+    fn values(items: &[Item]) -> Vec<(String, i64, SystemTime)> {
+        items
+            .iter()
+            .map(|i| {
+                let name = match &i.described {
+                    Described::Pod { name, .. }
+                    | Described::Namespace { name }
+                    | Described::Object { name, .. } => name.clone(),
+                };
+                (name, i.milli, i.time)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_default_query_renders_as_documented_with_its_freshness_part() {
+        let template =
+            crate::prometheus::template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY)
+                .unwrap();
+        let plan = plan_for_mappings(
+            &[MetricMapping {
+                served: "websocket_connections".into(),
+                family: "websocket_connections_active".into(),
+            }],
+            &template,
+            "namespace",
+            "pod",
+        );
+        assert_eq!(
+            plan.queries.len(),
+            1,
+            "one query serves pods and namespaces"
+        );
+        assert_eq!(
+            plan.queries[0].promql,
+            "label_replace(sum by (namespace,pod) (websocket_connections_active{namespace!=\"\",pod!=\"\"}), \"ws_adapter_part\", \"value\", \"\", \"\") \
+             or label_replace(max by (namespace, pod) (timestamp(websocket_connections_active{namespace!=\"\",pod!=\"\"})), \"ws_adapter_part\", \"time\", \"\", \"\")"
+        );
+        assert_eq!(plan.served.len(), 2);
+    }
+
+    #[test]
+    fn values_carry_the_newest_raw_sample_time_and_unknown_pods_are_dropped() {
+        let r = mapping_results(vec![
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ws-0"),
+                    (PART_LABEL, "value"),
+                ],
+                7.0,
+                T0 + 10,
+            ),
+            sample(
+                &[("namespace", "chat"), ("pod", "ws-0"), (PART_LABEL, "time")],
+                (T0 + 8) as f64,
+                T0 + 10,
+            ),
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ws-1"),
+                    (PART_LABEL, "value"),
+                ],
+                3.0,
+                T0 + 10,
+            ),
+            sample(
+                &[("namespace", "chat"), ("pod", "ws-1"), (PART_LABEL, "time")],
+                (T0 + 9) as f64,
+                T0 + 10,
+            ),
+            // A pod the inventory does not know (deleted, or another cluster's).
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ghost"),
+                    (PART_LABEL, "value"),
+                ],
+                99.0,
+                T0 + 10,
+            ),
+        ]);
+        let s = store(&[("chat", "ws-0", "ws"), ("chat", "ws-1", "ws")]);
+        let items = r
+            .read(
+                &s,
+                rules::pods(),
+                "websocket_connections",
+                Objects::All {
+                    namespace: "chat",
+                    selector: &Selector::everything(),
+                },
+                &Selector::everything(),
+                at(T0 + 11),
+            )
+            .unwrap();
+        assert_eq!(
+            values(&items),
+            vec![
+                ("ws-0".into(), 7000, at(T0 + 8)),
+                ("ws-1".into(), 3000, at(T0 + 9))
+            ]
+        );
+        let ns = r
+            .read(
+                &s,
+                rules::namespaces(),
+                "websocket_connections",
+                Objects::One {
+                    namespace: "",
+                    name: "chat",
+                },
+                &Selector::everything(),
+                at(T0 + 11),
+            )
+            .unwrap();
+        assert_eq!(values(&ns), vec![("chat".into(), 10_000, at(T0 + 8))]);
+        let ghost = r.read(
+            &s,
+            rules::pods(),
+            "websocket_connections",
+            Objects::One {
+                namespace: "chat",
+                name: "ghost",
+            },
+            &Selector::everything(),
+            at(T0 + 11),
+        );
+        assert!(matches!(ghost, Err(ReadError::NotFound(_))), "{ghost:?}");
+    }
+
+    #[test]
+    fn stale_values_are_left_out_and_a_namespace_with_a_gap_is_refused() {
+        let r = mapping_results(vec![
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ws-0"),
+                    (PART_LABEL, "value"),
+                ],
+                7.0,
+                T0 + 100,
+            ),
+            sample(
+                &[("namespace", "chat"), ("pod", "ws-0"), (PART_LABEL, "time")],
+                T0 as f64,
+                T0 + 100,
+            ),
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ws-1"),
+                    (PART_LABEL, "value"),
+                ],
+                3.0,
+                T0 + 100,
+            ),
+            sample(
+                &[("namespace", "chat"), ("pod", "ws-1"), (PART_LABEL, "time")],
+                (T0 + 99) as f64,
+                T0 + 100,
+            ),
+        ]);
+        let s = store(&[("chat", "ws-0", "ws"), ("chat", "ws-1", "ws")]);
+        let now = at(T0 + 100);
+        let items = r
+            .read(
+                &s,
+                rules::pods(),
+                "websocket_connections",
+                Objects::All {
+                    namespace: "chat",
+                    selector: &Selector::everything(),
+                },
+                &Selector::everything(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(values(&items), vec![("ws-1".into(), 3000, at(T0 + 99))]);
+        let ns = r.read(
+            &s,
+            rules::namespaces(),
+            "websocket_connections",
+            Objects::One {
+                namespace: "",
+                name: "chat",
+            },
+            &Selector::everything(),
+            now,
+        );
+        assert!(matches!(ns, Err(ReadError::Unavailable(_))), "{ns:?}");
+    }
+
+    #[test]
+    fn a_failed_query_is_unavailable_never_zero() {
+        let template =
+            crate::prometheus::template::Template::parse("sum by (<<.GroupBy>>) (<<.Series>>)")
+                .unwrap();
+        let plan = Arc::new(plan_for_mappings(
+            &[MetricMapping {
+                served: "m".into(),
+                family: "f".into(),
+            }],
+            &template,
+            "namespace",
+            "pod",
+        ));
+        let r = Results::new((*plan).clone(), Duration::from_secs(60));
+        let s = store(&[("chat", "ws-0", "ws")]);
+        let all = Objects::All {
+            namespace: "chat",
+            selector: &Selector::everything(),
+        };
+        let pending = r.read(
+            &s,
+            rules::pods(),
+            "m",
+            all.clone(),
+            &Selector::everything(),
+            at(T0),
+        );
+        assert!(
+            matches!(pending, Err(ReadError::Unavailable(_))),
+            "{pending:?}"
+        );
+        r.publish(Snapshot::new(
+            plan,
+            vec![Outcome::Failed("connection refused".into())],
+        ));
+        let failed = r.read(&s, rules::pods(), "m", all, &Selector::everything(), at(T0));
+        assert_eq!(
+            failed,
+            Err(ReadError::Unavailable(
+                "query for m failed: connection refused".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn metric_label_selector_filters_kept_labels_and_refuses_dropped_ones() {
+        let r = mapping_results(vec![
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ws-0"),
+                    ("route", "chat"),
+                    (PART_LABEL, "value"),
+                ],
+                4.0,
+                T0,
+            ),
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ws-0"),
+                    ("route", "echo"),
+                    (PART_LABEL, "value"),
+                ],
+                2.0,
+                T0,
+            ),
+            sample(
+                &[
+                    ("namespace", "chat"),
+                    ("pod", "ws-1"),
+                    ("route", "echo"),
+                    (PART_LABEL, "value"),
+                ],
+                5.0,
+                T0,
+            ),
+        ]);
+        let s = store(&[("chat", "ws-0", "ws"), ("chat", "ws-1", "api")]);
+        let read = |pods: &str, metric_sel: &str| {
+            r.read(
+                &s,
+                rules::pods(),
+                "websocket_connections",
+                Objects::All {
+                    namespace: "chat",
+                    selector: &Selector::parse(pods).unwrap(),
+                },
+                &Selector::parse(metric_sel).unwrap(),
+                at(T0 + 1),
+            )
+            .map(|items| {
+                values(&items)
+                    .into_iter()
+                    .map(|(n, m, _)| (n, m))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            read("", "route=echo"),
+            Ok(vec![("ws-0".into(), 2000), ("ws-1".into(), 5000)])
+        );
+        assert_eq!(read("app=ws", ""), Ok(vec![("ws-0".into(), 6000)]));
+        assert_eq!(read("", "route=chat"), Ok(vec![("ws-0".into(), 4000)]));
+        let refused = read("", "region=eu");
+        assert!(
+            matches!(&refused, Err(ReadError::BadRequest(m)) if m.contains("region") && m.contains("route")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn nan_and_series_without_the_object_label_are_dropped_not_zeroed() {
+        let spec = QuerySpec::new("x", "x", Some("namespace".into()), "pod".into());
+        let (table, dropped) = Table::build(
+            &spec,
+            vec![
+                sample(
+                    &[("namespace", "a"), ("pod", "p"), ("route", "r1")],
+                    1.0,
+                    T0,
+                ),
+                sample(
+                    &[("namespace", "a"), ("pod", "p"), ("route", "r2")],
+                    f64::NAN,
+                    T0,
+                ),
+                sample(&[("namespace", "a"), ("pod", "q")], 2.0, T0),
+                sample(&[("namespace", "a")], 5.0, T0),
+            ],
+        );
+        assert_eq!(
+            dropped,
+            Dropped {
+                unlabelled: 1,
+                unservable: 1
+            }
+        );
+        assert!(!table.objects.contains_key(&("a".into(), "p".into())));
+        assert_eq!(table.objects[&("a".into(), "q".into())].total_milli, 2000);
+    }
+}

@@ -1,0 +1,154 @@
+//! A real Prometheus (Debian's `prometheus` package) for tests: started on 127.0.0.1 with a temp
+//! data dir and a 1 s scrape interval, polled for readiness with a deadline, stopped by pid.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::e2e::{ProcessGuard, free_port, require_tool};
+use super::{eventually, plain_get};
+
+/// One scrape target: address and the `namespace`/`pod` labels Prometheus attaches.
+pub struct Target<'a> {
+    pub addr: String,
+    pub namespace: &'a str,
+    pub pod: &'a str,
+}
+
+/// `prometheus.yml` scraping `targets` every second.
+pub fn scrape_config(targets: &[Target<'_>]) -> String {
+    let mut s = String::from(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 800ms\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: ws\n  static_configs:\n",
+    );
+    for t in targets {
+        s.push_str(&format!(
+            "  - targets: ['{}']\n    labels: {{namespace: '{}', pod: '{}'}}\n",
+            t.addr, t.namespace, t.pod
+        ));
+    }
+    if targets.is_empty() {
+        s = "global:\n  scrape_interval: 1s\nscrape_configs: []\n".into();
+    }
+    s
+}
+
+/// A running (or stopped) Prometheus with its config and data under `dir`.
+pub struct Prometheus {
+    pub port: u16,
+    pub dir: PathBuf,
+    binary: PathBuf,
+    process: Option<ProcessGuard>,
+}
+
+impl Prometheus {
+    /// The `prometheus` binary, or `None` with a SKIPPED message (a failure with `CI=true`).
+    pub fn binary() -> Option<PathBuf> {
+        require_tool(
+            "prometheus",
+            "install Debian's `prometheus` package (scripts/install-deps.sh does)",
+        )
+    }
+
+    /// Writes `config` to `dir/prometheus.yml` and starts Prometheus on a free port with its
+    /// TSDB in `dir/data` (which may already hold blocks, e.g. from promtool).
+    pub fn start(binary: PathBuf, dir: &Path, config: &str) -> Self {
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
+        let mut p = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            binary,
+            process: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg(format!(
+            "--config.file={}",
+            self.dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            self.dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+        .arg("--log.level=warn");
+        self.process = Some(ProcessGuard::spawn(cmd, "prometheus"));
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Polls `/-/ready` until 200.
+    pub async fn wait_ready(&self, deadline: Duration) {
+        let addr = self.addr();
+        eventually(deadline, "prometheus /-/ready", || async move {
+            matches!(plain_get(addr, "/-/ready").await, Ok((200, _))).then_some(())
+        })
+        .await;
+    }
+
+    /// Runs an instant query and returns the `data.result` array.
+    pub async fn query(&self, promql: &str) -> Option<Vec<serde_json::Value>> {
+        let q: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        let (code, body) = plain_get(self.addr(), &format!("/api/v1/query?query={q}"))
+            .await
+            .ok()?;
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"].as_array().cloned()
+    }
+
+    /// Polls until `promql` returns at least `n` series (Prometheus hands its first targets to the
+    /// scraper only after about 5 s).
+    pub async fn wait_series(&self, promql: &str, n: usize, deadline: Duration) {
+        eventually(deadline, &format!("{n} series of {promql}"), || async {
+            self.query(promql)
+                .await
+                .filter(|r| r.len() >= n)
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    /// `prometheus_http_requests_total` for `handler`, summed over codes, from its /metrics.
+    pub async fn requests_served(&self, handler: &str) -> f64 {
+        let (_, body) = plain_get(self.addr(), "/metrics")
+            .await
+            .expect("prometheus /metrics");
+        let needle = format!("handler=\"{handler}\"");
+        body.lines()
+            .filter(|l| l.starts_with("prometheus_http_requests_total{") && l.contains(&needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Kills the process (SIGKILL, by pid) and waits for it.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts it again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Its logs so far (for failure messages).
+    pub fn logs(&self) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.stderr())
+            .unwrap_or_default()
+    }
+}
