@@ -299,26 +299,51 @@ impl Collector {
     /// Runs rounds every interval until `shutdown` resolves. Marks `health` as ticking at the
     /// start of each round and collected after the first.
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut ticker = tokio::time::interval(self.config.interval);
-        // A round that overran is followed by one right away, then the cadence resumes.
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                _ = ticker.tick() => {}
-            }
-            health.tick_started();
-            // Wait for the inventory before the first round, so "collected" means something.
-            if !self.store.is_synced() {
-                continue;
-            }
-            let report = tokio::select! {
-                () = &mut shutdown => return,
-                r = self.tick() => r,
-            };
-            tracing::debug!(?report, "collection round");
-            health.round_finished();
+        every_interval(
+            self.config.interval,
+            &self.store,
+            &health,
+            shutdown,
+            || async {
+                let report = self.tick().await;
+                tracing::debug!(?report, "collection round");
+            },
+        )
+        .await;
+    }
+}
+
+/// The loop of a background source: a round every `interval` until `shutdown` resolves. Marks
+/// `health` as ticking at the start of each round and collected after each finished one; skips
+/// rounds until the pod inventory is synced, so "collected" means something. Shared by the scrape
+/// loop and the Prometheus source.
+pub(crate) async fn every_interval<F, Fut>(
+    interval: Duration,
+    store: &Store,
+    health: &Health,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(interval);
+    // A round that overran is followed by one right away, then the cadence resumes.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticker.tick() => {}
         }
+        health.tick_started();
+        if !store.is_synced() {
+            continue;
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = round() => {}
+        }
+        health.round_finished();
     }
 }

@@ -484,24 +484,11 @@ impl Source {
     /// Runs rounds every interval until `shutdown` resolves, marking `health` like the scrape
     /// loop does (ticking at the start of a round, collected after the first).
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                _ = ticker.tick() => {}
-            }
-            health.tick_started();
-            if !self.store.is_synced() {
-                continue;
-            }
-            let report = tokio::select! {
-                () = &mut shutdown => return,
-                r = self.tick() => r,
-            };
+        let store = &self.store;
+        crate::collect::every_interval(self.config.interval, store, &health, shutdown, || async {
+            let report = self.tick().await;
             tracing::debug!(?report, "prometheus round");
-            health.round_finished();
-        }
+        })
+        .await;
     }
 }
