@@ -132,10 +132,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_ANNOTATION_PREFIX", default_value = DEFAULT_ANNOTATION_PREFIX)]
     pub annotation_prefix: String,
 
-    /// Serve the API in cluster mode although it does not authenticate or authorize callers yet.
-    /// Anyone who can reach --secure-port can read every metric.
+    /// Serve the API in cluster mode WITHOUT authenticating or authorizing callers (turns the
+    /// delegated authentication below off). Anyone who can reach --secure-port can read every
+    /// metric.
     #[arg(long, env = "WS_METRICS_ADAPTER_INSECURE_ALLOW_UNAUTHENTICATED")]
     pub insecure_allow_unauthenticated: bool,
+
+    /// Delegated authentication and authorization (cluster mode).
+    #[command(flatten)]
+    pub auth: crate::auth::flags::AuthArgs,
 
     /// Time allowed for in-flight requests after SIGTERM.
     #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -220,6 +225,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Delegated authentication and authorization; `None` in static mode and with
+    /// --insecure-allow-unauthenticated.
+    pub auth: Option<crate::auth::flags::AuthOptions>,
 }
 
 /// Every problem found in the flags, reported together.
@@ -354,17 +362,13 @@ impl ServeArgs {
                 problems.push("--static-pods and --kubeconfig exclude each other".into());
                 PodSource::Static { path }
             }
-            (None, kubeconfig) => {
-                if !self.insecure_allow_unauthenticated {
-                    problems.push(
-                        "cluster mode would serve custom.metrics.k8s.io without authenticating or authorizing callers \
-                         (delegated authentication is not implemented yet); pass --insecure-allow-unauthenticated \
-                         to accept that, or use --static-pods for a local run"
-                            .into(),
-                    );
-                }
-                PodSource::Cluster { kubeconfig }
+            (None, kubeconfig) => PodSource::Cluster { kubeconfig },
+        };
+        let auth = match pods {
+            PodSource::Cluster { .. } if !self.insecure_allow_unauthenticated => {
+                Some(self.auth.validate(&mut problems))
             }
+            _ => None,
         };
         let default_bind = match pods {
             PodSource::Static { .. } => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -392,6 +396,7 @@ impl ServeArgs {
             annotation_prefix: prefix,
             shutdown_grace: self.shutdown_grace,
             log_format: self.log_format,
+            auth,
         })
     }
 }
@@ -452,26 +457,55 @@ mod tests {
         .validate()
         .expect_err("invalid");
         let text = err.to_string();
-        assert_eq!(err.problems.len(), 5, "{text}");
+        assert_eq!(err.problems.len(), 4, "{text}");
         for needle in [
             "--scrape-timeout",
             "--max-age",
             "SERVED=FAMILY",
             "--tls-private-key-file",
-            "--insecure-allow-unauthenticated",
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
     }
 
     #[test]
-    fn cluster_mode_starts_only_with_the_loud_flag() {
+    fn cluster_mode_authenticates_unless_the_loud_flag_turns_it_off() {
+        let cfg = args(&[]).expect("flags parse").validate().expect("valid");
+        assert_eq!(cfg.secure_addr, "0.0.0.0:6443".parse().expect("addr"));
+        assert_eq!(cfg.pods, PodSource::Cluster { kubeconfig: None });
+        let auth = cfg.auth.expect("auth on by default");
+        assert_eq!(auth.settings.token_ttl, Duration::from_secs(10));
+        assert_eq!(
+            auth.settings.always_allow_paths,
+            vec!["/healthz", "/readyz", "/livez"]
+        );
         let cfg = args(&["--insecure-allow-unauthenticated"])
             .expect("flags parse")
             .validate()
             .expect("valid");
-        assert_eq!(cfg.secure_addr, "0.0.0.0:6443".parse().expect("addr"));
-        assert_eq!(cfg.pods, PodSource::Cluster { kubeconfig: None });
+        assert!(cfg.auth.is_none());
+        let cfg = args(&[
+            "--requestheader-client-ca-file",
+            "fp.crt",
+            "--requestheader-allowed-names",
+            "front-proxy-client,aggregator",
+            "--authorization-webhook-cache-unauthorized-ttl",
+            "2s",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        let auth = cfg.auth.expect("auth");
+        let (ca, names, headers) = auth.request_header.expect("request header");
+        assert_eq!(ca, PathBuf::from("fp.crt"));
+        assert_eq!(names, vec!["front-proxy-client", "aggregator"]);
+        assert_eq!(headers.username, vec!["X-Remote-User"]);
+        assert_eq!(auth.settings.deny_ttl, Duration::from_secs(2));
+        let err = args(&["--authorization-always-allow-paths", "healthz"])
+            .expect("flags parse")
+            .validate()
+            .expect_err("relative path");
+        assert!(err.to_string().contains("must start with '/'"));
     }
 
     #[test]
