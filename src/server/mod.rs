@@ -170,6 +170,10 @@ pub fn metrics_router(health: Arc<Health>, telemetry: Arc<Telemetry>) -> Router 
     health_routes(health).route("/metrics", metrics)
 }
 
+/// Largest request head (request line plus headers) the HTTPS listener reads, as Go's
+/// `http.DefaultMaxHeaderBytes`. Unit: bytes.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish for up to `grace`.
 pub async fn serve_tls(
@@ -181,7 +185,12 @@ pub async fn serve_tls(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Larger request heads are refused (431 over HTTP/1.1, a stream reset over HTTP/2).
+    builder.http1().max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
 mod cluster;
 mod node_agent;
 mod pki;
