@@ -15,7 +15,7 @@ use crate::auth::flags::AuthOptions;
 use crate::collect::{self, Collector};
 use crate::config::{Config, PodSource, TlsSource};
 use crate::discovery::{cluster, static_file};
-use crate::server::{self, Health, tls};
+use crate::server::{self, Health, serving_ca, tls};
 use crate::store::{MetricCatalog, Store};
 use crate::telemetry::Telemetry;
 
@@ -37,6 +37,9 @@ pub enum Error {
     /// The authentication config given by flags could not be read.
     #[error("authentication config: {0}")]
     AuthConfig(#[from] crate::auth::authn::ConfigError),
+    /// The self-managed serving CA could not be set up.
+    #[error(transparent)]
+    ServingCa(#[from] crate::server::serving_ca::Error),
     /// The collector could not be built.
     #[error(transparent)]
     Collect(#[from] collect::Error),
@@ -172,30 +175,57 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         config.max_age,
     ));
 
-    // Serving certificate, re-read when its files change.
-    let (cert, key) = match &config.tls {
-        TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+    // Serving certificate: files re-read when they change, or issued from the managed CA.
+    let (resolver, files) = match &config.tls {
+        TlsSource::Files { cert, key } => (
+            Arc::new(tls::CertResolver::new(tls::load_pair(cert, key)?)),
+            Some((cert.clone(), key.clone())),
+        ),
         TlsSource::SelfSigned { dir } => {
             let extra: Vec<String> = match config.secure_addr.ip() {
                 ip if ip.is_unspecified() || ip.is_loopback() => Vec::new(),
                 ip => vec![ip.to_string()],
             };
-            tls::ensure_self_signed(dir, &extra)?
+            let (cert, key) = tls::ensure_self_signed(dir, &extra)?;
+            (
+                Arc::new(tls::CertResolver::new(tls::load_pair(&cert, &key)?)),
+                Some((cert, key)),
+            )
+        }
+        TlsSource::Managed(managed) => {
+            let kubeconfig = match &config.pods {
+                PodSource::Cluster { kubeconfig } => kubeconfig.as_deref(),
+                PodSource::Static { .. } => None,
+            };
+            let client = kube_client(kubeconfig).await?;
+            let ca = serving_ca::load_or_create(&client, managed).await?;
+            let resolver = Arc::new(tls::CertResolver::new(
+                ca.issue(&managed.dns_names, managed.validity)?,
+            ));
+            tokio::spawn(serving_ca::maintain(
+                client,
+                managed.clone(),
+                ca,
+                resolver.clone(),
+                shutdown.wait(),
+            ));
+            (resolver, None)
         }
     };
-    let resolver = Arc::new(tls::CertResolver::new(tls::load_pair(&cert, &key)?));
     let tls_config = Arc::new(if config.auth.is_some() {
         tls::server_config_requesting_client_certs(resolver.clone())?
     } else {
         tls::server_config(resolver.clone())?
     });
-    tokio::spawn(tls::watch_files(
-        resolver,
-        cert,
-        key,
-        Duration::from_secs(1),
-        shutdown.wait(),
-    ));
+    if let Some((cert, key)) = files {
+        tokio::spawn(tls::watch_files(
+            resolver,
+            cert,
+            key,
+            Duration::from_secs(1),
+            shutdown.wait(),
+        ));
+    }
 
     // Pod inventory, and in cluster mode delegated authentication.
     let mut auth: Option<Arc<Auth>> = None;

@@ -142,6 +142,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub auth: crate::auth::flags::AuthArgs,
 
+    /// Self-managed serving CA (cluster mode).
+    #[command(flatten)]
+    pub serving_ca: crate::server::serving_ca::ServingCaArgs,
+
     /// Time allowed for in-flight requests after SIGTERM.
     #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -185,6 +189,8 @@ pub enum TlsSource {
         /// Directory.
         dir: PathBuf,
     },
+    /// Issued from a CA kept in a Secret, rotated, and published as the APIServices' caBundle.
+    Managed(crate::server::serving_ca::ServingCa),
 }
 
 /// Collection settings.
@@ -354,6 +360,17 @@ impl ServeArgs {
             (None, Some(_)) => {
                 problems.push("--tls-private-key-file needs --tls-cert-file".into());
                 TlsSource::SelfSigned { dir: self.cert_dir }
+            }
+        };
+        let tls = match (self.serving_ca.validate(&mut problems), tls) {
+            (None, tls) => tls,
+            (Some(managed), TlsSource::SelfSigned { .. }) if self.static_pods.is_none() => {
+                TlsSource::Managed(managed)
+            }
+            (Some(_), tls) => {
+                problems
+                    .push("--serving-ca-secret excludes --tls-cert-file and --static-pods".into());
+                tls
             }
         };
         let pods = match (self.static_pods, self.kubeconfig) {

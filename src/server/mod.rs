@@ -4,8 +4,10 @@
 //!
 //! - [`tls`]: certificates (files re-read on change, or a generated CA plus leaf).
 //! - [`client_cert`]: client certificates requested at the handshake, handed to each request.
+//! - [`serving_ca`]: a self-managed serving CA in a Secret, rotation, APIService `caBundle`.
 
 pub mod client_cert;
+pub mod serving_ca;
 pub mod tls;
 
 use std::future::Future;

@@ -38,13 +38,21 @@ pub struct Options {
     pub hpa_sync_period: Duration,
     /// Extra flags for the adapter (`--max-age`, ...).
     pub adapter_args: Vec<String>,
+    /// The adapter manages its serving CA (`--serving-ca-secret`) and sets the APIServices'
+    /// `caBundle` itself; they are registered without one. Otherwise it serves a certificate
+    /// from files and the harness writes the `caBundle`.
+    pub managed_ca: bool,
 }
+
+/// The Secret holding the adapter's CA with `Options::managed_ca`.
+pub const SERVING_CA_SECRET: &str = "ws-metrics-adapter-serving-ca";
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             hpa_sync_period: Duration::from_secs(1),
             adapter_args: Vec::new(),
+            managed_ca: false,
         }
     }
 }
@@ -336,7 +344,10 @@ impl Cluster {
         cluster.agent = NodeAgent::start(cluster.client.clone(), d.join("pods")).await;
         let adapter_port = free_port();
         cluster
-            .kubectl_apply(&rbac_and_registration(&adapter_ca.pem, adapter_port))
+            .kubectl_apply(&rbac_and_registration(
+                (!options.managed_ca).then_some(adapter_ca.pem.as_str()),
+                adapter_port,
+            ))
             .await;
         start_adapter(
             &mut cluster,
@@ -465,10 +476,16 @@ fn start_adapter(
         &format!("--authorization-kubeconfig={}", kubeconfig.display()),
         "--bind-address=127.0.0.1",
         &format!("--secure-port={port}"),
-        &format!("--tls-cert-file={}", tls.cert.display()),
-        &format!("--tls-private-key-file={}", tls.key.display()),
         &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
     ]);
+    if options.managed_ca {
+        argv.push(format!(
+            "--serving-ca-secret={ADAPTER_NAMESPACE}/{SERVING_CA_SECRET}"
+        ));
+    } else {
+        argv.push(format!("--tls-cert-file={}", tls.cert.display()));
+        argv.push(format!("--tls-private-key-file={}", tls.key.display()));
+    }
     argv.extend(options.adapter_args.iter().cloned());
     let daemon = spawn(
         cluster.dir(),
@@ -482,11 +499,18 @@ fn start_adapter(
 /// What the adapter may read (pods) and do (TokenReview and SubjectAccessReview, read the
 /// front-proxy ConfigMap: spec §5.5), the Service the APIService objects name (ExternalName
 /// `localhost`: the aggregator dials the host name directly and skips the endpoints check), and
-/// the APIService objects for v1beta2 and v1beta1 with the adapter's CA as `caBundle`.
-fn rbac_and_registration(ca_pem: &str, port: u16) -> String {
+/// the APIService objects for v1beta2 and v1beta1 with the adapter's CA as `caBundle` (without
+/// one when `ca_pem` is `None`: the adapter sets it), and what the adapter needs to manage its
+/// CA (its Secret, the two APIServices by name).
+fn rbac_and_registration(ca_pem: Option<&str>, port: u16) -> String {
     use base64::Engine;
     // `caBundle` is `[]byte`: base64 in JSON and YAML.
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let ca_bundle = ca_pem.map_or(String::new(), |pem| {
+        format!(
+            "\n  caBundle: {}",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        )
+    });
     format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -504,6 +528,36 @@ apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata: {{name: ws-metrics-adapter}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ws-metrics-adapter}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: ws-metrics-adapter-serving-ca, namespace: {ADAPTER_NAMESPACE}}}
+rules:
+- {{apiGroups: [""], resources: [secrets], verbs: [create]}}
+- {{apiGroups: [""], resources: [secrets], resourceNames: [{SERVING_CA_SECRET}], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ws-metrics-adapter-serving-ca, namespace: {ADAPTER_NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: ws-metrics-adapter-serving-ca}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: ws-metrics-adapter-apiservices}}
+rules:
+- apiGroups: [apiregistration.k8s.io]
+  resources: [apiservices]
+  resourceNames: [v1beta2.custom.metrics.k8s.io, v1beta1.custom.metrics.k8s.io]
+  verbs: [get, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: ws-metrics-adapter-apiservices}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ws-metrics-adapter-apiservices}}
 subjects:
 - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
 ---
@@ -538,8 +592,7 @@ spec:
   version: v1beta2
   service: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}, port: {port}}}
   groupPriorityMinimum: 100
-  versionPriority: 200
-  caBundle: {ca}
+  versionPriority: 200{ca_bundle}
 ---
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService
@@ -549,8 +602,7 @@ spec:
   version: v1beta1
   service: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}, port: {port}}}
   groupPriorityMinimum: 100
-  versionPriority: 100
-  caBundle: {ca}
+  versionPriority: 100{ca_bundle}
 "#
     )
 }

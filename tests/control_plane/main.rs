@@ -15,6 +15,7 @@ mod cluster;
 mod node_agent;
 mod pki;
 mod service_proxy;
+mod serving_ca;
 mod timeline;
 
 use std::collections::BTreeMap;
@@ -366,6 +367,7 @@ async fn scale_up_then_down(
     let cluster = Cluster::start(Options {
         hpa_sync_period: sync,
         adapter_args: vec!["--scrape-interval=1s".into()],
+        ..Options::default()
     })
     .await?;
     let client = cluster.client.clone();
@@ -567,6 +569,7 @@ async fn hpa_does_not_scale_down_when_a_pods_metrics_stop_answering() {
     let Some(cluster) = Cluster::start(Options {
         hpa_sync_period: Duration::from_secs(1),
         adapter_args: vec!["--scrape-interval=1s".into(), "--max-age=3s".into()],
+        ..Options::default()
     })
     .await
     else {

@@ -1,6 +1,6 @@
 //! The node agent: a stand-in for a kubelet. It registers a Node and, for each pod bound to it,
 //! starts the real demo WebSocket server (`ws-demo serve`) as a process on a loopback address of
-//! its own (127.0.1.N), reports the pod Running and Ready with that podIP, and, when the pod is
+//! its own (127.B.0.N, B from the test process id), reports the pod Running and Ready with that podIP, and, when the pod is
 //! deleted, stops the process (SIGTERM, drain) and removes the pod as a kubelet does.
 
 use std::collections::BTreeMap;
@@ -236,8 +236,11 @@ async fn start_if_new(
             return;
         }
         s.next_host += 1;
-        // 127.0.1.1, 127.0.1.2, …: every 127/8 address is on the loopback interface.
-        Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 0)) + s.next_host)
+        // 127.B.0.1, 127.B.0.2, …: every 127/8 address is on the loopback interface. B depends
+        // on the test process, so that two harness runs on one machine (two worktrees) do not
+        // start pods on the same address.
+        let b = 2 + u8::try_from(std::process::id() % 250).unwrap_or(0);
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(127, b, 0, 0)) + s.next_host)
     };
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
