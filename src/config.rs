@@ -526,6 +526,39 @@ mod tests {
     }
 
     #[test]
+    fn the_managed_serving_ca_excludes_certificate_files_and_static_mode() {
+        let cfg = args(&["--serving-ca-secret", "ws-metrics/ca"])
+            .expect("flags parse")
+            .validate()
+            .expect("valid");
+        let TlsSource::Managed(managed) = cfg.tls else {
+            panic!("managed expected, got {:?}", cfg.tls);
+        };
+        assert_eq!(managed.dns_names, vec!["ws-metrics-adapter.ws-metrics.svc"]);
+        assert_eq!(managed.apiservices.len(), 2);
+        for extra in [
+            &[
+                "--tls-cert-file",
+                "c.pem",
+                "--tls-private-key-file",
+                "k.pem",
+            ][..],
+            &["--static-pods", "p.yaml"][..],
+        ] {
+            let mut argv = vec!["--serving-ca-secret", "ws-metrics/ca"];
+            argv.extend_from_slice(extra);
+            let err = args(&argv)
+                .expect("flags parse")
+                .validate()
+                .expect_err("exclusive");
+            assert!(
+                err.to_string().contains("--serving-ca-secret excludes"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn metric_mappings_are_repeatable_and_checked() {
         let cfg = args(&[
             "--static-pods",

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
@@ -53,7 +54,38 @@ async fn managed_ca_is_published_and_rotation_keeps_reads_working() {
         );
     }
 
-    // Reads through kube-apiserver and the aggregator for 13 s, across at least two rotations.
+    // The HPA controller reads the metric through the aggregator with its own identity.
+    cluster.kubectl_apply(&crate::deployment(1)).await;
+    cluster.kubectl_apply(&crate::hpa(1, 3, 0)).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(cluster.client.clone(), "default");
+    let scaling_active = || {
+        let hpas = hpas.clone();
+        async move {
+            let status = hpas.get_status("ws-demo").await.ok()?.status?;
+            let active = status
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "ScalingActive")?;
+            Some((
+                active.status == "True",
+                format!(
+                    "{}: {:?}",
+                    active.reason.unwrap_or_default(),
+                    active.message
+                ),
+            ))
+        }
+    };
+    cluster
+        .wait(
+            "HPA computing from the metric",
+            Duration::from_secs(90),
+            || async { scaling_active().await.is_some_and(|(ok, _)| ok) },
+        )
+        .await;
+
+    // Reads through kube-apiserver and the aggregator, and the HPA's own reads, for 13 s, across
+    // at least two rotations.
     let path =
         "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/%2A/websocket_connections";
     let started = Instant::now();
@@ -65,13 +97,21 @@ async fn managed_ca_is_published_and_rotation_keeps_reads_working() {
                 panic!("read {reads} failed after {:?}: {e}", started.elapsed())
             });
         assert!(text.contains("MetricValueList"), "{text}");
+        let (ok, why) = scaling_active().await.expect("HPA status");
+        assert!(
+            ok,
+            "HPA stopped computing from the metric after {:?}: {why}",
+            started.elapsed()
+        );
         reads += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let log = std::fs::read_to_string(cluster.dir().join("logs/ws-metrics-adapter.log"))
         .expect("adapter log");
     let renewals = log.matches("serving certificate renewed").count();
-    eprintln!("{reads} reads, all 200, across {renewals} serving-certificate renewals");
+    eprintln!(
+        "{reads} reads, all 200, HPA ScalingActive throughout, across {renewals} serving-certificate renewals"
+    );
     assert!(
         renewals >= 2,
         "expected at least two renewals, saw {renewals}"
