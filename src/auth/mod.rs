@@ -70,7 +70,10 @@ pub const PRIVILEGED_GROUP: &str = "system:masters";
 /// Unit: bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Tunables; the defaults are the Go stack's.
+/// Tunables; the defaults are the Go stack's [apiserver: pkg/server/options/authentication.go
+/// `DelegatingAuthenticationOptions` (token cache 10 s, client timeout 10 s),
+/// pkg/server/options/authorization.go `DelegatingAuthorizationOptions` (allow/deny cache 10 s,
+/// always-allow paths `/healthz`, `/readyz`, `/livez`)].
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How long a TokenReview answer (either way) is reused.
@@ -346,8 +349,11 @@ impl Auth {
             return Ok(Decision::Allow);
         }
         let spec = sar_spec(user, attrs);
-        // The whole spec is the key, as in the Go webhook authorizer.
-        let key = serde_json::to_string(&spec).unwrap_or_default();
+        // The whole spec is the key, as in the Go webhook authorizer
+        // [apiserver: plugin/pkg/authorizer/webhook/webhook.go]. Serializing it cannot fail (plain
+        // strings and string maps); if it ever did, fail closed rather than share a key.
+        let key =
+            serde_json::to_string(&spec).map_err(|e| Error::AccessReviewFailed(e.to_string()))?;
         self.decisions
             .get_or_fill(&key, || async {
                 self.access_reviews.fetch_add(1, Ordering::Relaxed);
