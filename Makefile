@@ -38,7 +38,7 @@ dockerfile:
 
 # Benchmarks (release build; figures are printed, not asserted). See README "Performance".
 bench:
-	cargo bench --locked --bench api --bench collection
+	cargo bench --locked --bench api --bench collection --bench auth
 
 fmt:
 	cargo fmt --all

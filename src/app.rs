@@ -10,10 +10,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
+use crate::auth::Auth;
+use crate::auth::flags::AuthOptions;
 use crate::collect::{self, Collector};
 use crate::config::{Config, PodSource, Source, TlsSource};
 use crate::discovery::{cluster, static_file};
-use crate::server::{self, Health, tls};
+use crate::server::{self, Health, serving_ca, tls};
 use crate::store::{MetricCatalog, Store};
 use crate::telemetry::Telemetry;
 
@@ -32,6 +34,12 @@ pub enum Error {
     /// No Kubernetes client could be configured.
     #[error("configuring the Kubernetes client: {0}")]
     KubeConfig(String),
+    /// The authentication config given by flags could not be read.
+    #[error("authentication config: {0}")]
+    AuthConfig(#[from] crate::auth::authn::ConfigError),
+    /// The self-managed serving CA could not be set up.
+    #[error(transparent)]
+    ServingCa(#[from] crate::server::serving_ca::Error),
     /// The collector could not be built.
     #[error(transparent)]
     Collect(#[from] collect::Error),
@@ -132,6 +140,32 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
     kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
 }
 
+/// Builds the authenticator (its own clients when --authentication-kubeconfig /
+/// --authorization-kubeconfig are given) and starts keeping its config in step with the cluster.
+async fn start_auth(
+    options: &AuthOptions,
+    client: &kube::Client,
+    shutdown: &Shutdown,
+) -> Result<Arc<Auth>> {
+    let flags = options.flag_sources()?;
+    let authn = match &options.authentication_kubeconfig {
+        Some(path) => kube_client(Some(path)).await?,
+        None => client.clone(),
+    };
+    let authz = match &options.authorization_kubeconfig {
+        Some(path) => kube_client(Some(path)).await?,
+        None => client.clone(),
+    };
+    let auth = Arc::new(Auth::new(authn.clone(), authz, options.settings.clone()));
+    tokio::spawn(crate::auth::source::watch(
+        authn,
+        auth.clone(),
+        flags,
+        shutdown.wait(),
+    ));
+    Ok(auth)
+}
+
 /// Runs the adapter until `shutdown` fires.
 ///
 /// # Errors
@@ -144,28 +178,60 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         config.max_age,
     ));
 
-    // Serving certificate, re-read when its files change.
-    let (cert, key) = match &config.tls {
-        TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+    // Serving certificate: files re-read when they change, or issued from the managed CA.
+    let (resolver, files) = match &config.tls {
+        TlsSource::Files { cert, key } => (
+            Arc::new(tls::CertResolver::new(tls::load_pair(cert, key)?)),
+            Some((cert.clone(), key.clone())),
+        ),
         TlsSource::SelfSigned { dir } => {
             let extra: Vec<String> = match config.secure_addr.ip() {
                 ip if ip.is_unspecified() || ip.is_loopback() => Vec::new(),
                 ip => vec![ip.to_string()],
             };
-            tls::ensure_self_signed(dir, &extra)?
+            let (cert, key) = tls::ensure_self_signed(dir, &extra)?;
+            (
+                Arc::new(tls::CertResolver::new(tls::load_pair(&cert, &key)?)),
+                Some((cert, key)),
+            )
+        }
+        TlsSource::Managed(managed) => {
+            let kubeconfig = match &config.pods {
+                PodSource::Cluster { kubeconfig } => kubeconfig.as_deref(),
+                PodSource::Static { .. } => None,
+            };
+            let client = kube_client(kubeconfig).await?;
+            let ca = serving_ca::load_or_create(&client, managed).await?;
+            let resolver = Arc::new(tls::CertResolver::new(
+                ca.issue(&managed.dns_names, managed.validity)?,
+            ));
+            tokio::spawn(serving_ca::maintain(
+                client,
+                managed.clone(),
+                ca,
+                resolver.clone(),
+                shutdown.wait(),
+            ));
+            (resolver, None)
         }
     };
-    let resolver = Arc::new(tls::CertResolver::new(tls::load_pair(&cert, &key)?));
-    let tls_config = Arc::new(tls::server_config(resolver.clone())?);
-    tokio::spawn(tls::watch_files(
-        resolver,
-        cert,
-        key,
-        Duration::from_secs(1),
-        shutdown.wait(),
-    ));
+    let tls_config = Arc::new(if config.auth.is_some() {
+        tls::server_config_requesting_client_certs(resolver.clone())?
+    } else {
+        tls::server_config(resolver.clone())?
+    });
+    if let Some((cert, key)) = files {
+        tokio::spawn(tls::watch_files(
+            resolver,
+            cert,
+            key,
+            Duration::from_secs(1),
+            shutdown.wait(),
+        ));
+    }
 
-    // Pod inventory.
+    // Pod inventory, and in cluster mode delegated authentication.
+    let mut auth: Option<Arc<Auth>> = None;
     match &config.pods {
         PodSource::Static { path } => {
             static_file::load_into(path, &store)?;
@@ -183,10 +249,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         }
         PodSource::Cluster { kubeconfig } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
-            tracing::warn!(
-                address = %config.secure_addr,
-                "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
-            );
+            match &config.auth {
+                Some(options) => {
+                    auth = Some(start_auth(options, &client, &shutdown).await?);
+                }
+                None => tracing::warn!(
+                    address = %config.secure_addr,
+                    "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
+                ),
+            }
             let mut inventory = cluster::Inventory::new(
                 store.clone(),
                 telemetry.clone(),
@@ -246,8 +317,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         }
     };
 
-    // Listeners.
-    let api_app = api::router(api_state).merge(server::health_routes(health.clone()));
+    // Listeners. Health routes are merged after the auth layer: probes need no credentials.
+    let mut api_app = api::router(api_state);
+    if let Some(auth) = auth {
+        health.require_auth_config(auth.clone());
+        api_app = api_app.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::layer::authenticate_and_authorize,
+        ));
+    }
+    let api_app = api_app.merge(server::health_routes(health.clone()));
     tracing::info!(
         api = %listeners.secure.local_addr().map_err(|source| Error::Serve { what: "API", source })?,
         metrics = %listeners.metrics.local_addr().map_err(|source| Error::Serve { what: "metrics", source })?,

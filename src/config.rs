@@ -132,10 +132,19 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_ANNOTATION_PREFIX", default_value = DEFAULT_ANNOTATION_PREFIX)]
     pub annotation_prefix: String,
 
-    /// Serve the API in cluster mode although it does not authenticate or authorize callers yet.
-    /// Anyone who can reach --secure-port can read every metric.
+    /// Serve the API in cluster mode WITHOUT authenticating or authorizing callers (turns the
+    /// delegated authentication below off). Anyone who can reach --secure-port can read every
+    /// metric.
     #[arg(long, env = "WS_METRICS_ADAPTER_INSECURE_ALLOW_UNAUTHENTICATED")]
     pub insecure_allow_unauthenticated: bool,
+
+    /// Delegated authentication and authorization (cluster mode).
+    #[command(flatten)]
+    pub auth: crate::auth::flags::AuthArgs,
+
+    /// Self-managed serving CA (cluster mode).
+    #[command(flatten)]
+    pub serving_ca: crate::server::serving_ca::ServingCaArgs,
 
     /// Time allowed for in-flight requests after SIGTERM.
     #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -271,6 +280,8 @@ pub enum TlsSource {
         /// Directory.
         dir: PathBuf,
     },
+    /// Issued from a CA kept in a Secret, rotated, and published as the APIServices' caBundle.
+    Managed(crate::server::serving_ca::ServingCa),
 }
 
 /// Collection settings.
@@ -313,6 +324,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where values come from.
     pub source: Source,
+    /// Delegated authentication and authorization; `None` in static mode and with
+    /// --insecure-allow-unauthenticated.
+    pub auth: Option<crate::auth::flags::AuthOptions>,
 }
 
 /// Every problem found in the flags, reported together.
@@ -452,23 +466,30 @@ impl ServeArgs {
                 TlsSource::SelfSigned { dir: self.cert_dir }
             }
         };
+        let tls = match (self.serving_ca.validate(&mut problems), tls) {
+            (None, tls) => tls,
+            (Some(managed), TlsSource::SelfSigned { .. }) if self.static_pods.is_none() => {
+                TlsSource::Managed(managed)
+            }
+            (Some(_), tls) => {
+                problems
+                    .push("--serving-ca-secret excludes --tls-cert-file and --static-pods".into());
+                tls
+            }
+        };
         let pods = match (self.static_pods, self.kubeconfig) {
             (Some(path), None) => PodSource::Static { path },
             (Some(path), Some(_)) => {
                 problems.push("--static-pods and --kubeconfig exclude each other".into());
                 PodSource::Static { path }
             }
-            (None, kubeconfig) => {
-                if !self.insecure_allow_unauthenticated {
-                    problems.push(
-                        "cluster mode would serve custom.metrics.k8s.io without authenticating or authorizing callers \
-                         (delegated authentication is not implemented yet); pass --insecure-allow-unauthenticated \
-                         to accept that, or use --static-pods for a local run"
-                            .into(),
-                    );
-                }
-                PodSource::Cluster { kubeconfig }
+            (None, kubeconfig) => PodSource::Cluster { kubeconfig },
+        };
+        let auth = match pods {
+            PodSource::Cluster { .. } if !self.insecure_allow_unauthenticated => {
+                Some(self.auth.validate(&mut problems))
             }
+            _ => None,
         };
         let default_bind = match pods {
             PodSource::Static { .. } => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -517,6 +538,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             log_format: self.log_format,
             source,
+            auth,
         })
     }
 }
@@ -705,26 +727,88 @@ mod tests {
         .validate()
         .expect_err("invalid");
         let text = err.to_string();
-        assert_eq!(err.problems.len(), 5, "{text}");
+        assert_eq!(err.problems.len(), 4, "{text}");
         for needle in [
             "--scrape-timeout",
             "--max-age",
             "SERVED=FAMILY",
             "--tls-private-key-file",
-            "--insecure-allow-unauthenticated",
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
     }
 
     #[test]
-    fn cluster_mode_starts_only_with_the_loud_flag() {
+    fn cluster_mode_authenticates_unless_the_loud_flag_turns_it_off() {
+        let cfg = args(&[]).expect("flags parse").validate().expect("valid");
+        assert_eq!(cfg.secure_addr, "0.0.0.0:6443".parse().expect("addr"));
+        assert_eq!(cfg.pods, PodSource::Cluster { kubeconfig: None });
+        let auth = cfg.auth.expect("auth on by default");
+        assert_eq!(auth.settings.token_ttl, Duration::from_secs(10));
+        assert_eq!(
+            auth.settings.always_allow_paths,
+            vec!["/healthz", "/readyz", "/livez"]
+        );
         let cfg = args(&["--insecure-allow-unauthenticated"])
             .expect("flags parse")
             .validate()
             .expect("valid");
-        assert_eq!(cfg.secure_addr, "0.0.0.0:6443".parse().expect("addr"));
-        assert_eq!(cfg.pods, PodSource::Cluster { kubeconfig: None });
+        assert!(cfg.auth.is_none());
+        let cfg = args(&[
+            "--requestheader-client-ca-file",
+            "fp.crt",
+            "--requestheader-allowed-names",
+            "front-proxy-client,aggregator",
+            "--authorization-webhook-cache-unauthorized-ttl",
+            "2s",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        let auth = cfg.auth.expect("auth");
+        let (ca, names, headers) = auth.request_header.expect("request header");
+        assert_eq!(ca, PathBuf::from("fp.crt"));
+        assert_eq!(names, vec!["front-proxy-client", "aggregator"]);
+        assert_eq!(headers.username, vec!["X-Remote-User"]);
+        assert_eq!(auth.settings.deny_ttl, Duration::from_secs(2));
+        let err = args(&["--authorization-always-allow-paths", "healthz"])
+            .expect("flags parse")
+            .validate()
+            .expect_err("relative path");
+        assert!(err.to_string().contains("must start with '/'"));
+    }
+
+    #[test]
+    fn the_managed_serving_ca_excludes_certificate_files_and_static_mode() {
+        let cfg = args(&["--serving-ca-secret", "ws-metrics/ca"])
+            .expect("flags parse")
+            .validate()
+            .expect("valid");
+        let TlsSource::Managed(managed) = cfg.tls else {
+            panic!("managed expected, got {:?}", cfg.tls);
+        };
+        assert_eq!(managed.dns_names, vec!["ws-metrics-adapter.ws-metrics.svc"]);
+        assert_eq!(managed.apiservices.len(), 2);
+        for extra in [
+            &[
+                "--tls-cert-file",
+                "c.pem",
+                "--tls-private-key-file",
+                "k.pem",
+            ][..],
+            &["--static-pods", "p.yaml"][..],
+        ] {
+            let mut argv = vec!["--serving-ca-secret", "ws-metrics/ca"];
+            argv.extend_from_slice(extra);
+            let err = args(&argv)
+                .expect("flags parse")
+                .validate()
+                .expect_err("exclusive");
+            assert!(
+                err.to_string().contains("--serving-ca-secret excludes"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

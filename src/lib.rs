@@ -24,6 +24,8 @@
 //! - [`selector`]: Kubernetes label selectors (parse, match, echo).
 //! - [`quantity`]: canonical `resource.Quantity` strings.
 //! - [`api`]: the custom metrics API: path parsing, discovery documents, bodies, `Status` errors.
+//! - [`auth`]: delegated authentication (front proxy, client certificates, TokenReview) and
+//!   authorization (SubjectAccessReview), cached.
 //! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates), health and metrics listener.
 //! - [`telemetry`]: the adapter's own Prometheus metrics and logging set-up.
 //! - [`app`]: the composition root that wires the above together (`run`).
@@ -32,6 +34,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod collect;
 pub mod config;
 pub mod demo;

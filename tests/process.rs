@@ -52,6 +52,8 @@ async fn every_config_error_is_reported_at_once_with_exit_code_2() {
         "bad",
         "--tls-cert-file",
         "x.pem",
+        "--authorization-always-allow-paths",
+        "healthz",
     ]);
     let out = e2e::run(cmd, "ws-metrics-adapter", Duration::from_secs(30)).await;
     let stderr = text(&out.stderr);
@@ -66,7 +68,7 @@ async fn every_config_error_is_reported_at_once_with_exit_code_2() {
         "--scrape-timeout 5s: must be greater than 0 and at most --scrape-interval (1s)",
         "--metric \"bad\": expected SERVED=FAMILY",
         "--tls-cert-file needs --tls-private-key-file",
-        "pass --insecure-allow-unauthenticated",
+        "--authorization-always-allow-paths \"healthz\": a path must start with '/'",
     ] {
         assert!(
             listed.iter().any(|p| p.contains(needle)),
@@ -77,26 +79,39 @@ async fn every_config_error_is_reported_at_once_with_exit_code_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_mode_refuses_to_start_without_insecure_allow_unauthenticated() {
+async fn cluster_mode_authenticates_by_default_and_names_an_unreadable_ca_file() {
+    // Without --insecure-allow-unauthenticated, cluster mode sets up delegated authentication,
+    // which starts by reading the CA files given by flags.
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     e2e::write_kubeconfig(&kubeconfig, "https://127.0.0.1:1", None, None);
     let kc = kubeconfig.display().to_string();
+    let certs = dir.path().join("certs").display().to_string();
+    let missing = dir.path().join("missing-ca.crt").display().to_string();
     let out = e2e::run(
-        adapter_command(&["serve", "--kubeconfig", &kc]),
+        adapter_command(&[
+            "serve",
+            "--kubeconfig",
+            &kc,
+            "--cert-dir",
+            &certs,
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            "0",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+            "--client-ca-file",
+            &missing,
+        ]),
         "ws-metrics-adapter",
         Duration::from_secs(30),
     )
     .await;
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(problems(&stderr).len(), 1, "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("without authenticating or authorizing callers"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("--insecure-allow-unauthenticated"),
+        stderr.contains("--client-ca-file") && stderr.contains("missing-ca.crt"),
         "{stderr}"
     );
 }

@@ -326,10 +326,27 @@ pub struct Status {
     pub reason: &'static str,
     /// HTTP status code.
     pub code: u16,
+    /// What the failure is about (403 names the object, group and resource).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<StatusDetails>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct StatusMeta {}
+
+/// `metav1.StatusDetails`: the object a failure is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct StatusDetails {
+    /// Object name, omitted when empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// API group, omitted when empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// The resource (Go puts the resource in `kind` for these errors).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+}
 
 impl Status {
     /// A failure with a code, reason and message.
@@ -342,7 +359,14 @@ impl Status {
             message: message.into(),
             reason,
             code,
+            details: None,
         }
+    }
+
+    /// The same failure with `details`.
+    pub fn with_details(mut self, details: StatusDetails) -> Self {
+        self.details = Some(Box::new(details));
+        self
     }
 
     /// 404 for a path that matches no route.

@@ -3,7 +3,11 @@
 //! and the health state both report.
 //!
 //! - [`tls`]: certificates (files re-read on change, or a generated CA plus leaf).
+//! - [`client_cert`]: client certificates requested at the handshake, handed to each request.
+//! - [`serving_ca`]: a self-managed serving CA in a Secret, rotation, APIService `caBundle`.
 
+pub mod client_cert;
+pub mod serving_ca;
 pub mod tls;
 
 use std::future::Future;
@@ -22,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -36,6 +41,7 @@ pub struct Health {
     ready_latch: AtomicBool,
     max_tick_gap: Duration,
     store: Arc<Store>,
+    auth: std::sync::OnceLock<Arc<crate::auth::Auth>>,
 }
 
 impl Health {
@@ -49,7 +55,18 @@ impl Health {
             ready_latch: AtomicBool::new(false),
             max_tick_gap: interval.mul_f64(1.5) + timeout,
             store,
+            auth: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes readiness also wait for `auth` to have loaded its authentication config (spec §5.6:
+    /// serving before it would turn the aggregator's calls into 401s).
+    pub fn require_auth_config(&self, auth: Arc<crate::auth::Auth>) {
+        let _ = self.auth.set(auth);
+    }
+
+    fn auth_pending(&self) -> bool {
+        self.auth.get().is_some_and(|a| !a.is_loaded())
     }
 
     /// Called when a collection tick starts.
@@ -83,7 +100,9 @@ impl Health {
         if self.ready_latch.load(Ordering::Relaxed) {
             return true;
         }
-        let ready = self.store.is_synced() && self.collected.load(Ordering::Relaxed);
+        let ready = self.store.is_synced()
+            && self.collected.load(Ordering::Relaxed)
+            && !self.auth_pending();
         if ready {
             self.ready_latch.store(true, Ordering::Relaxed);
         }
@@ -92,7 +111,9 @@ impl Health {
 
     /// Why not ready, for the `/readyz` body.
     fn not_ready_reason(&self) -> &'static str {
-        if !self.store.is_synced() {
+        if self.auth_pending() {
+            "authentication config (ConfigMap kube-system/extension-apiserver-authentication) not loaded yet; see the log"
+        } else if !self.store.is_synced() {
             "pod inventory not loaded yet (watch not synced or static file not read)"
         } else {
             "first collection round not finished yet"
@@ -151,6 +172,10 @@ pub fn metrics_router(health: Arc<Health>, telemetry: Arc<Telemetry>) -> Router 
     health_routes(health).route("/metrics", metrics)
 }
 
+/// Largest request head (request line plus headers) the HTTPS listener reads, as Go's
+/// `http.DefaultMaxHeaderBytes`. Unit: bytes.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish for up to `grace`.
 pub async fn serve_tls(
@@ -162,7 +187,12 @@ pub async fn serve_tls(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Larger request heads are refused (431 over HTTP/1.1, a stream reset over HTTP/2).
+    builder.http1().max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -179,7 +209,7 @@ pub async fn serve_tls(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -196,6 +226,20 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            // The client's certificates (if any) go to every request of the connection.
+            let certs = tls.get_ref().1.peer_certificates().map(|chain| {
+                client_cert::PeerCertificates(
+                    chain.iter().map(|c| c.clone().into_owned()).collect(),
+                )
+            });
+            let service = TowerToHyperService::new(app.map_request(
+                move |mut req: http::Request<hyper::body::Incoming>| {
+                    if let Some(certs) = &certs {
+                        req.extensions_mut().insert(certs.clone());
+                    }
+                    req
+                },
+            ));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

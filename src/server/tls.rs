@@ -251,10 +251,36 @@ impl ResolvesServerCert for CertResolver {
 /// # Errors
 /// Only if the ring provider lacks the default protocol versions, which it does not.
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    build_config(resolver, None)
+}
+
+/// Like [`server_config`], and asks clients for a certificate without requiring one; the chain is
+/// verified later by [`crate::auth`] (see [`super::client_cert`]).
+///
+/// # Errors
+/// As [`server_config`].
+pub fn server_config_requesting_client_certs(
+    resolver: Arc<CertResolver>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    build_config(
+        resolver,
+        Some(Arc::new(super::client_cert::RequestClientCert::new(
+            provider(),
+        ))),
+    )
+}
+
+fn build_config(
+    resolver: Arc<CertResolver>,
+    client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_certs {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -1,7 +1,9 @@
 //! A one-machine Kubernetes control plane for tests, on 127.0.0.1 only: etcd, kube-apiserver with
 //! the aggregation layer, kube-controller-manager (deployment, replicaset, HPA and serviceaccount
 //! controllers), the node agent standing in for a kubelet, and the adapter binary registered by
-//! APIService objects with a `caBundle`. Everything started is stopped by pid when the `Cluster`
+//! APIService objects with a `caBundle`. The adapter runs with delegated authentication and
+//! authorization on (its own identity, bound to `system:auth-delegator` and the
+//! `extension-apiserver-authentication-reader` Role). Everything started is stopped by pid when the `Cluster`
 //! is dropped, pass or fail; on failure the logs (in a temp dir that is then kept) are printed.
 
 use std::net::SocketAddr;
@@ -36,13 +38,21 @@ pub struct Options {
     pub hpa_sync_period: Duration,
     /// Extra flags for the adapter (`--max-age`, ...).
     pub adapter_args: Vec<String>,
+    /// The adapter manages its serving CA (`--serving-ca-secret`) and sets the APIServices'
+    /// `caBundle` itself; they are registered without one. Otherwise it serves a certificate
+    /// from files and the harness writes the `caBundle`.
+    pub managed_ca: bool,
 }
+
+/// The Secret holding the adapter's CA with `Options::managed_ca`.
+pub const SERVING_CA_SECRET: &str = "ws-metrics-adapter-serving-ca";
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             hpa_sync_period: Duration::from_secs(1),
             adapter_args: Vec::new(),
+            managed_ca: false,
         }
     }
 }
@@ -66,7 +76,24 @@ pub struct Cluster {
     pub agent: NodeAgent,
     /// The adapter's plain listener (`/readyz`, `/metrics`).
     pub adapter_metrics: SocketAddr,
+    /// The adapter's HTTPS API, for calls that bypass kube-apiserver.
+    pub adapter_addr: SocketAddr,
+    /// kube-apiserver's address.
+    pub apiserver_addr: SocketAddr,
+    /// The CAs: kube-apiserver's serving and client CA (`--client-ca-file`), the front-proxy CA
+    /// and the adapter's serving CA.
+    pub pki: Pki,
     started: Instant,
+}
+
+/// The CAs of a cluster, to sign more certificates in tests.
+pub struct Pki {
+    /// Serving CA of kube-apiserver and its `--client-ca-file`.
+    pub cluster_ca: Ca,
+    /// `--requestheader-client-ca-file`; signs kube-apiserver's front-proxy client certificate.
+    pub front_proxy_ca: Ca,
+    /// The adapter's serving CA (the APIService `caBundle`).
+    pub adapter_ca_pem: String,
 }
 
 /// Where the control-plane binaries are: builds them on first use (about 10 minutes on 2 cores;
@@ -202,6 +229,7 @@ impl Cluster {
                 "--unsafe-no-fsync",
             ]),
         ));
+        let api_port = free_port();
         let mut cluster = Self {
             dir: Some(dir),
             daemons,
@@ -209,6 +237,13 @@ impl Cluster {
             client: placeholder_client(),
             agent: NodeAgent::inert(),
             adapter_metrics: "127.0.0.1:0".parse().expect("addr"),
+            adapter_addr: "127.0.0.1:0".parse().expect("addr"),
+            apiserver_addr: format!("127.0.0.1:{api_port}").parse().expect("addr"),
+            pki: Pki {
+                cluster_ca,
+                front_proxy_ca,
+                adapter_ca_pem: adapter_ca.pem.clone(),
+            },
             started,
         };
         let etcd_addr: SocketAddr = format!("127.0.0.1:{etcd_client}").parse().expect("addr");
@@ -220,7 +255,6 @@ impl Cluster {
 
         // kube-apiserver with the aggregation layer: front-proxy client certificate, requestheader
         // flags, RBAC, service-account keys.
-        let api_port = free_port();
         let p = |path: &Path| path.display().to_string();
         cluster.daemons.push(spawn(
             d,
@@ -306,12 +340,22 @@ impl Cluster {
             ]),
         ));
 
-        // The node agent, then the adapter and its registration.
+        // The node agent, then the adapter's RBAC and registration, then the adapter.
         cluster.agent = NodeAgent::start(cluster.client.clone(), d.join("pods")).await;
-        let adapter_port = start_adapter(&mut cluster, &adapter_kubeconfig, &adapter_tls, &options);
+        let adapter_port = free_port();
         cluster
-            .kubectl_apply(&rbac_and_registration(&adapter_ca.pem, adapter_port))
+            .kubectl_apply(&rbac_and_registration(
+                (!options.managed_ca).then_some(adapter_ca.pem.as_str()),
+                adapter_port,
+            ))
             .await;
+        start_adapter(
+            &mut cluster,
+            adapter_port,
+            &adapter_kubeconfig,
+            &adapter_tls,
+            &options,
+        );
         let metrics = cluster.adapter_metrics;
         cluster
             .wait("adapter /readyz", Duration::from_secs(30), || async move {
@@ -413,26 +457,35 @@ fn exited(daemon: &Daemon) -> bool {
     stat.map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
-/// Starts the adapter binary and returns the port its HTTPS API listens on.
+/// Starts the adapter binary with its HTTPS API on `port`, authenticating and authorizing callers
+/// with its own identity (`kubeconfig`).
 fn start_adapter(
     cluster: &mut Cluster,
+    port: u16,
     kubeconfig: &Path,
     tls: &pki::Pair,
     options: &Options,
-) -> u16 {
-    let port = free_port();
+) {
     let metrics_port = free_port();
     cluster.adapter_metrics = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
+    cluster.adapter_addr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut argv = args(&[
         "serve",
         &format!("--kubeconfig={}", kubeconfig.display()),
-        "--insecure-allow-unauthenticated",
+        &format!("--authentication-kubeconfig={}", kubeconfig.display()),
+        &format!("--authorization-kubeconfig={}", kubeconfig.display()),
         "--bind-address=127.0.0.1",
         &format!("--secure-port={port}"),
-        &format!("--tls-cert-file={}", tls.cert.display()),
-        &format!("--tls-private-key-file={}", tls.key.display()),
         &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
     ]);
+    if options.managed_ca {
+        argv.push(format!(
+            "--serving-ca-secret={ADAPTER_NAMESPACE}/{SERVING_CA_SECRET}"
+        ));
+    } else {
+        argv.push(format!("--tls-cert-file={}", tls.cert.display()));
+        argv.push(format!("--tls-private-key-file={}", tls.key.display()));
+    }
     argv.extend(options.adapter_args.iter().cloned());
     let daemon = spawn(
         cluster.dir(),
@@ -441,16 +494,23 @@ fn start_adapter(
         &argv,
     );
     cluster.daemons.push(daemon);
-    port
 }
 
-/// What the adapter may read (pods), the Service the APIService objects name (ExternalName
+/// What the adapter may read (pods) and do (TokenReview and SubjectAccessReview, read the
+/// front-proxy ConfigMap: spec §5.5), the Service the APIService objects name (ExternalName
 /// `localhost`: the aggregator dials the host name directly and skips the endpoints check), and
-/// the APIService objects for v1beta2 and v1beta1 with the adapter's CA as `caBundle`.
-fn rbac_and_registration(ca_pem: &str, port: u16) -> String {
+/// the APIService objects for v1beta2 and v1beta1 with the adapter's CA as `caBundle` (without
+/// one when `ca_pem` is `None`: the adapter sets it), and what the adapter needs to manage its
+/// CA (its Secret, the two APIServices by name).
+fn rbac_and_registration(ca_pem: Option<&str>, port: u16) -> String {
     use base64::Engine;
     // `caBundle` is `[]byte`: base64 in JSON and YAML.
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let ca_bundle = ca_pem.map_or(String::new(), |pem| {
+        format!(
+            "\n  caBundle: {}",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        )
+    });
     format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -471,6 +531,50 @@ roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ws-metr
 subjects:
 - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
 ---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: ws-metrics-adapter-serving-ca, namespace: {ADAPTER_NAMESPACE}}}
+rules:
+- {{apiGroups: [""], resources: [secrets], verbs: [create]}}
+- {{apiGroups: [""], resources: [secrets], resourceNames: [{SERVING_CA_SECRET}], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ws-metrics-adapter-serving-ca, namespace: {ADAPTER_NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: ws-metrics-adapter-serving-ca}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: ws-metrics-adapter-apiservices}}
+rules:
+- apiGroups: [apiregistration.k8s.io]
+  resources: [apiservices]
+  resourceNames: [v1beta2.custom.metrics.k8s.io, v1beta1.custom.metrics.k8s.io]
+  verbs: [get, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: ws-metrics-adapter-apiservices}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ws-metrics-adapter-apiservices}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: "ws-metrics-adapter:system:auth-delegator"}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ws-metrics-adapter-auth-reader, namespace: kube-system}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
 apiVersion: v1
 kind: Service
 metadata: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}}}
@@ -488,8 +592,7 @@ spec:
   version: v1beta2
   service: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}, port: {port}}}
   groupPriorityMinimum: 100
-  versionPriority: 200
-  caBundle: {ca}
+  versionPriority: 200{ca_bundle}
 ---
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService
@@ -499,8 +602,7 @@ spec:
   version: v1beta1
   service: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}, port: {port}}}
   groupPriorityMinimum: 100
-  versionPriority: 100
-  caBundle: {ca}
+  versionPriority: 100{ca_bundle}
 "#
     )
 }

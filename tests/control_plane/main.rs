@@ -10,10 +10,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
 mod cluster;
 mod node_agent;
 mod pki;
 mod service_proxy;
+mod serving_ca;
 mod timeline;
 
 use std::collections::BTreeMap;
@@ -361,6 +363,7 @@ async fn scale_up_then_down(sync: Duration, hold_up: Duration, hold_down: Durati
     let Some(cluster) = Cluster::start(Options {
         hpa_sync_period: sync,
         adapter_args: vec!["--scrape-interval=1s".into()],
+        ..Options::default()
     })
     .await
     else {
@@ -549,6 +552,7 @@ async fn hpa_does_not_scale_down_when_a_pods_metrics_stop_answering() {
     let Some(cluster) = Cluster::start(Options {
         hpa_sync_period: Duration::from_secs(1),
         adapter_args: vec!["--scrape-interval=1s".into(), "--max-age=3s".into()],
+        ..Options::default()
     })
     .await
     else {

@@ -1,0 +1,222 @@
+//! The axum middleware in front of the API: authenticate, strip identity headers, authorize, and
+//! answer 401/403/500 as Kubernetes `Status` bodies (the one place auth errors become HTTP).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, header};
+
+use super::attributes::{self, Attributes};
+use super::authn::User;
+use super::{Auth, Authenticated, Decision};
+use crate::api::wire::{Status, StatusDetails};
+use crate::server::client_cert::PeerCertificates;
+
+fn status_response(status: &Status) -> Response {
+    let mut resp = Response::new(Body::from(status.to_body()));
+    *resp.status_mut() =
+        StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// The 401 body.
+pub fn unauthorized() -> Status {
+    Status::failure(401, "Unauthorized", "Unauthorized")
+}
+
+/// The 403 body in the Go stack's words [apiserver: pkg/endpoints/handlers/responsewriters/errors.go
+/// `forbiddenMessage`, `Forbidden`; apimachinery: pkg/api/errors/errors.go `NewForbidden`].
+pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> Status {
+    let (message, details) = match attrs {
+        Attributes::NonResource { verb, path } => (
+            format!("User {:?} cannot {verb} path {path:?}", user.name),
+            None,
+        ),
+        Attributes::Resource(r) => {
+            let resource = if r.subresource.is_empty() {
+                r.resource.clone()
+            } else {
+                format!("{}/{}", r.resource, r.subresource)
+            };
+            let msg = if r.namespace.is_empty() {
+                format!(
+                    "User {:?} cannot {} resource {resource:?} in API group {:?} at the cluster scope",
+                    user.name, r.verb, r.group
+                )
+            } else {
+                format!(
+                    "User {:?} cannot {} resource {resource:?} in API group {:?} in the namespace {:?}",
+                    user.name, r.verb, r.group, r.namespace
+                )
+            };
+            (
+                msg,
+                Some(StatusDetails {
+                    name: r.name.clone(),
+                    group: r.group.clone(),
+                    kind: r.resource.clone(),
+                }),
+            )
+        }
+    };
+    let message = if reason.is_empty() {
+        message
+    } else {
+        format!("{message}: {reason}")
+    };
+    let full = match &details {
+        None => format!("forbidden: {message}"),
+        Some(d) => {
+            let gr = if d.group.is_empty() {
+                d.kind.clone()
+            } else {
+                format!("{}.{}", d.kind, d.group)
+            };
+            if d.name.is_empty() {
+                format!("{gr} is forbidden: {message}")
+            } else {
+                format!("{gr} {:?} is forbidden: {message}", d.name)
+            }
+        }
+    };
+    let status = Status::failure(403, "Forbidden", full);
+    match details {
+        Some(d) => status.with_details(d),
+        None => status,
+    }
+}
+
+/// 500 when a review call failed: the request fails closed; the cause is logged, not sent.
+pub fn review_failed() -> Status {
+    Status::failure(
+        500,
+        "InternalError",
+        "Internal error occurred: the authorization check failed",
+    )
+}
+
+/// Middleware: `axum::middleware::from_fn_with_state(auth, layer::authenticate_and_authorize)`.
+pub async fn authenticate_and_authorize(
+    State(auth): State<Arc<Auth>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path().to_owned();
+    if auth.always_allowed(&path) {
+        strip_identity(&auth, &mut req);
+        return next.run(req).await;
+    }
+    let chain = req.extensions().get::<PeerCertificates>().cloned();
+    let user = match auth
+        .authenticate(req.headers(), chain.as_ref().map(|c| &c.0[..]))
+        .await
+    {
+        Ok(Authenticated::User(user)) => user,
+        Ok(Authenticated::Unauthorized) => {
+            tracing::debug!(%path, client_cert = chain.is_some(), "401: no valid credentials");
+            return status_response(&unauthorized());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %path, "401: authentication failed");
+            return status_response(&unauthorized());
+        }
+    };
+    strip_identity(&auth, &mut req);
+    let attrs = attributes::derive(req.method(), &path, req.uri().query());
+    match auth.authorize(&user, &attrs).await {
+        Ok(Decision::Allow) => next.run(req).await,
+        Ok(Decision::Deny(reason)) => {
+            tracing::debug!(user = %user.name, %path, %reason, "403: denied by SubjectAccessReview");
+            status_response(&forbidden(&user, &attrs, &reason))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, user = %user.name, %path, "500: authorization failed closed");
+            status_response(&review_failed())
+        }
+    }
+}
+
+/// Removes the front-proxy identity headers and the bearer token, so nothing behind this layer
+/// can mistake them for an identity.
+fn strip_identity(auth: &Auth, req: &mut Request) {
+    let names: Vec<header::HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|name| auth.is_identity_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        req.headers_mut().remove(name);
+    }
+    req.headers_mut().remove(header::AUTHORIZATION);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn user() -> User {
+        User {
+            name: "jane".into(),
+            ..User::default()
+        }
+    }
+
+    #[test]
+    fn forbidden_messages_have_the_go_shape() {
+        let a = attributes::derive(
+            &http::Method::GET,
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/chat/pods/%2A/websocket_connections",
+            None,
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&forbidden(&user(), &a, "").to_body()).expect("json");
+        assert_eq!(
+            body,
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                "message":"pods.custom.metrics.k8s.io \"*\" is forbidden: User \"jane\" cannot get resource \"pods/websocket_connections\" in API group \"custom.metrics.k8s.io\" in the namespace \"chat\"",
+                "reason":"Forbidden",
+                "details":{"name":"*","group":"custom.metrics.k8s.io","kind":"pods"},
+                "code":403})
+        );
+        let a = attributes::derive(
+            &http::Method::GET,
+            "/apis/custom.metrics.k8s.io/v1beta2/nodes/n1/m",
+            None,
+        );
+        assert_eq!(
+            forbidden(&user(), &a, "no RBAC").message,
+            "nodes.custom.metrics.k8s.io \"n1\" is forbidden: User \"jane\" cannot get resource \"nodes/m\" in API group \"custom.metrics.k8s.io\" at the cluster scope: no RBAC"
+        );
+        let a = attributes::derive(
+            &http::Method::GET,
+            "/apis/custom.metrics.k8s.io/v1beta2",
+            None,
+        );
+        let s = forbidden(&user(), &a, "");
+        assert_eq!(
+            s.message,
+            "forbidden: User \"jane\" cannot get path \"/apis/custom.metrics.k8s.io/v1beta2\""
+        );
+        assert!(s.details.is_none());
+        let body: serde_json::Value =
+            serde_json::from_slice(&unauthorized().to_body()).expect("json");
+        assert_eq!(
+            body,
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                "message":"Unauthorized","reason":"Unauthorized","code":401})
+        );
+    }
+}

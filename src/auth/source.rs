@@ -1,0 +1,94 @@
+//! Loads ConfigMap `kube-system/extension-apiserver-authentication` (written by kube-apiserver)
+//! and keeps the authentication config in step with it: a rotated front-proxy or client CA is in
+//! force for the next request, without a restart (spec §5.3, §7).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::Auth;
+use super::authn::{AuthnConfig, FlagSources};
+
+/// Namespace of the ConfigMap.
+pub const NAMESPACE: &str = "kube-system";
+/// Name of the ConfigMap.
+pub const NAME: &str = "extension-apiserver-authentication";
+
+/// Builds the config from `data` and puts it in force; a bad value keeps the previous config.
+/// Returns whether the config was applied.
+pub fn apply(auth: &Auth, data: &BTreeMap<String, String>, flags: &FlagSources) -> bool {
+    match AuthnConfig::build(data, flags) {
+        Ok(config) => {
+            if config.request_header.is_none() {
+                tracing::warn!(
+                    "no requestheader-client-ca-file: requests proxied by kube-apiserver will be refused (401); is the aggregation layer configured?"
+                );
+            }
+            tracing::info!(
+                front_proxy = ?config.request_header.as_ref().map(|rh| &rh.allowed_names),
+                client_ca = config.has_certificate_auth(),
+                "authentication config loaded"
+            );
+            auth.set_config(config);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "authentication config unusable; keeping the previous one");
+            false
+        }
+    }
+}
+
+/// Keeps `auth` in step with the ConfigMap until `shutdown`. When the flags give every CA, the
+/// ConfigMap is not read at all. Until the first good load, readiness stays false and each
+/// failure is logged with its likely cause.
+pub async fn watch(
+    client: kube::Client,
+    auth: Arc<Auth>,
+    flags: FlagSources,
+    shutdown: impl Future<Output = ()>,
+) {
+    if flags.complete() {
+        apply(&auth, &BTreeMap::new(), &flags);
+        return;
+    }
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, NAMESPACE);
+    // RBAC (extension-apiserver-authentication-reader) allows list/watch only by name.
+    let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
+    let stream = watcher(api, config).default_backoff();
+    tokio::pin!(stream);
+    tokio::pin!(shutdown);
+    let mut found = false;
+    loop {
+        let event = tokio::select! {
+            () = &mut shutdown => return,
+            event = stream.next() => event,
+        };
+        match event {
+            None => return,
+            Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
+                found = true;
+                apply(&auth, &cm.data.unwrap_or_default(), &flags);
+            }
+            Some(Ok(watcher::Event::InitDone)) if !found => {
+                tracing::warn!(
+                    "ConfigMap {NAMESPACE}/{NAME} not found; not ready until kube-apiserver writes it"
+                );
+            }
+            Some(Ok(watcher::Event::Delete(_))) => {
+                tracing::warn!("ConfigMap {NAMESPACE}/{NAME} deleted; keeping the config in force");
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!(
+                error = %e,
+                ready = auth.is_loaded(),
+                "watching ConfigMap {NAMESPACE}/{NAME} failed (is the adapter bound to Role \
+                 kube-system/extension-apiserver-authentication-reader?); retrying"
+            ),
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! A self-managed serving CA, so that the APIService objects need no `insecureSkipTLSVerify`:
+//! the CA lives in a Secret (created once, shared by every replica), the serving certificate is
+//! issued from it at start-up and re-issued at 2/3 of its lifetime (new handshakes get the new
+//! one, open connections keep theirs), and the CA goes into the `caBundle` of the APIServices that
+//! point at our Service, checked every 10 s in case something reset it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::tls::{CertResolver, provider};
+
+/// Errors of managing the serving CA.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or creating the CA Secret failed.
+    #[error("CA Secret {secret}: {reason}")]
+    SecretUnusable {
+        /// `namespace/name`.
+        secret: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Generating or signing a certificate failed.
+    #[error("issuing a certificate: {0}")]
+    IssueFailed(String),
+    /// Patching an APIService failed.
+    #[error("setting caBundle of APIService {name}: {reason}")]
+    PatchFailed {
+        /// APIService name.
+        name: String,
+        /// What kube-apiserver said.
+        reason: String,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 720h, 30d)"))
+}
+
+/// Flags of the self-managed serving CA.
+#[derive(Debug, Clone, Args)]
+pub struct ServingCaArgs {
+    /// Manage the serving certificate: keep a CA in this Secret (NAMESPACE/NAME, created if
+    /// missing), issue the serving certificate from it, rotate it, and put the CA into the
+    /// caBundle of --apiservices. Excludes --tls-cert-file.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SERVING_CA_SECRET")]
+    pub serving_ca_secret: Option<String>,
+
+    /// DNS names of the serving certificate (the aggregator checks SERVICE.NAMESPACE.svc).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ws-metrics-adapter.ws-metrics.svc"
+    )]
+    pub serving_cert_dns_names: Vec<String>,
+
+    /// APIService objects whose caBundle is set to the CA.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "v1beta2.custom.metrics.k8s.io,v1beta1.custom.metrics.k8s.io"
+    )]
+    pub apiservices: Vec<String>,
+
+    /// Lifetime of each serving certificate; it is replaced at 2/3 of it.
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub serving_cert_validity: Duration,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingCa {
+    /// Secret namespace.
+    pub namespace: String,
+    /// Secret name.
+    pub name: String,
+    /// Serving certificate names.
+    pub dns_names: Vec<String>,
+    /// APIServices to patch.
+    pub apiservices: Vec<String>,
+    /// Serving certificate lifetime.
+    pub validity: Duration,
+}
+
+impl ServingCaArgs {
+    /// The settings when --serving-ca-secret is given; problems go onto `problems`.
+    pub fn validate(self, problems: &mut Vec<String>) -> Option<ServingCa> {
+        let secret = self.serving_ca_secret?;
+        let Some((namespace, name)) = secret
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+        else {
+            problems.push(format!(
+                "--serving-ca-secret {secret:?}: expected NAMESPACE/NAME"
+            ));
+            return None;
+        };
+        if self.serving_cert_validity < Duration::from_secs(3) {
+            problems.push("--serving-cert-validity: must be at least 3s".into());
+        }
+        Some(ServingCa {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            dns_names: self.serving_cert_dns_names,
+            apiservices: self.apiservices,
+            validity: self.serving_cert_validity,
+        })
+    }
+}
+
+/// The CA: its certificate (PEM) and what signs with it.
+pub struct Ca {
+    /// PEM certificate (the caBundle).
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("pem", &self.pem)
+            .finish_non_exhaustive()
+    }
+}
+
+const CA_CERT_KEY: &str = "ca.crt";
+const CA_KEY_KEY: &str = "ca.key";
+
+fn issue_err(e: impl std::fmt::Display) -> Error {
+    Error::IssueFailed(e.to_string())
+}
+
+impl Ca {
+    /// A new CA valid for ten years.
+    ///
+    /// # Errors
+    /// [`Error::IssueFailed`].
+    pub fn generate() -> Result<(Self, String)> {
+        let key = KeyPair::generate().map_err(issue_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(issue_err)?;
+        let now = time::OffsetDateTime::now_utc();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("ws-metrics-adapter-ca@{}", now.unix_timestamp()),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params.self_signed(&key).map_err(issue_err)?;
+        let key_pem = key.serialize_pem();
+        Ok((
+            Self {
+                pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            },
+            key_pem,
+        ))
+    }
+
+    /// The CA stored as `cert_pem` and `key_pem`.
+    ///
+    /// # Errors
+    /// [`Error::IssueFailed`] when they do not parse.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(issue_err)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(issue_err)?;
+        Ok(Self {
+            pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// Issues a serving certificate for `dns_names` (plus localhost) valid for `validity`.
+    ///
+    /// # Errors
+    /// [`Error::IssueFailed`].
+    pub fn issue(&self, dns_names: &[String], validity: Duration) -> Result<CertifiedKey> {
+        let key = KeyPair::generate().map_err(issue_err)?;
+        let mut names = dns_names.to_vec();
+        names.push("localhost".into());
+        let mut params = CertificateParams::new(names).map_err(issue_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ws-metrics-adapter");
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        // Back-dated a little for clock skew; the lifetime counts from now.
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + validity;
+        let cert = params.signed_by(&key, &self.issuer).map_err(issue_err)?;
+        let chain = vec![cert.der().clone()];
+        let private =
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(issue_err)?;
+        CertifiedKey::from_der(chain, private, &provider()).map_err(issue_err)
+    }
+}
+
+/// Reads the CA from its Secret, creating the Secret when missing (a replica that loses the race
+/// reads the winner's).
+///
+/// # Errors
+/// [`Error::SecretUnusable`] or [`Error::IssueFailed`].
+pub async fn load_or_create(client: &kube::Client, cfg: &ServingCa) -> Result<Ca> {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &cfg.namespace);
+    let secret_name = format!("{}/{}", cfg.namespace, cfg.name);
+    let unusable = |reason: String| Error::SecretUnusable {
+        secret: secret_name.clone(),
+        reason,
+    };
+    for _ in 0..3 {
+        match api.get_opt(&cfg.name).await {
+            Ok(Some(secret)) => {
+                let data = secret.data.unwrap_or_default();
+                let field = |k: &str| {
+                    data.get(k)
+                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                        .ok_or_else(|| unusable(format!("no {k}")))
+                };
+                return Ca::from_pem(&field(CA_CERT_KEY)?, &field(CA_KEY_KEY)?);
+            }
+            Ok(None) => {
+                let (ca, key_pem) = Ca::generate()?;
+                let secret = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(cfg.name.clone()),
+                        namespace: Some(cfg.namespace.clone()),
+                        ..Default::default()
+                    },
+                    data: Some(BTreeMap::from([
+                        (
+                            CA_CERT_KEY.to_owned(),
+                            ByteString(ca.pem.clone().into_bytes()),
+                        ),
+                        (CA_KEY_KEY.to_owned(), ByteString(key_pem.into_bytes())),
+                    ])),
+                    ..Default::default()
+                };
+                match api.create(&PostParams::default(), &secret).await {
+                    Ok(_) => {
+                        tracing::info!(secret = %secret_name, "serving CA generated and stored");
+                        return Ok(ca);
+                    }
+                    // Another replica created it first: read theirs.
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(unusable(e.to_string())),
+                }
+            }
+            Err(e) => return Err(unusable(e.to_string())),
+        }
+    }
+    Err(unusable(
+        "created and deleted concurrently; giving up".into(),
+    ))
+}
+
+/// Sets `caBundle` (and clears `insecureSkipTLSVerify`) on every APIService of `cfg` that points
+/// at a Service this certificate is for (`{service}.{namespace}.svc` among its DNS names), unless
+/// it already carries this CA. An APIService of the same name pointing elsewhere — say
+/// prometheus-adapter's, while both run side by side before a takeover — is left alone: our CA
+/// would not verify that server, and the aggregator would lose it.
+///
+/// # Errors
+/// [`Error::PatchFailed`] for the first that fails.
+pub async fn patch_apiservices(client: &kube::Client, cfg: &ServingCa, ca_pem: &str) -> Result<()> {
+    let resource = ApiResource {
+        group: "apiregistration.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiregistration.k8s.io/v1".into(),
+        kind: "APIService".into(),
+        plural: "apiservices".into(),
+    };
+    let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &resource);
+    let bundle = serde_json::to_value(ByteString(ca_pem.as_bytes().to_vec())).unwrap_or_default();
+    let failed = |name: &str, reason: String| Error::PatchFailed {
+        name: name.to_owned(),
+        reason,
+    };
+    for name in &cfg.apiservices {
+        let current = api
+            .get(name)
+            .await
+            .map_err(|e| failed(name, e.to_string()))?;
+        let spec = &current.data["spec"];
+        let service = format!(
+            "{}.{}.svc",
+            spec["service"]["name"].as_str().unwrap_or_default(),
+            spec["service"]["namespace"].as_str().unwrap_or_default()
+        );
+        if !cfg.dns_names.contains(&service) {
+            tracing::warn!(
+                apiservice = %name,
+                service = %service,
+                "APIService points at a service this serving certificate is not for; caBundle left alone"
+            );
+            continue;
+        }
+        if spec["caBundle"] == bundle && spec["insecureSkipTLSVerify"].as_bool() != Some(true) {
+            continue;
+        }
+        let patch =
+            serde_json::json!({"spec": {"caBundle": bundle, "insecureSkipTLSVerify": null}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| failed(name, e.to_string()))?;
+        tracing::info!(apiservice = %name, "caBundle set to the managed serving CA");
+    }
+    Ok(())
+}
+
+/// How often the APIServices' caBundle is checked (one GET each; a PATCH only when it differs).
+pub const CA_BUNDLE_CHECK: Duration = Duration::from_secs(10);
+
+/// Re-issues the serving certificate at 2/3 of its lifetime and checks the caBundle every
+/// [`CA_BUNDLE_CHECK`] (an APIService applied without one works within that), until `shutdown`. Failures are logged and retried; the current certificate stays.
+pub async fn maintain(
+    client: kube::Client,
+    cfg: ServingCa,
+    ca: Ca,
+    resolver: Arc<CertResolver>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let renew_every = cfg.validity.mul_f64(2.0 / 3.0);
+    let mut next_renewal = tokio::time::Instant::now() + renew_every;
+    let mut next_patch = tokio::time::Instant::now();
+    loop {
+        let wake = next_renewal.min(next_patch);
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_patch {
+            if let Err(e) = patch_apiservices(&client, &cfg, &ca.pem).await {
+                tracing::warn!(error = %e, "caBundle not applied; retrying");
+            }
+            next_patch = now + CA_BUNDLE_CHECK;
+        }
+        if now >= next_renewal {
+            match ca.issue(&cfg.dns_names, cfg.validity) {
+                Ok(key) => {
+                    resolver.replace(key);
+                    tracing::info!("serving certificate renewed from the managed CA");
+                    next_renewal = now + renew_every;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "serving certificate renewal failed; retrying in 10 s");
+                    next_renewal = now + Duration::from_secs(10);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `pem` parses as at least one certificate (for tests and checks).
+pub fn is_certificate_pem(pem: &str) -> bool {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .is_some_and(|c| c.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_ca_issues_certificates_that_chain_to_it() {
+        crate::server::tls::install_provider();
+        let (ca, key_pem) = Ca::generate().expect("CA");
+        assert!(is_certificate_pem(&ca.pem));
+        let reloaded = Ca::from_pem(&ca.pem, &key_pem).expect("reload");
+        let leaf = reloaded
+            .issue(
+                &["ws-metrics-adapter.ws-metrics.svc".into()],
+                Duration::from_secs(3600),
+            )
+            .expect("issue");
+        // The leaf verifies as a server certificate for the service name against the CA.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("ca der"))
+            .expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        use rustls::client::danger::ServerCertVerifier;
+        let name = rustls::pki_types::ServerName::try_from("ws-metrics-adapter.ws-metrics.svc")
+            .expect("name");
+        verifier
+            .verify_server_cert(
+                &leaf.cert[0],
+                &[],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .expect("leaf chains to the stored CA");
+        // Another CA's leaf does not.
+        let (other, _) = Ca::generate().expect("CA");
+        let foreign = other
+            .issue(
+                &["ws-metrics-adapter.ws-metrics.svc".into()],
+                Duration::from_secs(3600),
+            )
+            .expect("issue");
+        assert!(
+            verifier
+                .verify_server_cert(
+                    &foreign.cert[0],
+                    &[],
+                    &name,
+                    &[],
+                    rustls::pki_types::UnixTime::now()
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_secret_flag_needs_namespace_and_name() {
+        let args = |s: &str| ServingCaArgs {
+            serving_ca_secret: Some(s.into()),
+            serving_cert_dns_names: vec!["a.b.svc".into()],
+            apiservices: vec!["v1beta2.custom.metrics.k8s.io".into()],
+            serving_cert_validity: Duration::from_secs(3600),
+        };
+        let mut problems = Vec::new();
+        let ok = args("ws-metrics/serving-ca")
+            .validate(&mut problems)
+            .expect("valid");
+        assert_eq!(
+            (ok.namespace.as_str(), ok.name.as_str()),
+            ("ws-metrics", "serving-ca")
+        );
+        assert!(problems.is_empty());
+        assert!(args("no-slash").validate(&mut problems).is_none());
+        assert!(args("/x").validate(&mut problems).is_none());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}

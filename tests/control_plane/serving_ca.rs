@@ -1,0 +1,119 @@
+//! The self-managed serving CA on the real control plane: APIServices registered without a
+//! `caBundle` (and without `insecureSkipTLSVerify`) become Available once the adapter publishes
+//! its CA, and reads through the aggregator keep working while the serving certificate is
+//! re-issued every few seconds.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject};
+
+use crate::cluster::{ADAPTER_NAMESPACE, Cluster, Options, SERVING_CA_SECRET};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ca_is_published_and_rotation_keeps_reads_working() {
+    let _serial = crate::ONE_AT_A_TIME.lock().await;
+    // Lifetime 6 s: a new serving certificate every 4 s.
+    let Some(cluster) = Cluster::start(Options {
+        adapter_args: vec!["--serving-cert-validity=6s".into()],
+        managed_ca: true,
+        ..Options::default()
+    })
+    .await
+    else {
+        eprintln!("skipped: control-plane binaries unavailable (Go missing)");
+        return;
+    };
+    // Cluster::start waited for both APIServices to be Available: the aggregator verified the
+    // adapter's certificate against the caBundle the adapter wrote. It is the Secret's CA.
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ADAPTER_NAMESPACE);
+    let secret = secrets.get(SERVING_CA_SECRET).await.expect("CA Secret");
+    let ca = secret.data.expect("data")["ca.crt"].0.clone();
+    let resource = ApiResource {
+        group: "apiregistration.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiregistration.k8s.io/v1".into(),
+        kind: "APIService".into(),
+        plural: "apiservices".into(),
+    };
+    let apiservices: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resource);
+    for name in [
+        "v1beta2.custom.metrics.k8s.io",
+        "v1beta1.custom.metrics.k8s.io",
+    ] {
+        let svc = apiservices.get(name).await.expect("APIService");
+        let bundle: k8s_openapi::ByteString =
+            serde_json::from_value(svc.data["spec"]["caBundle"].clone()).expect("caBundle");
+        assert_eq!(bundle.0, ca, "{name}: caBundle is the managed CA");
+        assert!(
+            svc.data["spec"]
+                .get("insecureSkipTLSVerify")
+                .is_none_or(|v| v.is_null() || v == false)
+        );
+    }
+
+    // The HPA controller reads the metric through the aggregator with its own identity.
+    cluster.kubectl_apply(&crate::deployment(1)).await;
+    cluster.kubectl_apply(&crate::hpa(1, 3, 0)).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(cluster.client.clone(), "default");
+    let scaling_active = || {
+        let hpas = hpas.clone();
+        async move {
+            let status = hpas.get_status("ws-demo").await.ok()?.status?;
+            let active = status
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "ScalingActive")?;
+            Some((
+                active.status == "True",
+                format!(
+                    "{}: {:?}",
+                    active.reason.unwrap_or_default(),
+                    active.message
+                ),
+            ))
+        }
+    };
+    cluster
+        .wait(
+            "HPA computing from the metric",
+            Duration::from_secs(90),
+            || async { scaling_active().await.is_some_and(|(ok, _)| ok) },
+        )
+        .await;
+
+    // Reads through kube-apiserver and the aggregator, and the HPA's own reads, for 13 s, across
+    // at least two rotations.
+    let path =
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/%2A/websocket_connections";
+    let started = Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_secs(13) {
+        let req = http::Request::get(path).body(Vec::new()).expect("request");
+        let text =
+            cluster.client.request_text(req).await.unwrap_or_else(|e| {
+                panic!("read {reads} failed after {:?}: {e}", started.elapsed())
+            });
+        assert!(text.contains("MetricValueList"), "{text}");
+        let (ok, why) = scaling_active().await.expect("HPA status");
+        assert!(
+            ok,
+            "HPA stopped computing from the metric after {:?}: {why}",
+            started.elapsed()
+        );
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(cluster.dir().join("logs/ws-metrics-adapter.log"))
+        .expect("adapter log");
+    let renewals = log.matches("serving certificate renewed").count();
+    eprintln!(
+        "{reads} reads, all 200, HPA ScalingActive throughout, across {renewals} serving-certificate renewals"
+    );
+    assert!(
+        renewals >= 2,
+        "expected at least two renewals, saw {renewals}"
+    );
+}
