@@ -12,12 +12,20 @@ use kube::api::{ApiResource, DynamicObject};
 
 use crate::cluster::{ADAPTER_NAMESPACE, Cluster, Options, SERVING_CA_SECRET};
 
+/// An APIService of another server, named in --apiservices.
+const FOREIGN: &str = "v1alpha1.foreign.example.com";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ca_is_published_and_rotation_keeps_reads_working() {
     let _serial = crate::ONE_AT_A_TIME.lock().await;
     // Lifetime 6 s: a new serving certificate every 4 s.
     let Some(cluster) = Cluster::start(Options {
-        adapter_args: vec!["--serving-cert-validity=6s".into()],
+        adapter_args: vec![
+            "--serving-cert-validity=6s".into(),
+            // The last one points at another server (as prometheus-adapter's do before a
+            // takeover): its caBundle must be left alone.
+            format!("--apiservices=v1beta2.custom.metrics.k8s.io,v1beta1.custom.metrics.k8s.io,{FOREIGN}"),
+        ],
         managed_ca: true,
         ..Options::default()
     })
@@ -116,4 +124,44 @@ async fn managed_ca_is_published_and_rotation_keeps_reads_working() {
         renewals >= 2,
         "expected at least two renewals, saw {renewals}"
     );
+    // An APIService pointing at another Service keeps its own TLS settings across a check period,
+    // although the adapter may patch it.
+    cluster
+        .kubectl_apply(&format!(
+            "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {{name: {FOREIGN}}}\n\
+             spec:\n  group: foreign.example.com\n  version: v1alpha1\n\
+             \x20 service: {{name: prometheus-adapter, namespace: monitoring, port: 443}}\n\
+             \x20 groupPriorityMinimum: 100\n  versionPriority: 100\n  insecureSkipTLSVerify: true\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n\
+             metadata: {{name: foreign-apiservice}}\nrules:\n\
+             - {{apiGroups: [apiregistration.k8s.io], resources: [apiservices], \
+             resourceNames: [{FOREIGN}], verbs: [get, patch]}}\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+             metadata: {{name: foreign-apiservice}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: foreign-apiservice}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}]\n"
+        ))
+        .await;
+    tokio::time::sleep(server_ca_check() + Duration::from_secs(2)).await;
+    let foreign = apiservices.get(FOREIGN).await.expect("foreign APIService");
+    assert_eq!(
+        foreign.data["spec"]["insecureSkipTLSVerify"], true,
+        "{foreign:?}"
+    );
+    assert!(
+        foreign.data["spec"]
+            .get("caBundle")
+            .is_none_or(|v| v.is_null()),
+        "{foreign:?}"
+    );
+    let log = std::fs::read_to_string(cluster.dir().join("logs/ws-metrics-adapter.log"))
+        .expect("adapter log");
+    assert!(
+        log.contains("caBundle left alone"),
+        "no log line for {FOREIGN}"
+    );
+}
+
+fn server_ca_check() -> Duration {
+    ws_metrics_adapter::server::serving_ca::CA_BUNDLE_CHECK
 }
