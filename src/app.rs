@@ -321,8 +321,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let mut api_app = api::router(api_state);
     if let Some(auth) = auth {
         health.require_auth_config(auth.clone());
-        api_app = api_app.layer(axum::middleware::from_fn_with_state(
+        let layer = crate::auth::layer::AuthLayer {
             auth,
+            telemetry: telemetry.clone(),
+        };
+        api_app = api_app.layer(axum::middleware::from_fn_with_state(
+            layer,
             crate::auth::layer::authenticate_and_authorize,
         ));
     }

@@ -78,6 +78,38 @@ impl QueryOutcome {
     }
 }
 
+/// What the authentication and authorization layer decided for one API request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Authenticated and allowed (by a cached or fresh SubjectAccessReview, or system:masters).
+    Allowed,
+    /// A path of --authorization-always-allow-paths: no credentials needed.
+    AlwaysAllowed,
+    /// 401: no usable credentials (no certificate or token, an untrusted certificate, an unknown
+    /// token, identity headers without a valid front-proxy certificate).
+    Unauthenticated,
+    /// 401: a TokenReview could not be made (timeout, apiserver error); fails closed.
+    AuthenticationFailed,
+    /// 403: denied by SubjectAccessReview.
+    Forbidden,
+    /// 500: a SubjectAccessReview could not be made; fails closed.
+    AuthorizationFailed,
+}
+
+impl AuthOutcome {
+    /// The label value used in `ws_metrics_adapter_auth_decisions_total{outcome=…}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::AlwaysAllowed => "always_allowed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::AuthenticationFailed => "authentication_failed",
+            Self::Forbidden => "forbidden",
+            Self::AuthorizationFailed => "authorization_failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PromLabels {
     kind: &'static str,
@@ -110,6 +142,7 @@ struct WatchLabels {
 pub struct Telemetry {
     registry: Registry,
     scrapes: Family<OutcomeLabels, Counter>,
+    auth_decisions: Family<OutcomeLabels, Counter>,
     scrape_duration: Histogram,
     round_duration: Histogram,
     round_overruns: Counter,
@@ -235,8 +268,15 @@ impl Telemetry {
             "Series of query answers not served, by reason (unlabelled: no object label; unservable: NaN or Inf)",
             prom_dropped.clone(),
         );
+        let auth_decisions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "API requests by authentication/authorization outcome (401s and 403s are counted here, before the API handler)",
+            auth_decisions.clone(),
+        );
         Self {
             registry: root,
+            auth_decisions,
             prom_requests,
             prom_duration,
             prom_dropped,
@@ -263,6 +303,24 @@ impl Telemetry {
             })
             .inc();
         self.scrape_duration.observe(secs);
+    }
+
+    /// Counts one decision of the authentication and authorization layer.
+    pub fn count_auth(&self, outcome: AuthOutcome) {
+        self.auth_decisions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Number of decisions with this outcome so far.
+    pub fn auth_count(&self, outcome: AuthOutcome) -> u64 {
+        self.auth_decisions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .get()
     }
 
     /// Counts one request to Prometheus (`kind`: `query` or `series`). Unit of `secs`: seconds.

@@ -14,6 +14,16 @@ use super::authn::User;
 use super::{Auth, Authenticated, Decision};
 use crate::api::wire::{Status, StatusDetails};
 use crate::server::client_cert::PeerCertificates;
+use crate::telemetry::{AuthOutcome, Telemetry};
+
+/// The middleware's state: the authenticator/authorizer and where decisions are counted.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    /// Authentication and authorization.
+    pub auth: Arc<Auth>,
+    /// `ws_metrics_adapter_auth_decisions_total`.
+    pub telemetry: Arc<Telemetry>,
+}
 
 fn status_response(status: &Status) -> Response {
     let mut resp = Response::new(Body::from(status.to_body()));
@@ -106,16 +116,23 @@ pub fn review_failed() -> Status {
     )
 }
 
-/// Middleware: `axum::middleware::from_fn_with_state(auth, layer::authenticate_and_authorize)`.
+/// Middleware: `axum::middleware::from_fn_with_state(AuthLayer { .. },
+/// layer::authenticate_and_authorize)`. Every decision is counted by outcome.
 pub async fn authenticate_and_authorize(
-    State(auth): State<Arc<Auth>>,
-    mut req: Request,
+    State(layer): State<AuthLayer>,
+    req: Request,
     next: Next,
 ) -> Response {
+    let (outcome, response) = decide(&layer.auth, req, next).await;
+    layer.telemetry.count_auth(outcome);
+    response
+}
+
+async fn decide(auth: &Auth, mut req: Request, next: Next) -> (AuthOutcome, Response) {
     let path = req.uri().path().to_owned();
     if auth.always_allowed(&path) {
-        strip_identity(&auth, &mut req);
-        return next.run(req).await;
+        strip_identity(auth, &mut req);
+        return (AuthOutcome::AlwaysAllowed, next.run(req).await);
     }
     let chain = req.extensions().get::<PeerCertificates>().cloned();
     let user = match auth
@@ -125,24 +142,36 @@ pub async fn authenticate_and_authorize(
         Ok(Authenticated::User(user)) => user,
         Ok(Authenticated::Unauthorized) => {
             tracing::debug!(%path, client_cert = chain.is_some(), "401: no valid credentials");
-            return status_response(&unauthorized());
+            return (
+                AuthOutcome::Unauthenticated,
+                status_response(&unauthorized()),
+            );
         }
         Err(e) => {
             tracing::warn!(error = %e, %path, "401: authentication failed");
-            return status_response(&unauthorized());
+            return (
+                AuthOutcome::AuthenticationFailed,
+                status_response(&unauthorized()),
+            );
         }
     };
-    strip_identity(&auth, &mut req);
+    strip_identity(auth, &mut req);
     let attrs = attributes::derive(req.method(), &path, req.uri().query());
     match auth.authorize(&user, &attrs).await {
-        Ok(Decision::Allow) => next.run(req).await,
+        Ok(Decision::Allow) => (AuthOutcome::Allowed, next.run(req).await),
         Ok(Decision::Deny(reason)) => {
             tracing::debug!(user = %user.name, %path, %reason, "403: denied by SubjectAccessReview");
-            status_response(&forbidden(&user, &attrs, &reason))
+            (
+                AuthOutcome::Forbidden,
+                status_response(&forbidden(&user, &attrs, &reason)),
+            )
         }
         Err(e) => {
             tracing::warn!(error = %e, user = %user.name, %path, "500: authorization failed closed");
-            status_response(&review_failed())
+            (
+                AuthOutcome::AuthorizationFailed,
+                status_response(&review_failed()),
+            )
         }
     }
 }

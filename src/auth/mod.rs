@@ -677,7 +677,7 @@ mod tests {
     }
 
     /// The middleware in front of a handler that reports whether identity headers reached it.
-    fn app(auth: Arc<Auth>) -> Router {
+    fn app(auth: Arc<Auth>, telemetry: Arc<crate::telemetry::Telemetry>) -> Router {
         let seen = Arc::new(AtomicUsize::new(0));
         Router::new()
             .fallback(move |req: axum::extract::Request| {
@@ -693,7 +693,7 @@ mod tests {
                 }
             })
             .layer(axum::middleware::from_fn_with_state(
-                auth,
+                layer::AuthLayer { auth, telemetry },
                 layer::authenticate_and_authorize,
             ))
     }
@@ -709,7 +709,8 @@ mod tests {
     async fn forged_identity_headers_without_a_front_proxy_certificate_are_401() {
         let (auth, sars) = auth_with(Settings::default());
         auth.set_config(AuthnConfig::default());
-        let app = app(auth.clone());
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new());
+        let app = app(auth.clone(), telemetry.clone());
         let forged = Request::get(PODS)
             .header("x-remote-user", "system:admin")
             .header("x-remote-group", "system:masters")
@@ -766,7 +767,18 @@ mod tests {
                 ..Settings::default()
             },
         ));
-        let (code, body) = call(&self::app(slow), req).await;
+        let (code, body) = call(&self::app(slow, telemetry.clone()), req).await;
         assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        // Every decision was counted by outcome.
+        use crate::telemetry::AuthOutcome::*;
+        let counts = [
+            Unauthenticated,
+            Allowed,
+            Forbidden,
+            AlwaysAllowed,
+            AuthorizationFailed,
+        ]
+        .map(|o| telemetry.auth_count(o));
+        assert_eq!(counts, [2, 1, 1, 1, 1]);
     }
 }
