@@ -133,6 +133,17 @@ async fn api_answer(client: &Client, version: &str) -> Result<Answer, String> {
     Ok(answer)
 }
 
+/// Waits (up to 30 s) until the API answers exactly `want` (pod → value) for the demo pods.
+async fn wait_for_answer(cluster: &Cluster, what: &str, want: &BTreeMap<String, f64>) {
+    cluster
+        .wait(what, Duration::from_secs(30), || async {
+            api_answer(&cluster.client, "v1beta2")
+                .await
+                .is_ok_and(|a| &a.values == want)
+        })
+        .await;
+}
+
 /// Connections each pod process holds, read from its own `/metrics` (the truth).
 async fn held(pods: &node_agent::Pods) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -570,21 +581,7 @@ async fn hpa_does_not_scale_down_when_a_pods_metrics_stop_answering() {
     let proxy = ServiceProxy::start(pods.clone(), "app", "ws-demo").await;
     let (_load, load_task) = start_load(&proxy, vec![step(300, Duration::from_secs(600))]);
     let even = BTreeMap::from_iter(pods.pods().into_iter().map(|(name, _)| (name, 100.0)));
-    cluster
-        .wait(
-            "the API serves 100 for each of the 3 pods",
-            Duration::from_secs(30),
-            || {
-                let client = client.clone();
-                let even = even.clone();
-                async move {
-                    api_answer(&client, "v1beta2")
-                        .await
-                        .is_ok_and(|a| a.values == even)
-                }
-            },
-        )
-        .await;
+    wait_for_answer(&cluster, "the API serves 100 for each of the 3 pods", &even).await;
     cluster.kubectl_apply(&hpa(1, 10, 0)).await;
     cluster
         .wait(
@@ -646,21 +643,7 @@ async fn hpa_does_not_scale_down_when_a_pods_metrics_stop_answering() {
     );
 
     pods.signal(&frozen, "CONT");
-    cluster
-        .wait(
-            "the thawed pod served again",
-            Duration::from_secs(30),
-            || {
-                let client = client.clone();
-                let even = even.clone();
-                async move {
-                    api_answer(&client, "v1beta2")
-                        .await
-                        .is_ok_and(|a| a.values == even)
-                }
-            },
-        )
-        .await;
+    wait_for_answer(&cluster, "the thawed pod served again", &even).await;
     assert_eq!(hpa_replicas(&client).await.0, 3);
     load_task.abort();
 }
