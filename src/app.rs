@@ -234,6 +234,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let mut auth: Option<Arc<Auth>> = None;
     match &config.pods {
         PodSource::Static { path } => {
+            // The file names every namespace there is: any other has no total to serve.
+            store.set_namespaces_seen(std::collections::HashMap::new());
             static_file::load_into(path, &store)?;
             tracing::warn!(
                 address = %config.secure_addr,

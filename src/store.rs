@@ -235,6 +235,9 @@ struct Inner {
     pod_count: usize,
     /// Whether the pod inventory is complete (watch synced or static file read).
     synced: bool,
+    /// Namespaces discovery has seen pods in (tracked or not), with how many; `None` when
+    /// discovery does not report them (then every namespace is taken to exist).
+    namespaces_seen: Option<HashMap<String, usize>>,
 }
 
 /// A pod selected by a query, with the value computed for the requested metric.
@@ -262,6 +265,13 @@ pub struct ScrapeJob {
 /// Why a namespace total could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TotalError {
+    /// Discovery has seen no pod at all in the namespace: it does not exist (or is empty, and
+    /// then there is nothing to scale either), so its total is not served as a zero.
+    #[error("namespaces \"{namespace}\" not found")]
+    UnknownNamespace {
+        /// Namespace asked for.
+        namespace: String,
+    },
     /// Some pods of the namespace have no fresh value: a partial sum would undercount.
     #[error("{missing} of {pods} pods in namespace {namespace} have no fresh value")]
     IncompleteData {
@@ -393,6 +403,28 @@ impl Store {
         inner.pods = fresh;
         inner.pod_count = count;
         inner.synced = true;
+    }
+
+    /// Records how many pods (tracked or not) discovery sees in each namespace, so that a
+    /// namespace total of a namespace with none is a 404 instead of a zero. Replaces what was
+    /// known; a count of 0 removes the namespace.
+    pub fn set_namespaces_seen(&self, counts: HashMap<String, usize>) {
+        let mut inner = self.write();
+        let mut counts = counts;
+        counts.retain(|_, n| *n > 0);
+        inner.namespaces_seen = Some(counts);
+    }
+
+    /// Updates one namespace's count of pods seen by discovery (see
+    /// [`Store::set_namespaces_seen`]).
+    pub fn set_namespace_seen(&self, namespace: &str, pods: usize) {
+        let mut inner = self.write();
+        let seen = inner.namespaces_seen.get_or_insert_with(HashMap::new);
+        if pods == 0 {
+            seen.remove(namespace);
+        } else {
+            seen.insert(namespace.to_owned(), pods);
+        }
     }
 
     /// Marks the inventory as complete without changing it.
@@ -542,6 +574,12 @@ impl Store {
         let mut oldest: Option<SampleTime> = None;
         let mut missing = 0;
         let pods = inner.pods.get(namespace).map(|ns| &ns.pods);
+        let seen = |seen: &HashMap<String, usize>| seen.contains_key(namespace);
+        if pods.is_none() && !inner.namespaces_seen.as_ref().is_none_or(seen) {
+            return Err(TotalError::UnknownNamespace {
+                namespace: namespace.to_owned(),
+            });
+        }
         let count = pods.map_or(0, BTreeMap::len);
         for entry in pods.into_iter().flat_map(BTreeMap::values) {
             let value = self
@@ -776,6 +814,38 @@ mod tests {
         assert_eq!(store.pods_matching("ns", &all, 0, &all, at(3)).len(), 1);
         assert!(store.pods_matching("ns", &all, 0, &all, at(4)).is_empty());
         assert!(store.pod_value(&key("ns", "a"), 0, &all, at(4)).is_none());
+    }
+
+    #[test]
+    fn a_namespace_discovery_never_saw_has_no_total_while_a_known_empty_one_is_zero() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        let all = Selector::everything();
+        let now = Moment::now();
+        // Without namespace reports every namespace is taken to exist (the old answer).
+        assert_eq!(
+            store.namespace_total("ghost", 0, &all, now).map(|t| t.0),
+            Ok(0)
+        );
+        store.set_namespaces_seen([("quiet".to_owned(), 3)].into());
+        assert_eq!(
+            store.namespace_total("ghost", 0, &all, now),
+            Err(TotalError::UnknownNamespace {
+                namespace: "ghost".into()
+            })
+        );
+        // Pods there, none opted in: a true zero.
+        assert_eq!(
+            store.namespace_total("quiet", 0, &all, now).map(|t| t.0),
+            Ok(0)
+        );
+        store.set_namespace_seen("quiet", 0);
+        assert!(store.namespace_total("quiet", 0, &all, now).is_err());
+        // A tracked pod makes its namespace known whatever discovery reported.
+        store.upsert(target("tracked", "a", "u1", "ws"));
+        assert!(matches!(
+            store.namespace_total("tracked", 0, &all, now),
+            Err(TotalError::IncompleteData { .. })
+        ));
     }
 
     #[test]

@@ -1012,7 +1012,10 @@ async fn a_namespace_answers_one_item_with_the_sum_and_the_oldest_sample_time() 
 
 #[tokio::test]
 async fn a_namespace_without_pods_is_an_explicit_zero() {
-    let s = state(chat_store());
+    let store = chat_store();
+    // Discovery saw pods in `empty`, none of them opted in.
+    store.set_namespaces_seen([("empty".to_owned(), 2), ("chat".to_owned(), 9)].into());
+    let s = state(store);
     let a = get(
         &s,
         &format!("{CM2}/namespaces/empty/metrics/websocket_connections"),
@@ -1024,6 +1027,23 @@ async fn a_namespace_without_pods_is_an_explicit_zero() {
     assert_eq!(
         a.body["items"][0]["describedObject"],
         json!({"kind": "Namespace", "name": "empty", "apiVersion": "v1"})
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_discovery_never_saw_is_not_found_not_zero() {
+    let store = chat_store();
+    store.set_namespaces_seen([("chat".to_owned(), 9)].into());
+    let s = state(store);
+    let a = get(
+        &s,
+        &format!("{CM2}/namespaces/no-such-ns/metrics/websocket_connections"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        a.body,
+        status_body(404, "NotFound", "namespaces \"no-such-ns\" not found")
     );
 }
 

@@ -331,6 +331,9 @@ fn read_metric(
                     milli,
                     time,
                 }],
+                Err(e @ crate::store::TotalError::UnknownNamespace { .. }) => {
+                    return Err(Status::failure(404, "NotFound", e.to_string()));
+                }
                 Err(e) => {
                     tracing::warn!(metric, error = %e, "namespace total not served");
                     return Err(Status::internal());

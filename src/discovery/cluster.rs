@@ -6,6 +6,7 @@
 //! no deletionTimestamp. `<prefix>/port` (or a container port named `metrics`), `<prefix>/path`
 //! (default `/metrics`) and `<prefix>/scheme` (`http` or `https`) say where.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -151,6 +152,10 @@ pub struct Inventory {
     telemetry: Arc<Telemetry>,
     prefix: String,
     relist: Option<Vec<PodTarget>>,
+    /// Names of every pod seen (tracked or not) by namespace, so that the store knows which
+    /// namespaces exist; the re-list's copy is swapped in when it completes.
+    seen: HashMap<String, HashSet<String>>,
+    relist_seen: HashMap<String, HashSet<String>>,
     /// Track every running pod ([`tracked_for`]) instead of opted-in ones ([`target_for`]).
     all_running: bool,
 }
@@ -163,6 +168,8 @@ impl Inventory {
             telemetry,
             prefix,
             relist: None,
+            seen: HashMap::new(),
+            relist_seen: HashMap::new(),
             all_running: false,
         }
     }
@@ -188,35 +195,76 @@ impl Inventory {
         }
     }
 
+    /// Notes a pod seen in `seen` (the live map or the re-list's); returns its namespace's
+    /// count when it was new.
+    fn see(seen: &mut HashMap<String, HashSet<String>>, key: PodKey) -> Option<(String, usize)> {
+        let names = seen.entry(key.namespace.clone()).or_default();
+        names
+            .insert(key.name)
+            .then_some((key.namespace, names.len()))
+    }
+
     /// Applies one event.
     pub fn apply(&mut self, event: Event<Pod>) {
         match event {
-            Event::Init => self.relist = Some(Vec::new()),
-            Event::InitApply(pod) => match self.target(&pod) {
-                Ok(t) => self.relist.get_or_insert_with(Vec::new).push(t),
-                Err(skip) => self.note_skip(&pod, &skip),
-            },
+            Event::Init => {
+                self.relist = Some(Vec::new());
+                self.relist_seen.clear();
+            }
+            Event::InitApply(pod) => {
+                Self::see(&mut self.relist_seen, key_of(&pod));
+                match self.target(&pod) {
+                    Ok(t) => self.relist.get_or_insert_with(Vec::new).push(t),
+                    Err(skip) => self.note_skip(&pod, &skip),
+                }
+            }
             Event::InitDone => {
                 let targets = self.relist.take().unwrap_or_default();
                 tracing::info!(pods = targets.len(), "pod watch synced");
+                self.seen = std::mem::take(&mut self.relist_seen);
+                self.store.set_namespaces_seen(
+                    self.seen
+                        .iter()
+                        .map(|(ns, names)| (ns.clone(), names.len()))
+                        .collect(),
+                );
                 self.store.replace_all(targets);
                 self.telemetry.inventory_event("relisted");
             }
-            Event::Apply(pod) => match self.target(&pod) {
-                Ok(t) => {
-                    let added = self.store.upsert(t);
-                    self.telemetry
-                        .inventory_event(if added { "added" } else { "updated" });
+            Event::Apply(pod) => {
+                if let Some((ns, n)) = Self::see(&mut self.seen, key_of(&pod)) {
+                    self.store.set_namespace_seen(&ns, n);
                 }
-                Err(skip) => {
-                    self.note_skip(&pod, &skip);
-                    // No longer eligible (stopped running, being deleted, opted out): drop now.
-                    if self.store.remove(&key_of(&pod)) {
-                        self.telemetry.inventory_event("deleted");
-                    }
-                }
-            },
+                self.apply_one(pod);
+            }
             Event::Delete(pod) => {
+                let key = key_of(&pod);
+                if let Some(names) = self.seen.get_mut(&key.namespace)
+                    && names.remove(&key.name)
+                {
+                    let n = names.len();
+                    if n == 0 {
+                        self.seen.remove(&key.namespace);
+                    }
+                    self.store.set_namespace_seen(&key.namespace, n);
+                }
+                if self.store.remove(&key) {
+                    self.telemetry.inventory_event("deleted");
+                }
+            }
+        }
+    }
+
+    fn apply_one(&mut self, pod: Pod) {
+        match self.target(&pod) {
+            Ok(t) => {
+                let added = self.store.upsert(t);
+                self.telemetry
+                    .inventory_event(if added { "added" } else { "updated" });
+            }
+            Err(skip) => {
+                self.note_skip(&pod, &skip);
+                // No longer eligible (stopped running, being deleted, opted out): drop now.
                 if self.store.remove(&key_of(&pod)) {
                     self.telemetry.inventory_event("deleted");
                 }
@@ -404,5 +452,40 @@ mod tests {
                 .pods_matching("chat", &all, 0, &all, crate::clock::Moment::now())
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn namespaces_with_any_pod_are_known_and_others_are_not() {
+        use crate::store::TotalError;
+        let (mut inv, store) = inventory();
+        let all = Selector::everything();
+        let now = crate::clock::Moment::now();
+        let total = |ns: &str| store.namespace_total(ns, 0, &all, now).map(|t| t.0);
+        inv.apply(Event::Init);
+        // Not opted in, still a pod: the namespace exists.
+        inv.apply(Event::InitApply(pod(
+            "plain",
+            &[],
+            "Running",
+            Some("10.0.0.9"),
+        )));
+        inv.apply(Event::InitDone);
+        assert_eq!(total("chat"), Ok(0));
+        assert!(matches!(
+            total("elsewhere"),
+            Err(TotalError::UnknownNamespace { .. })
+        ));
+        inv.apply(Event::Delete(pod(
+            "plain",
+            &[],
+            "Running",
+            Some("10.0.0.9"),
+        )));
+        assert!(matches!(
+            total("chat"),
+            Err(TotalError::UnknownNamespace { .. })
+        ));
+        inv.apply(Event::Apply(pod("again", &[], "Pending", None)));
+        assert_eq!(total("chat"), Ok(0));
     }
 }
