@@ -18,7 +18,9 @@ mod support;
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+use ws_metrics_adapter::clock::{Moment, SampleTime};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -92,11 +94,11 @@ fn seed() -> Seeded {
         }
     }
     store.replace_all(targets.clone());
-    let now = SystemTime::now();
+    let now = Moment::now();
     for (k, t) in targets.iter().enumerate() {
         let (chat, echo) = values(k / PODS_PER_APP, k % PODS_PER_APP);
         let reading = Reading {
-            time: now,
+            time: SampleTime::read_at(now),
             families: vec![Some(FamilyReading {
                 series: vec![
                     Series {
@@ -222,7 +224,7 @@ fn bench_in_process(seeded: &Seeded, n: usize) -> Vec<Stats> {
     let mut lat = Vec::with_capacity(n);
     for k in 0..warmup + n {
         let app = (k * 37) % APPS;
-        let now = SystemTime::now();
+        let now = Moment::now();
         let t = Instant::now();
         let pods = seeded
             .store
@@ -240,7 +242,7 @@ fn bench_in_process(seeded: &Seeded, n: usize) -> Vec<Stats> {
     let none = Selector::parse("app=absent").expect("selector");
     let mut lat = Vec::with_capacity(n);
     for k in 0..warmup + n {
-        let now = SystemTime::now();
+        let now = Moment::now();
         let t = Instant::now();
         let pods = seeded.store.pods_matching(NAMESPACE, &none, 0, &all, now);
         let el = t.elapsed();
@@ -270,7 +272,7 @@ fn bench_in_process(seeded: &Seeded, n: usize) -> Vec<Stats> {
     let mut lat = Vec::with_capacity(n);
     for k in 0..warmup + n {
         let app = (k * 37) % APPS;
-        let now = SystemTime::now();
+        let now = Moment::now();
         let t = Instant::now();
         let pods: Vec<_> = by_app[app]
             .iter()
@@ -288,7 +290,7 @@ fn bench_in_process(seeded: &Seeded, n: usize) -> Vec<Stats> {
     ));
 
     // … and the body serialization alone (100 items, v1beta2).
-    let now = SystemTime::now();
+    let now = Moment::now();
     let item_sets: Vec<Vec<Item>> = selectors
         .iter()
         .map(|sel| {

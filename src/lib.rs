@@ -20,6 +20,7 @@
 //! - [`exposition`]: pure parser of the Prometheus text format and OpenMetrics text.
 //! - [`prometheus`]: the other source (`--source=prometheus`): one PromQL query per served metric
 //!   per interval against an existing Prometheus, and prometheus-adapter `rules:`.
+//! - [`clock`]: wall-clock timestamps for answers, monotonic ages for freshness.
 //! - [`store`]: per-pod labels, scrape target and latest good reading with its sample time.
 //! - [`selector`]: Kubernetes label selectors (parse, match, echo).
 //! - [`quantity`]: canonical `resource.Quantity` strings.
@@ -35,6 +36,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod collect;
 pub mod config;
 pub mod demo;

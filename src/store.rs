@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
+use crate::clock::{Moment, SampleTime};
 use crate::quantity;
 use crate::selector::{Operator, Selector};
 
@@ -117,8 +118,9 @@ pub struct FamilyReading {
 /// One successful scrape of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
-    /// When the scrape's response was read: the sample time reported to the HPA.
-    pub time: SystemTime,
+    /// When the values were sampled: the scrape's read time, or the oldest exposition timestamp
+    /// of the kept samples when they carry one. Its wall part is the time reported to the HPA.
+    pub time: SampleTime,
     /// Indexed like [`MetricCatalog::families`]; `None` where the pod does not expose the family.
     pub families: Vec<Option<FamilyReading>>,
 }
@@ -243,7 +245,7 @@ pub struct PodValue {
     /// Value. Unit: milli-units.
     pub milli: i64,
     /// Sample time of the reading the value comes from.
-    pub time: SystemTime,
+    pub time: SampleTime,
 }
 
 /// A scrape job handed to the collector.
@@ -279,7 +281,7 @@ pub struct Store {
     max_age: Duration,
     inner: RwLock<Inner>,
     /// Time the last collection round ended, used as the timestamp of answers with no samples.
-    last_round: RwLock<Option<SystemTime>>,
+    last_round: RwLock<Option<Moment>>,
 }
 
 impl Store {
@@ -446,20 +448,20 @@ impl Store {
     }
 
     /// Notes that a collection round ended at `at`.
-    pub fn round_finished(&self, at: SystemTime) {
+    pub fn round_finished(&self, at: Moment) {
         *self.last_round.write().unwrap_or_else(|e| e.into_inner()) = Some(at);
     }
 
     /// When the last collection round ended, if any did.
-    pub fn last_round(&self) -> Option<SystemTime> {
+    pub fn last_round(&self) -> Option<Moment> {
         *self.last_round.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fresh<'a>(&self, entry: &'a PodEntry, now: SystemTime) -> Option<&'a Reading> {
+    /// The entry's reading if it is at most `max_age` old on the monotonic clock: a stepped
+    /// wall clock changes neither way what is served.
+    fn fresh<'a>(&self, entry: &'a PodEntry, now: Instant) -> Option<&'a Reading> {
         let reading = entry.reading.as_deref()?;
-        // A reading from the future (clock step) counts as age zero.
-        let age = now.duration_since(reading.time).unwrap_or(Duration::ZERO);
-        (age <= self.max_age).then_some(reading)
+        (reading.time.age(now) <= self.max_age).then_some(reading)
     }
 
     /// Every pod of `namespace` matching `pod_selector` that has a fresh value for the family at
@@ -470,7 +472,7 @@ impl Store {
         pod_selector: &Selector,
         family: usize,
         series_selector: &Selector,
-        now: SystemTime,
+        now: Moment,
     ) -> Vec<PodValue> {
         let inner = self.read();
         let Some(ns) = inner.pods.get(namespace) else {
@@ -480,7 +482,7 @@ impl Store {
             if !pod_selector.matches_map(&e.labels) {
                 return None;
             }
-            let reading = self.fresh(e, now)?;
+            let reading = self.fresh(e, now.mono)?;
             let milli = family_value(reading, family, series_selector)?;
             Some(PodValue {
                 name: name.to_owned(),
@@ -509,11 +511,11 @@ impl Store {
         key: &PodKey,
         family: usize,
         series_selector: &Selector,
-        now: SystemTime,
+        now: Moment,
     ) -> Option<PodValue> {
         let inner = self.read();
         let entry = inner.pods.get(&key.namespace)?.pods.get(&key.name)?;
-        let reading = self.fresh(entry, now)?;
+        let reading = self.fresh(entry, now.mono)?;
         let milli = family_value(reading, family, series_selector)?;
         Some(PodValue {
             name: key.name.clone(),
@@ -533,22 +535,22 @@ impl Store {
         namespace: &str,
         family: usize,
         series_selector: &Selector,
-        now: SystemTime,
-    ) -> Result<(i64, SystemTime), TotalError> {
+        now: Moment,
+    ) -> Result<(i64, SampleTime), TotalError> {
         let inner = self.read();
         let mut sum: i64 = 0;
-        let mut oldest: Option<SystemTime> = None;
+        let mut oldest: Option<SampleTime> = None;
         let mut missing = 0;
         let pods = inner.pods.get(namespace).map(|ns| &ns.pods);
         let count = pods.map_or(0, BTreeMap::len);
         for entry in pods.into_iter().flat_map(BTreeMap::values) {
             let value = self
-                .fresh(entry, now)
+                .fresh(entry, now.mono)
                 .and_then(|r| family_value(r, family, series_selector).map(|v| (v, r.time)));
             match value {
                 Some((v, t)) => {
                     sum = sum.saturating_add(v);
-                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                    oldest = Some(oldest.map_or(t, |o| o.older(t)));
                 }
                 None => missing += 1,
             }
@@ -560,7 +562,9 @@ impl Store {
                 pods: count,
             });
         }
-        let time = oldest.or_else(|| self.last_round()).unwrap_or(now);
+        let time = oldest
+            .or_else(|| self.last_round().map(SampleTime::read_at))
+            .unwrap_or_else(|| SampleTime::read_at(now));
         Ok((sum, time))
     }
 
@@ -597,7 +601,7 @@ impl Store {
 
     /// How many tracked pods have a fresh reading, and how many do not (never scraped
     /// successfully, or last good reading older than `max_age`), for the adapter's own metrics.
-    pub fn freshness(&self, now: SystemTime) -> (usize, usize) {
+    pub fn freshness(&self, now: Instant) -> (usize, usize) {
         let inner = self.read();
         let mut fresh = 0;
         let mut stale = 0;
@@ -627,32 +631,87 @@ fn family_value(reading: &Reading, family: usize, series_selector: &Selector) ->
     )
 }
 
-/// Builds the [`FamilyReading`]s of a scrape from parsed samples. Returns `None` when a wanted
-/// family has a value that cannot be served (NaN, ±Inf or out of range): such a scrape is
-/// treated as unparsable, never as zero.
+/// Why the samples of a scrape cannot be served; the scrape fails as a whole, like a
+/// Prometheus scrape does, and the pod keeps its last good value until `--max-age`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SampleError {
+    /// A wanted family has a value that cannot be served (NaN, ±Inf or out of range): never a 0.
+    #[error("family {family} has an unservable value")]
+    Unservable {
+        /// The family.
+        family: String,
+    },
+    /// The same series (name and label set, in any order) appears twice. Prometheus rejects
+    /// such a scrape ("duplicate sample for timestamp"); summing both would double the value.
+    #[error("family {family} has the series {labels:?} twice")]
+    DuplicateSeries {
+        /// The family.
+        family: String,
+        /// The repeated label set, sorted.
+        labels: Vec<(String, String)>,
+    },
+}
+
+/// The wanted families of one scrape, and the oldest exposition timestamp among their samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScrapedFamilies {
+    /// Indexed like [`MetricCatalog::families`]; `None` where the pod does not expose the family.
+    pub families: Vec<Option<FamilyReading>>,
+    /// Oldest timestamp written on a kept sample, if any carries one. Unit: milliseconds since
+    /// the Unix epoch. Honoured for the value's age: a sample stamped long ago is stale.
+    pub oldest_timestamp_ms: Option<i64>,
+}
+
+/// Builds the [`FamilyReading`]s of a scrape from parsed samples.
+///
+/// # Errors
+/// [`SampleError`] when a wanted family has an unservable value or a duplicate series: such a
+/// scrape is a failed one, never a zero or a doubled value.
 pub fn readings_from_samples(
     catalog: &MetricCatalog,
     samples: &[crate::exposition::Sample],
     declared: impl Fn(&str) -> bool,
-) -> Option<Vec<Option<FamilyReading>>> {
+) -> Result<ScrapedFamilies, SampleError> {
     let mut out: Vec<Option<FamilyReading>> = catalog
         .families()
         .iter()
         .map(|f| declared(f).then(FamilyReading::default))
         .collect();
+    let mut seen: Vec<std::collections::HashSet<Vec<(String, String)>>> =
+        vec![std::collections::HashSet::new(); out.len()];
+    let mut oldest_timestamp_ms: Option<i64> = None;
     for s in samples {
         let Some(idx) = catalog.families().iter().position(|f| *f == s.name) else {
             continue;
         };
-        let milli = quantity::milli_from_f64(s.value)?;
+        let unservable = || SampleError::Unservable {
+            family: s.name.clone(),
+        };
+        let milli = quantity::milli_from_f64(s.value).ok_or_else(unservable)?;
+        let mut key = s.labels.clone();
+        key.sort();
+        if !seen[idx].insert(key) {
+            let mut labels = s.labels.clone();
+            labels.sort();
+            return Err(SampleError::DuplicateSeries {
+                family: s.name.clone(),
+                labels,
+            });
+        }
+        if let Some(ts) = s.timestamp_ms {
+            oldest_timestamp_ms = Some(oldest_timestamp_ms.map_or(ts, |o| o.min(ts)));
+        }
         let fam = out[idx].get_or_insert_with(FamilyReading::default);
-        fam.total_milli = fam.total_milli.checked_add(milli)?;
+        fam.total_milli = fam.total_milli.checked_add(milli).ok_or_else(unservable)?;
         fam.series.push(Series {
             labels: s.labels.clone(),
             milli,
         });
     }
-    Some(out)
+    Ok(ScrapedFamilies {
+        families: out,
+        oldest_timestamp_ms,
+    })
 }
 
 #[cfg(test)]
@@ -678,7 +737,7 @@ mod tests {
         }
     }
 
-    fn reading(time: SystemTime, series: &[(&str, i64)]) -> Reading {
+    fn reading(time: Moment, series: &[(&str, i64)]) -> Reading {
         let series: Vec<Series> = series
             .iter()
             .map(|(route, milli)| Series {
@@ -688,7 +747,7 @@ mod tests {
             .collect();
         let total_milli = series.iter().map(|s| s.milli).sum();
         Reading {
-            time,
+            time: SampleTime::read_at(time),
             families: vec![Some(FamilyReading {
                 series,
                 total_milli,
@@ -707,13 +766,82 @@ mod tests {
     fn a_reading_older_than_max_age_is_left_out() {
         let store = Store::new(catalog(), Duration::from_secs(3));
         store.upsert(target("ns", "a", "u1", "ws"));
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let t0 = Moment::now();
         assert!(store.record(&key("ns", "a"), "u1", reading(t0, &[("chat", 5000)])));
         let all = Selector::everything();
-        let at = |s| t0 + Duration::from_secs(s);
+        let at = |s| Moment {
+            wall: t0.wall + Duration::from_secs(s),
+            mono: t0.mono + Duration::from_secs(s),
+        };
         assert_eq!(store.pods_matching("ns", &all, 0, &all, at(3)).len(), 1);
         assert!(store.pods_matching("ns", &all, 0, &all, at(4)).is_empty());
         assert!(store.pod_value(&key("ns", "a"), 0, &all, at(4)).is_none());
+    }
+
+    #[test]
+    fn a_wall_clock_step_changes_no_age() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        let t0 = Moment::now();
+        assert!(store.record(&key("ns", "a"), "u1", reading(t0, &[("chat", 5000)])));
+        let all = Selector::everything();
+        // The wall clock stepped back a minute, 4 s passed: the value is 4 s old, not -56 s.
+        let stepped_back = Moment {
+            wall: t0.wall - Duration::from_secs(60),
+            mono: t0.mono + Duration::from_secs(4),
+        };
+        assert!(
+            store
+                .pods_matching("ns", &all, 0, &all, stepped_back)
+                .is_empty()
+        );
+        assert!(
+            store
+                .pod_value(&key("ns", "a"), 0, &all, stepped_back)
+                .is_none()
+        );
+        assert!(store.namespace_total("ns", 0, &all, stepped_back).is_err());
+        assert_eq!(store.freshness(stepped_back.mono), (0, 1));
+        // The wall clock jumped an hour ahead, 1 s passed: still fresh.
+        let stepped_ahead = Moment {
+            wall: t0.wall + Duration::from_secs(3600),
+            mono: t0.mono + Duration::from_secs(1),
+        };
+        assert_eq!(
+            store
+                .pods_matching("ns", &all, 0, &all, stepped_ahead)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn duplicate_series_fail_the_scrape_instead_of_doubling() {
+        use crate::exposition;
+        let samples = exposition::parse(
+            "websocket_connections_active{route=\"a\",x=\"1\"} 5\nwebsocket_connections_active{x=\"1\",route=\"a\"} 5\n",
+        )
+        .expect("valid text");
+        let err =
+            readings_from_samples(&catalog(), &samples, |_| false).expect_err("duplicates refused");
+        assert!(matches!(err, SampleError::DuplicateSeries { .. }), "{err}");
+        let distinct = exposition::parse(
+            "websocket_connections_active{route=\"a\"} 5\nwebsocket_connections_active{route=\"b\"} 5\n",
+        )
+        .expect("valid text");
+        let ok = readings_from_samples(&catalog(), &distinct, |_| false).expect("servable");
+        assert_eq!(ok.families[0].as_ref().map(|f| f.total_milli), Some(10_000));
+        assert_eq!(ok.oldest_timestamp_ms, None);
+    }
+
+    #[test]
+    fn the_oldest_exposition_timestamp_of_kept_samples_is_reported() {
+        let samples = crate::exposition::parse(
+            "websocket_connections_active{route=\"a\"} 5 1000\nwebsocket_connections_active{route=\"b\"} 5 2000\nother 1 5\n",
+        )
+        .expect("valid text");
+        let ok = readings_from_samples(&catalog(), &samples, |_| false).expect("servable");
+        assert_eq!(ok.oldest_timestamp_ms, Some(1000));
     }
 
     #[test]
@@ -721,7 +849,7 @@ mod tests {
         let store = Store::new(catalog(), Duration::from_secs(3));
         store.upsert(target("ns", "a", "u1", "ws"));
         store.upsert(target("ns", "a", "u2", "ws"));
-        let now = SystemTime::now();
+        let now = Moment::now();
         assert!(!store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 1000)])));
         assert!(store.record(&key("ns", "a"), "u2", reading(now, &[("chat", 1000)])));
     }
@@ -730,7 +858,7 @@ mod tests {
     fn a_removed_pod_disappears_and_is_not_resurrected_by_a_late_scrape() {
         let store = Store::new(catalog(), Duration::from_secs(3));
         store.upsert(target("ns", "a", "u1", "ws"));
-        let now = SystemTime::now();
+        let now = Moment::now();
         assert!(store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 1000)])));
         assert!(store.remove(&key("ns", "a")));
         assert!(!store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 1000)])));
@@ -743,7 +871,7 @@ mod tests {
     fn series_selector_filters_before_summing_and_no_match_is_zero() {
         let store = Store::new(catalog(), Duration::from_secs(3));
         store.upsert(target("ns", "a", "u1", "ws"));
-        let now = SystemTime::now();
+        let now = Moment::now();
         store.record(
             &key("ns", "a"),
             "u1",
@@ -767,7 +895,7 @@ mod tests {
         let store = Store::new(catalog(), Duration::from_secs(3));
         store.upsert(target("ns", "a", "u1", "ws"));
         store.upsert(target("ns", "b", "u2", "ws"));
-        let now = SystemTime::now();
+        let now = Moment::now();
         store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 2000)]));
         let all = Selector::everything();
         assert!(matches!(
@@ -794,7 +922,7 @@ mod tests {
         let store = Store::new(catalog(), Duration::from_secs(3));
         store.upsert(target("ns", "a", "u1", "ws"));
         store.upsert(target("ns", "b", "u2", "ws"));
-        let now = SystemTime::now();
+        let now = Moment::now();
         store.record(&key("ns", "a"), "u1", reading(now, &[("chat", 2000)]));
         assert!(!store.is_synced());
         store.replace_all(vec![
@@ -815,7 +943,7 @@ mod tests {
     #[test]
     fn the_label_index_follows_label_changes_and_removals() {
         let store = Store::new(catalog(), Duration::from_secs(3));
-        let now = SystemTime::now();
+        let now = Moment::now();
         for (name, app) in [("a", "ws"), ("b", "ws"), ("c", "other")] {
             store.upsert(target("ns", name, name, app));
             store.record(&key("ns", name), name, reading(now, &[("chat", 1000)]));
@@ -851,7 +979,7 @@ mod tests {
             selector in "(app|tier)(=|==|!=| in | notin )(\\(a0,a1\\)|a[0-3]|t[0-2])(,tier( in \\(t0,t1\\)|=t[0-2]))?",
         ) {
             let store = Store::new(catalog(), Duration::from_secs(3));
-            let now = SystemTime::now();
+            let now = Moment::now();
             let mut expected: BTreeMap<String, Labels> = BTreeMap::new();
             let labels = |app: u8, tier: u8| -> Labels {
                 [("app".to_string(), format!("a{app}")), ("tier".to_string(), format!("t{tier}"))].into()
@@ -890,7 +1018,7 @@ mod tests {
     #[test]
     fn pod_selector_picks_pods_by_kubernetes_labels() {
         let store = Store::new(catalog(), Duration::from_secs(3));
-        let now = SystemTime::now();
+        let now = Moment::now();
         for (name, app) in [("a", "ws"), ("b", "other"), ("c", "ws")] {
             store.upsert(target("ns", name, name, app));
             store.record(&key("ns", name), name, reading(now, &[("chat", 1000)]));

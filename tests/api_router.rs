@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ws_metrics_adapter::clock::{Moment, SampleTime};
+
 use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -29,8 +31,23 @@ fn t0() -> SystemTime {
 }
 
 /// The API's "now": 2 s after the freshest readings.
-fn clock() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(T0_SECS + 2)
+fn clock() -> Moment {
+    moment(UNIX_EPOCH + Duration::from_secs(T0_SECS + 2))
+}
+
+/// A wall-clock time of these tests on both clocks (they run together here; a stepped wall clock
+/// is the store's unit tests' business).
+fn moment(wall: SystemTime) -> Moment {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(std::time::Instant::now);
+    let origin = UNIX_EPOCH + Duration::from_secs(T0_SECS - 100_000);
+    Moment {
+        wall,
+        mono: base
+            + wall
+                .duration_since(origin)
+                .expect("test times are after the origin"),
+    }
 }
 
 fn secs_before_t0(s: u64) -> SystemTime {
@@ -89,6 +106,7 @@ fn seed(
         url: format!("http://127.0.0.1:1/{name}"),
     });
     if let Some((time, families)) = reading {
+        let time = SampleTime::read_at(moment(time));
         assert!(store.record(&key, &uid, Reading { time, families }));
     }
 }
@@ -819,14 +837,14 @@ fn mixed_store() -> Arc<Store> {
         "mixed",
         "edge",
         &[("app", "ws")],
-        Some((clock() - MAX_AGE, one())),
+        Some((clock().wall - MAX_AGE, one())),
     );
     seed(
         &store,
         "mixed",
         "stale",
         &[("app", "ws")],
-        Some((clock() - MAX_AGE - Duration::from_secs(1), one())),
+        Some((clock().wall - MAX_AGE - Duration::from_secs(1), one())),
     );
     seed(&store, "mixed", "never", &[("app", "ws")], None);
     Arc::new(store)

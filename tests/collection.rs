@@ -5,11 +5,12 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use support::{
     Adapter, Behavior, FakePod, StaticPod, eventually, exposition, plain_get, static_pods_yaml,
 };
+use ws_metrics_adapter::clock::Moment;
 use ws_metrics_adapter::collect::{Collector, RoundReport};
 use ws_metrics_adapter::config::CollectConfig;
 use ws_metrics_adapter::selector::Selector;
@@ -93,17 +94,17 @@ impl Rig {
     }
 
     /// The pod's served value (milli) and sample time at `at`.
-    fn value_at(&self, name: &str, at: SystemTime) -> Option<PodValue> {
+    fn value_at(&self, name: &str, at: Moment) -> Option<PodValue> {
         let all = Selector::everything();
         self.store.pod_value(&key(name), 0, &all, at)
     }
 
     fn milli(&self, name: &str) -> Option<i64> {
-        self.value_at(name, SystemTime::now()).map(|v| v.milli)
+        self.value_at(name, Moment::now()).map(|v| v.milli)
     }
 
     /// Names served for the wildcard form at `at`.
-    fn served_at(&self, at: SystemTime) -> Vec<String> {
+    fn served_at(&self, at: Moment) -> Vec<String> {
         let all = Selector::everything();
         self.store
             .pods_matching(NS, &all, 0, &all, at)
@@ -113,7 +114,7 @@ impl Rig {
     }
 
     fn served(&self) -> Vec<String> {
-        self.served_at(SystemTime::now())
+        self.served_at(Moment::now())
     }
 
     fn count(&self, outcome: ScrapeOutcome) -> u64 {
@@ -143,14 +144,14 @@ async fn a_good_pod_is_recorded_with_the_sum_of_its_series_and_the_time_of_the_s
     .await;
     let rig = Rig::new(Settings::default());
     rig.track("ws-0", pod.url());
-    let before = SystemTime::now();
+    let before = Moment::now();
     let r = rig.collector.tick().await;
-    let after = SystemTime::now();
+    let after = Moment::now();
     assert_eq!(r, report(1, 1, &[]));
     let v = rig.value_at("ws-0", after).expect("recorded");
     assert_eq!(v.milli, 1_007_000);
     assert!(
-        before <= v.time && v.time <= after,
+        before.wall <= v.time.wall && v.time.wall <= after.wall,
         "sample time is the scrape's"
     );
     assert_eq!(rig.count(ScrapeOutcome::Success), 1);
@@ -267,7 +268,7 @@ async fn good_then(rig: &Rig, pod: &FakePod, bad: Behavior) -> RoundReport {
     let r = rig.collector.tick().await;
     assert_eq!(r.recorded, 1, "good round: {r:?}");
     let good = rig
-        .value_at("ws-0", SystemTime::now())
+        .value_at("ws-0", Moment::now())
         .expect("good value recorded");
     assert_eq!(good.milli, 5000);
 
@@ -275,14 +276,14 @@ async fn good_then(rig: &Rig, pod: &FakePod, bad: Behavior) -> RoundReport {
     let failing = rig.collector.tick().await;
     assert_eq!(failing.recorded, 0, "failing round: {failing:?}");
     // Still served, with the old sample time: nothing was written by the failed scrape.
-    assert_eq!(rig.value_at("ws-0", SystemTime::now()), Some(good.clone()));
+    assert_eq!(rig.value_at("ws-0", Moment::now()), Some(good.clone()));
     let max_age = rig.store.max_age();
     assert_eq!(
-        rig.value_at("ws-0", good.time + max_age),
+        rig.value_at("ws-0", good.time.when_aged(max_age)),
         Some(good.clone())
     );
     // One past max-age: gone from both forms, not a zero.
-    let expired = good.time + max_age + Duration::from_millis(1);
+    let expired = good.time.when_aged(max_age + Duration::from_millis(1));
     assert_eq!(rig.value_at("ws-0", expired), None);
     assert!(rig.served_at(expired).is_empty());
     failing

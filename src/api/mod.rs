@@ -9,7 +9,9 @@ pub mod path;
 pub mod wire;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
+
+use crate::clock::Moment;
 
 use axum::Router;
 use axum::body::Body;
@@ -26,8 +28,9 @@ use crate::telemetry::Telemetry;
 use path::{PathError, Route, Target};
 use wire::{Described, Item, Status, Version};
 
-/// Source of "now" for freshness checks; injectable for tests.
-pub type Clock = fn() -> SystemTime;
+/// Source of "now" for freshness checks (its monotonic part) and fallback timestamps (its wall
+/// part); injectable for tests.
+pub type Clock = fn() -> Moment;
 
 /// What the API handler reads. Built once at start-up.
 #[derive(Clone)]
@@ -45,7 +48,7 @@ pub struct ApiState {
 impl ApiState {
     /// Precomputes the discovery documents from the store's catalog.
     pub fn new(store: Arc<Store>, telemetry: Arc<Telemetry>) -> Self {
-        Self::with_clock(store, telemetry, SystemTime::now)
+        Self::with_clock(store, telemetry, Moment::now)
     }
 
     /// Like [`ApiState::new`] with an explicit clock.
@@ -331,7 +334,7 @@ fn read_metric(
         Target::Object { .. } => Vec::new(),
     };
     for item in &items {
-        let age = now.duration_since(item.time).unwrap_or_default();
+        let age = item.time.age(now.mono);
         state.telemetry.observe_served_age(age.as_secs_f64());
     }
     Ok(wire::metric_value_list(version, metric, &echo, &items))
@@ -347,7 +350,7 @@ fn finish(
 ) -> Vec<u8> {
     let now = (state.clock)();
     for item in items {
-        let age = now.duration_since(item.time).unwrap_or_default();
+        let age = item.time.age(now.mono);
         state.telemetry.observe_served_age(age.as_secs_f64());
     }
     wire::metric_value_list(version, metric, &metric_selector.to_label_selector(), items)

@@ -219,8 +219,8 @@ pub struct Item {
     pub described: Described,
     /// Value. Unit: milli-units.
     pub milli: i64,
-    /// Sample time.
-    pub time: SystemTime,
+    /// Sample time: its wall part is the `timestamp` rendered.
+    pub time: crate::clock::SampleTime,
 }
 
 #[derive(Serialize)]
@@ -287,7 +287,7 @@ pub fn metric_value_list(
                         name: metric,
                         selector,
                     },
-                    timestamp: timestamp(i.time),
+                    timestamp: timestamp(i.time.wall),
                     value: quantity::format_milli(i.milli),
                 })
                 .collect(),
@@ -301,7 +301,7 @@ pub fn metric_value_list(
                 .map(|i| ItemV1beta1 {
                     described_object: i.described.reference(),
                     metric_name: metric,
-                    timestamp: timestamp(i.time),
+                    timestamp: timestamp(i.time.wall),
                     value: quantity::format_milli(i.milli),
                     selector,
                 })

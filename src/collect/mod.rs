@@ -19,7 +19,7 @@ pub use http1::{DecodedResponse, decode_response};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,6 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::clock::{Moment, SampleTime};
 use crate::config::CollectConfig;
 use crate::exposition;
 use crate::server::Health;
@@ -160,12 +161,10 @@ impl Collector {
     async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Reading, ScrapeOutcome> {
         if http1::is_plain_http(url) {
             let body = self.http1.get(url).await?;
-            let time = SystemTime::now();
-            self.reading(url, body.bytes(), time)
+            self.reading(url, body.bytes(), Moment::now())
         } else {
             let body = self.fetch_hyper(url).await?;
-            let time = SystemTime::now();
-            self.reading(url, &body, time)
+            self.reading(url, &body, Moment::now())
         }
     }
 
@@ -210,12 +209,13 @@ impl Collector {
         Ok(bytes)
     }
 
-    /// The reading in a scrape's body, read at `time`.
+    /// The reading in a scrape's body, read at `at`. Exposition timestamps on the kept samples
+    /// are honoured: the reading is as old as its oldest stamped sample.
     fn reading(
         &self,
         url: &str,
         body: &[u8],
-        time: SystemTime,
+        at: Moment,
     ) -> std::result::Result<Reading, ScrapeOutcome> {
         let text = std::str::from_utf8(body).map_err(|_| ScrapeOutcome::Unparseable)?;
         let families = self.store.catalog().families();
@@ -225,9 +225,23 @@ impl Collector {
             ScrapeOutcome::Unparseable
         })?;
         let declared = |family: &str| declares_family(text, family);
-        let families = readings_from_samples(self.store.catalog(), &samples, declared)
-            .ok_or(ScrapeOutcome::Unparseable)?;
-        Ok(Reading { time, families })
+        let scraped =
+            readings_from_samples(self.store.catalog(), &samples, declared).map_err(|e| {
+                tracing::debug!(url, error = %e, "metrics body not servable");
+                ScrapeOutcome::Unparseable
+            })?;
+        let time = match scraped.oldest_timestamp_ms {
+            // A negative stamp is before 1970: as stale as the epoch.
+            Some(ms) => SampleTime::stamped(
+                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+                at,
+            ),
+            None => SampleTime::read_at(at),
+        };
+        Ok(Reading {
+            time,
+            families: scraped.families,
+        })
     }
 
     async fn scrape(&self, job: &ScrapeJob) -> ScrapeOutcome {
@@ -299,14 +313,15 @@ impl Collector {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| live.contains(k));
         self.http1.retain(&live_urls);
-        let end = SystemTime::now();
+        let end = Moment::now();
         self.store.round_finished(end);
         let elapsed = started.elapsed();
-        let (fresh, stale) = self.store.freshness(end);
+        let (fresh, stale) = self.store.freshness(end.mono);
         self.telemetry.observe_round(
             elapsed.as_secs_f64(),
             elapsed > self.config.interval,
-            end.duration_since(SystemTime::UNIX_EPOCH)
+            end.wall
+                .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64(),
             report.attempted,

@@ -401,7 +401,7 @@ mod tests {
         let all = Selector::everything();
         assert!(
             store
-                .pods_matching("chat", &all, 0, &all, std::time::SystemTime::now())
+                .pods_matching("chat", &all, 0, &all, crate::clock::Moment::now())
                 .is_empty()
         );
     }

@@ -441,7 +441,7 @@ impl Source {
                 Ok(samples) => {
                     self.telemetry
                         .observe_prometheus_query("query", QueryOutcome::Success, secs);
-                    let (table, dropped) = Table::build(spec, samples);
+                    let (table, dropped) = Table::build(spec, samples, crate::clock::Moment::now());
                     self.telemetry
                         .prometheus_series_dropped(dropped.unlabelled, dropped.unservable);
                     self.note(spec, None);
@@ -458,8 +458,7 @@ impl Source {
             }
         }
         self.results.publish(Snapshot::new(plan, outcomes));
-        let now = SystemTime::now();
-        self.store.round_finished(now);
+        self.store.round_finished(crate::clock::Moment::now());
         report
     }
 

@@ -6,6 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::clock::{Moment, SampleTime};
+
 use arc_swap::ArcSwap;
 
 use super::rules::{self, ResourceInfo};
@@ -126,8 +128,8 @@ pub struct ObjectValue {
     /// Sum of the series. Unit: milli-units.
     pub total_milli: i64,
     /// Time of the newest raw sample behind the value (the freshness part), else the
-    /// evaluation time.
-    pub time: SystemTime,
+    /// evaluation time; aged on the monotonic clock from when the answer arrived.
+    pub time: SampleTime,
 }
 
 /// Object identity in a table: namespace (empty for cluster-scoped objects) and name.
@@ -164,9 +166,10 @@ fn system_time(secs: f64) -> SystemTime {
 }
 
 impl Table {
-    /// Builds a table from the samples of a [`QuerySpec`] answer. An object with an unservable
-    /// value (NaN, ±Inf) is left out entirely, never served as zero or as a partial sum.
-    pub fn build(spec: &QuerySpec, samples: Vec<RawSample>) -> (Self, Dropped) {
+    /// Builds a table from the samples of a [`QuerySpec`] answer that arrived at `at`. An object
+    /// with an unservable value (NaN, ±Inf) is left out entirely, never served as zero or as a
+    /// partial sum.
+    pub fn build(spec: &QuerySpec, samples: Vec<RawSample>, at: Moment) -> (Self, Dropped) {
         let mut dropped = Dropped::default();
         let mut times: HashMap<ObjectKey, SystemTime> = HashMap::new();
         let mut table = Table::default();
@@ -211,7 +214,7 @@ impl Table {
             let entry = table.objects.entry(key).or_insert_with(|| ObjectValue {
                 series: Vec::new(),
                 total_milli: 0,
-                time: system_time(ts),
+                time: SampleTime::stamped(system_time(ts), at),
             });
             entry.total_milli = entry.total_milli.saturating_add(milli);
             entry.series.push((pairs, milli));
@@ -221,7 +224,7 @@ impl Table {
         }
         for (key, value) in &mut table.objects {
             if let Some(t) = times.get(key) {
-                value.time = *t;
+                value.time = SampleTime::stamped(*t, at);
             }
         }
         (table, dropped)
@@ -357,7 +360,7 @@ impl Results {
         metric: &str,
         objects: Objects<'_>,
         metric_selector: &Selector,
-        now: SystemTime,
+        now: Moment,
     ) -> Result<Vec<Item>, ReadError> {
         let snap = self.snapshot.load();
         let not_found = || {
@@ -404,10 +407,9 @@ impl Results {
                 )));
             }
         }
-        let value_of = |ns: &str, name: &str| -> Option<(i64, SystemTime)> {
+        let value_of = |ns: &str, name: &str| -> Option<(i64, SampleTime)> {
             let v = table.objects.get(&(ns.to_owned(), name.to_owned()))?;
-            let age = now.duration_since(v.time).unwrap_or(Duration::ZERO);
-            if age > self.max_age {
+            if v.time.age(now.mono) > self.max_age {
                 return None;
             }
             let milli = if metric_selector.is_empty() {
@@ -445,7 +447,7 @@ impl Results {
                 }
             }
         };
-        let item = |ns: &str, name: &str, (milli, time): (i64, SystemTime)| Item {
+        let item = |ns: &str, name: &str, (milli, time): (i64, SampleTime)| Item {
             described: described(ns, name),
             milli,
             time,
@@ -454,13 +456,13 @@ impl Results {
             (Values::PodSum(_), Objects::One { name, .. }) => {
                 let pods = store.pod_names(name, &Selector::everything());
                 let mut sum = 0i64;
-                let mut oldest: Option<SystemTime> = None;
+                let mut oldest: Option<SampleTime> = None;
                 let mut missing = 0;
                 for pod in &pods {
                     match value_of(name, pod) {
                         Some((m, t)) => {
                             sum = sum.saturating_add(m);
-                            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                            oldest = Some(oldest.map_or(t, |o| o.older(t)));
                         }
                         None => missing += 1,
                     }
@@ -471,7 +473,11 @@ impl Results {
                         pods.len()
                     )));
                 }
-                Ok(vec![item("", name, (sum, oldest.unwrap_or(now)))])
+                Ok(vec![item(
+                    "",
+                    name,
+                    (sum, oldest.unwrap_or_else(|| SampleTime::read_at(now))),
+                )])
             }
             (Values::PodSum(_), Objects::All { .. }) => Err(not_found()),
             (Values::Query(_), Objects::One { namespace, name }) => {
@@ -626,8 +632,25 @@ mod tests {
 
     const T0: u64 = 1_700_000_000;
 
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    /// The moment `secs` (Unix seconds, ≥ T0) on both clocks, which run together in these tests.
+    fn at(secs: u64) -> Moment {
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let base = *BASE.get_or_init(std::time::Instant::now);
+        Moment {
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            mono: base + Duration::from_secs(secs - T0),
+        }
+    }
+
+    /// When an answer with these samples arrives: as its newest sample is taken.
+    fn arrival(samples: &[RawSample]) -> Moment {
+        let newest = samples
+            .iter()
+            .map(|s| s.2 as u64)
+            .max()
+            .unwrap_or(T0)
+            .max(T0);
+        at(newest)
     }
 
     fn sample(labels: &[(&str, &str)], value: f64, ts: u64) -> RawSample {
@@ -678,7 +701,8 @@ mod tests {
             "namespace",
             "pod",
         );
-        let (table, _) = Table::build(&plan.queries[0], samples);
+        let arrived = arrival(&samples);
+        let (table, _) = Table::build(&plan.queries[0], samples, arrived);
         let plan = Arc::new(plan);
         let r = Results::new((*plan).clone(), Duration::from_secs(60));
         r.publish(Snapshot::new(plan, vec![Outcome::Ready(Arc::new(table))]));
@@ -694,7 +718,7 @@ mod tests {
                     | Described::Namespace { name }
                     | Described::Object { name, .. } => name.clone(),
                 };
-                (name, i.milli, i.time)
+                (name, i.milli, i.time.wall)
             })
             .collect()
     }
@@ -785,8 +809,8 @@ mod tests {
         assert_eq!(
             values(&items),
             vec![
-                ("ws-0".into(), 7000, at(T0 + 8)),
-                ("ws-1".into(), 3000, at(T0 + 9))
+                ("ws-0".into(), 7000, at(T0 + 8).wall),
+                ("ws-1".into(), 3000, at(T0 + 9).wall)
             ]
         );
         let ns = r
@@ -802,7 +826,7 @@ mod tests {
                 at(T0 + 11),
             )
             .unwrap();
-        assert_eq!(values(&ns), vec![("chat".into(), 10_000, at(T0 + 8))]);
+        assert_eq!(values(&ns), vec![("chat".into(), 10_000, at(T0 + 8).wall)]);
         let ghost = r.read(
             &s,
             rules::pods(),
@@ -864,7 +888,10 @@ mod tests {
                 now,
             )
             .unwrap();
-        assert_eq!(values(&items), vec![("ws-1".into(), 3000, at(T0 + 99))]);
+        assert_eq!(
+            values(&items),
+            vec![("ws-1".into(), 3000, at(T0 + 99).wall)]
+        );
         let ns = r.read(
             &s,
             rules::namespaces(),
@@ -1010,6 +1037,7 @@ mod tests {
                 sample(&[("namespace", "a"), ("pod", "q")], 2.0, T0),
                 sample(&[("namespace", "a")], 5.0, T0),
             ],
+            at(T0),
         );
         assert_eq!(
             dropped,
