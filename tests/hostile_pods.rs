@@ -262,7 +262,6 @@ async fn a_chunked_body_without_its_last_chunk_is_never_served() {
 }
 
 #[tokio::test]
-#[ignore = "needs main's store fix"]
 async fn duplicate_series_fail_the_scrape_instead_of_being_summed() {
     // Summed, the duplicate would read as "24".
     attack(
@@ -277,7 +276,6 @@ async fn duplicate_series_fail_the_scrape_instead_of_being_summed() {
 }
 
 #[tokio::test]
-#[ignore = "needs main's store fix"]
 async fn a_sample_stamped_in_1970_is_never_served() {
     // Its value is 5: served as fresh, it would show.
     attack(

@@ -194,8 +194,8 @@ fn same_sample(a: &exposition::Sample, b: &exposition::Sample) -> bool {
 
 /// The exposition parser, whole and selected: the same verdict on the body (the whole body is
 /// validated either way), the selected samples are exactly the wanted ones of the full parse, no
-/// sample has a duplicate label name, and a served family with NaN or ±Inf is never turned into
-/// a reading.
+/// sample has a duplicate label name, and a served family with NaN or ±Inf or the same series
+/// twice is never turned into a reading (which is as old as its oldest stamped sample).
 pub fn exposition_target(input: &[u8]) {
     let text = String::from_utf8_lossy(input);
     let all = exposition::parse(&text);
@@ -227,11 +227,30 @@ pub fn exposition_target(input: &[u8]) {
         family: FAMILY.into(),
     }]);
     let unservable = selected.iter().any(|s| !s.value.is_finite());
-    let readings = readings_from_samples(&catalog, &selected, |_| false);
-    assert!(
-        !(unservable && readings.is_some()),
-        "a NaN or infinite value became a reading"
-    );
+    let mut series: Vec<Vec<(String, String)>> = selected
+        .iter()
+        .map(|s| {
+            let mut labels = s.labels.clone();
+            labels.sort();
+            labels
+        })
+        .collect();
+    series.sort();
+    let duplicate = series.windows(2).any(|w| w[0] == w[1]);
+    match readings_from_samples(&catalog, &selected, |_| false) {
+        Ok(scraped) => {
+            assert!(!unservable, "a NaN or infinite value became a reading");
+            assert!(!duplicate, "a duplicate series became a reading");
+            let oldest = selected.iter().filter_map(|s| s.timestamp_ms).min();
+            assert_eq!(scraped.oldest_timestamp_ms, oldest, "oldest sample time");
+        }
+        // Else only a sum past the milli-unit range (which takes values far above 1e12: a
+        // fuzz input holds at most a few thousand samples) may be refused.
+        Err(e) => assert!(
+            unservable || duplicate || selected.iter().any(|s| s.value.abs() > 1e12),
+            "a servable body was refused: {e}"
+        ),
+    }
 }
 
 /// The label selector parser: a parsed selector's echo re-parses to the same selector (and the
