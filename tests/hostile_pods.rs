@@ -38,8 +38,8 @@ struct Observation {
 }
 
 impl Rig {
-    async fn start() -> Self {
-        let pod = HostilePod::start(Mode::Good).await;
+    /// The adapter over `pod` (which must answer well for now); a TLS pod's CA is trusted.
+    async fn start(pod: HostilePod) -> Self {
         let yaml = static_pods_yaml(&[StaticPod {
             namespace: "chat",
             name: "ws-0",
@@ -48,20 +48,21 @@ impl Rig {
         }]);
         let max_age = format!("{}ms", MAX_AGE.as_millis());
         let max_body = MAX_BODY.to_string();
-        let adapter = Adapter::start_static(
-            &yaml,
-            &[
-                "--scrape-interval",
-                INTERVAL,
-                "--scrape-timeout",
-                TIMEOUT,
-                "--max-age",
-                &max_age,
-                "--scrape-max-body-bytes",
-                &max_body,
-            ],
-        )
-        .await;
+        let ca = pod.ca_path().map(|p| p.display().to_string());
+        let mut flags = vec![
+            "--scrape-interval",
+            INTERVAL,
+            "--scrape-timeout",
+            TIMEOUT,
+            "--max-age",
+            &max_age,
+            "--scrape-max-body-bytes",
+            &max_body,
+        ];
+        if let Some(ca) = &ca {
+            flags.extend(["--scrape-ca-file", ca.as_str()]);
+        }
+        let adapter = Adapter::start_static(&yaml, &flags).await;
         adapter.wait_ready(DEADLINE).await;
         let client = adapter.client();
         let rig = Self {
@@ -144,7 +145,12 @@ struct Tally {
 /// when the pod must end up left out, [`ROUNDS`] more after it first is), asserting on every
 /// answer that the value is allowed and not older than `--max-age`.
 async fn attack(mode: Mode, expect: Expect) -> Tally {
-    let rig = Rig::start().await;
+    attack_pod(HostilePod::start(Mode::Good).await, mode, expect).await
+}
+
+/// [`attack`] on a given pod (e.g. a TLS one), started in [`Mode::Good`].
+async fn attack_pod(pod: HostilePod, mode: Mode, expect: Expect) -> Tally {
+    let rig = Rig::start(pod).await;
     let failures_before = rig.scrapes(expect.outcome).await;
     let requests_before = rig.pod.requests();
     rig.pod.set(mode);
@@ -362,6 +368,70 @@ async fn a_pod_flipping_between_good_and_cut_bodies_only_ever_shows_its_good_val
         Expect {
             allowed: GOOD,
             outcome: "connect_error",
+            left_out: false,
+        },
+    )
+    .await;
+    assert!(t.served.contains_key("12"), "{t:?}");
+}
+
+// Over TLS (`https://` pods go through hyper + rustls): the same rule for close-delimited bodies,
+// and the clean end of a TLS stream is its `close_notify`.
+
+#[tokio::test]
+async fn over_tls_a_close_delimited_body_cut_short_then_closed_cleanly_is_never_served() {
+    // close_notify, then FIN: only the completeness rule can refuse these cuts.
+    let t = attack_pod(
+        HostilePod::start_tls(Mode::Good).await,
+        Mode::TruncatedFin(bad_cuts()),
+        Expect {
+            allowed: GOOD,
+            outcome: "connect_error",
+            left_out: true,
+        },
+    )
+    .await;
+    assert!(t.left_out > 0, "{t:?}");
+}
+
+#[tokio::test]
+async fn over_tls_a_close_delimited_body_cut_short_without_close_notify_is_never_served() {
+    attack_pod(
+        HostilePod::start_tls(Mode::Good).await,
+        Mode::TruncatedNoCloseNotify(bad_cuts()),
+        Expect {
+            allowed: GOOD,
+            outcome: "connect_error",
+            left_out: true,
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn over_tls_a_close_delimited_body_cut_short_then_reset_is_never_served() {
+    attack_pod(
+        HostilePod::start_tls(Mode::Good).await,
+        Mode::TruncatedRst(bad_cuts()),
+        Expect {
+            allowed: GOOD,
+            outcome: "connect_error",
+            left_out: true,
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn over_tls_a_whole_close_delimited_body_is_served() {
+    // The control for the three above: the same framing, not cut, closed cleanly, is a value
+    // (every scrape in this mode is close-delimited, and they must count as successes).
+    let t = attack_pod(
+        HostilePod::start_tls(Mode::Good).await,
+        Mode::TruncatedFin(vec![usize::MAX]),
+        Expect {
+            allowed: GOOD,
+            outcome: "success",
             left_out: false,
         },
     )

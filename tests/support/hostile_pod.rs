@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The family every mode serves.
@@ -26,6 +26,9 @@ pub enum Mode {
     TruncatedFin(Vec<usize>),
     /// As [`Mode::TruncatedFin`], then a reset (RST, `SO_LINGER` 0) instead of a FIN.
     TruncatedRst(Vec<usize>),
+    /// As [`Mode::TruncatedFin`], but over TLS the TCP connection is closed without a TLS
+    /// `close_notify` (over plain TCP the same as [`Mode::TruncatedFin`]).
+    TruncatedNoCloseNotify(Vec<usize>),
     /// 200 with a `Content-Length` this many bytes larger than the body sent, then FIN.
     ShortContentLength(usize),
     /// 200 chunked: the whole body in chunks but no terminating `0` chunk, then FIN.
@@ -82,6 +85,8 @@ pub fn bad_cuts() -> Vec<usize> {
 pub struct HostilePod {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// For a TLS pod: the directory holding its CA (`ca.crt`) and serving pair.
+    tls_dir: Option<tempfile::TempDir>,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -101,8 +106,28 @@ impl Drop for HostilePod {
 }
 
 impl HostilePod {
-    /// Starts a hostile pod on 127.0.0.1:0 in `mode`.
+    /// Starts a hostile pod on 127.0.0.1:0 in `mode`, plain HTTP.
     pub async fn start(mode: Mode) -> Self {
+        Self::start_with(mode, None).await
+    }
+
+    /// Starts a hostile pod on 127.0.0.1:0 in `mode`, behind TLS with a certificate for
+    /// 127.0.0.1 from its own CA ([`HostilePod::ca_path`]).
+    pub async fn start_tls(mode: Mode) -> Self {
+        use ws_metrics_adapter::server::tls;
+        tls::install_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = tls::ensure_self_signed(dir.path(), &[]).expect("pod certificate");
+        let pair = tls::load_pair(&cert, &key).expect("pod key pair");
+        let config =
+            tls::server_config(Arc::new(tls::CertResolver::new(pair))).expect("pod TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut pod = Self::start_with(mode, Some(acceptor)).await;
+        pod.tls_dir = Some(dir);
+        pod
+    }
+
+    async fn start_with(mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind hostile pod");
@@ -122,16 +147,40 @@ impl HostilePod {
                 };
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
                 // Connections die with the pod: the set aborts them when this task is aborted.
-                connections.spawn(serve_connection(stream, shared.clone()));
+                let shared = shared.clone();
+                match tls.clone() {
+                    None => connections.spawn(serve_connection(stream, shared, |s| s)),
+                    Some(acceptor) => connections.spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_connection(stream, shared, |s| s.get_ref().0).await;
+                        }
+                    }),
+                };
                 while connections.try_join_next().is_some() {}
             }
         });
-        Self { addr, state, task }
+        Self {
+            addr,
+            tls_dir: None,
+            state,
+            task,
+        }
     }
 
-    /// Metrics URL of the pod.
+    /// Metrics URL of the pod (`https://` for a TLS pod).
     pub fn url(&self) -> String {
-        format!("http://{}/metrics", self.addr)
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/metrics", self.addr)
+    }
+
+    /// The CA certificate of a TLS pod.
+    pub fn ca_path(&self) -> Option<std::path::PathBuf> {
+        let dir = self.tls_dir.as_ref()?;
+        Some(dir.path().join(ws_metrics_adapter::server::tls::CA_FILE))
     }
 
     /// Switches what the pod answers from the next request on.
@@ -152,7 +201,7 @@ impl HostilePod {
 }
 
 /// Reads one request head (up to the blank line); `false` when the client closed or sent junk.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             buf.drain(..end + 4);
@@ -172,11 +221,19 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 /// What to do with the connection after answering.
 enum After {
     KeepAlive,
+    /// A clean close: TLS `close_notify` (over TLS), then FIN.
     Fin,
+    /// Drop the connection: FIN without a TLS `close_notify`.
+    Drop,
+    /// Reset: RST.
     Rst,
 }
 
-async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
+/// Serves requests on one connection; `tcp` reaches the TCP socket under `stream`.
+async fn serve_connection<S>(mut stream: S, state: Arc<State>, tcp: fn(&S) -> &TcpStream)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     while read_request(&mut stream, &mut buf).await {
         state.requests.fetch_add(1, Ordering::SeqCst);
@@ -196,13 +253,18 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
             Err(_) => return,
         };
         match after {
-            After::KeepAlive => {}
+            After::KeepAlive => {
+                if stream.flush().await.is_err() {
+                    return;
+                }
+            }
             After::Fin => {
                 let _ = stream.shutdown().await;
                 return;
             }
+            After::Drop => return,
             After::Rst => {
-                let _ = stream.set_zero_linger();
+                let _ = tcp(&stream).set_zero_linger();
                 return;
             }
         }
@@ -221,23 +283,28 @@ const CLOSE_DELIMITED_HEAD: &str =
 
 /// Writes the answer of `mode`; `k` counts the requests answered in this mode (for `Flip`, the
 /// requests that got the inner mode).
-async fn answer(stream: &mut TcpStream, mode: &Mode, k: usize) -> std::io::Result<After> {
+async fn answer<S>(stream: &mut S, mode: &Mode, k: usize) -> std::io::Result<After>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let good = good_body();
     match mode {
         Mode::Good => {
             stream.write_all(sized(&good).as_bytes()).await?;
             Ok(After::KeepAlive)
         }
-        Mode::TruncatedFin(cuts) | Mode::TruncatedRst(cuts) => {
+        Mode::TruncatedFin(cuts)
+        | Mode::TruncatedRst(cuts)
+        | Mode::TruncatedNoCloseNotify(cuts) => {
             let cut = cuts[k % cuts.len()].min(good.len());
             let mut out = CLOSE_DELIMITED_HEAD.as_bytes().to_vec();
             out.extend_from_slice(&good.as_bytes()[..cut]);
             stream.write_all(&out).await?;
             stream.flush().await?;
-            Ok(if matches!(mode, Mode::TruncatedFin(_)) {
-                After::Fin
-            } else {
-                After::Rst
+            Ok(match mode {
+                Mode::TruncatedFin(_) => After::Fin,
+                Mode::TruncatedNoCloseNotify(_) => After::Drop,
+                _ => After::Rst,
             })
         }
         Mode::ShortContentLength(missing) => {
