@@ -26,7 +26,7 @@ unit:
 # input is written to fuzz/artifacts/TARGET/ and the run fails.
 FUZZ_TARGETS ?= exposition selector path http_response
 FUZZ_SECONDS ?= 600
-FUZZ_SMOKE_RUNS ?= 20000
+FUZZ_SMOKE_RUNS ?= 100000
 
 fuzz-smoke:
 	cargo test --locked -p ws-metrics-adapter-fuzz

@@ -139,6 +139,9 @@ struct Tally {
     /// Answers that served the pod, by value.
     served: std::collections::BTreeMap<String, usize>,
     left_out: usize,
+    /// Requests the pod received, and connections it accepted, in the mode.
+    requests: usize,
+    accepted: usize,
 }
 
 /// Switches the pod to `mode` and watches the API for at least [`ROUNDS`] scrapes of it (and,
@@ -153,6 +156,7 @@ async fn attack_pod(pod: HostilePod, mode: Mode, expect: Expect) -> Tally {
     let rig = Rig::start(pod).await;
     let failures_before = rig.scrapes(expect.outcome).await;
     let requests_before = rig.pod.requests();
+    let accepted_before = rig.pod.accepted();
     rig.pod.set(mode);
     let mut tally = Tally::default();
     let mut out_since: Option<usize> = None;
@@ -207,6 +211,8 @@ async fn attack_pod(pod: HostilePod, mode: Mode, expect: Expect) -> Tally {
         expect.outcome,
         rig.pod.requests() - requests_before
     );
+    tally.requests = rig.pod.requests() - requests_before;
+    tally.accepted = rig.pod.accepted() - accepted_before;
     rig.adapter.stop().await;
     tally
 }
@@ -226,6 +232,9 @@ async fn a_close_delimited_body_cut_short_then_closed_is_never_served() {
     )
     .await;
     assert!(t.left_out > 0, "{t:?}");
+    // A close-delimited answer ends its connection: every scrape after the first (which reused
+    // the good mode's keep-alive connection) needed a new one.
+    assert!(t.accepted + 1 >= t.requests, "{t:?}");
 }
 
 #[tokio::test]
