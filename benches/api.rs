@@ -381,6 +381,7 @@ fn bench_https(seeded: &Seeded, conns: &[usize], secs: u64) -> Vec<HttpsRow> {
         listener,
         server_cfg,
         router,
+        ws_metrics_adapter::server::Limits::default(),
         Duration::from_secs(2),
         async move {
             let _ = stop_rx.await;

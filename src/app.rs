@@ -340,23 +340,19 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let plain = tokio::spawn(server::serve_plain(
         listeners.metrics,
         server::metrics_router(health, telemetry),
+        config.limits,
         shutdown.wait(),
     ));
     server::serve_tls(
         listeners.secure,
         tls_config,
         api_app,
+        config.limits,
         config.shutdown_grace,
         shutdown.wait(),
     )
     .await;
     let _ = collecting.await;
-    match plain.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(Error::Serve {
-            what: "metrics",
-            source,
-        }),
-        Err(_) => Ok(()),
-    }
+    let _ = plain.await;
+    Ok(())
 }

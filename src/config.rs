@@ -146,6 +146,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub serving_ca: crate::server::serving_ca::ServingCaArgs,
 
+    /// Connection limits of both listeners.
+    #[command(flatten)]
+    pub listener: crate::server::ListenerArgs,
+
     /// Time allowed for in-flight requests after SIGTERM.
     #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -320,6 +324,8 @@ pub struct Config {
     pub annotation_prefix: String,
     /// SIGTERM grace.
     pub shutdown_grace: Duration,
+    /// Connection limits of both listeners.
+    pub limits: crate::server::Limits,
     /// Log format.
     pub log_format: LogFormat,
     /// Where values come from.
@@ -517,6 +523,7 @@ impl ServeArgs {
                 &mut problems,
             ),
         };
+        let limits = self.listener.limits(&mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -536,6 +543,7 @@ impl ServeArgs {
             metrics,
             annotation_prefix: prefix,
             shutdown_grace: self.shutdown_grace,
+            limits,
             log_format: self.log_format,
             source,
             auth,

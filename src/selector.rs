@@ -2,7 +2,7 @@
 //! and validation of Go's `labels.Parse` (k8s.io/apimachinery), matched against label sets, and
 //! echoed back in canonical string or `metav1.LabelSelector` JSON form.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -10,14 +10,124 @@ use std::str::FromStr;
 const MAX_NAME_LEN: usize = 63;
 /// Longest DNS-1123 subdomain allowed as a key prefix.
 const MAX_PREFIX_LEN: usize = 253;
+/// Most requirements in one selector. Go's `labels.Parse` has no bound; an HPA's selector has a
+/// handful and a person's a few more, while thousands only cost the adapter (a request's URI can
+/// carry about 7,000). Beyond it the request is a 400.
+pub const MAX_REQUIREMENTS: usize = 256;
+/// Most values in one selector, over all its `in`/`notin` lists (and single values).
+pub const MAX_VALUES: usize = 4096;
 
 /// A parsed label selector (all requirements must match).
 ///
-/// The empty selector (from an empty or all-whitespace string) matches everything.
+/// The empty selector (from an empty or all-whitespace string) matches everything. Matching
+/// costs O(labels of the object), whatever the number of requirements: they are compiled per
+/// key at parse time.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selector {
     /// Sorted by key (stable: requirements on the same key keep their input order).
     requirements: Vec<Requirement>,
+    /// The same requirements merged per key, for matching.
+    compiled: Compiled,
+}
+
+/// All requirements on one key, merged: what a label with that key must (not) be.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct KeyRule {
+    /// The label must be present (`=`, `==`, `in`, exists, `>`, `<`).
+    required: bool,
+    /// The label must be absent (`!key`).
+    forbidden: bool,
+    /// Each set lists the values allowed by one `=`/`in` requirement; all must hold.
+    allowed: Vec<HashSet<String>>,
+    /// Values no `!=`/`notin` allows.
+    refused: HashSet<String>,
+    /// Greatest `>` bound and least `<` bound (the value must be an integer between them).
+    greater_than: Option<i64>,
+    less_than: Option<i64>,
+}
+
+impl KeyRule {
+    /// Whether a present label with this value satisfies every requirement on the key.
+    fn allows(&self, value: &str) -> bool {
+        if self.forbidden || self.refused.contains(value) {
+            return false;
+        }
+        if !self.allowed.iter().all(|set| set.contains(value)) {
+            return false;
+        }
+        if self.greater_than.is_some() || self.less_than.is_some() {
+            let Ok(n) = value.parse::<i64>() else {
+                return false;
+            };
+            if self.greater_than.is_some_and(|b| n <= b) || self.less_than.is_some_and(|b| n >= b) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Requirements merged per key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Compiled {
+    rules: HashMap<String, KeyRule>,
+    /// How many keys must be present.
+    required_keys: usize,
+}
+
+impl Compiled {
+    fn new(requirements: &[Requirement]) -> Self {
+        let mut rules: HashMap<String, KeyRule> = HashMap::new();
+        for r in requirements {
+            let rule = rules.entry(r.key.clone()).or_default();
+            let bound = || r.values.first().and_then(|v| v.parse::<i64>().ok());
+            match r.operator {
+                Operator::Equals | Operator::DoubleEquals | Operator::In => {
+                    rule.required = true;
+                    rule.allowed.push(r.values.iter().cloned().collect());
+                }
+                Operator::NotEquals | Operator::NotIn => {
+                    rule.refused.extend(r.values.iter().cloned())
+                }
+                Operator::Exists => rule.required = true,
+                Operator::DoesNotExist => rule.forbidden = true,
+                Operator::GreaterThan => {
+                    rule.required = true;
+                    // The parser accepts only 64-bit integers here; i64::MAX matches nothing.
+                    let b = bound().unwrap_or(i64::MAX);
+                    rule.greater_than = Some(rule.greater_than.map_or(b, |o| o.max(b)));
+                }
+                Operator::LessThan => {
+                    rule.required = true;
+                    let b = bound().unwrap_or(i64::MIN);
+                    rule.less_than = Some(rule.less_than.map_or(b, |o| o.min(b)));
+                }
+            }
+        }
+        let required_keys = rules.values().filter(|r| r.required).count();
+        Self {
+            rules,
+            required_keys,
+        }
+    }
+
+    /// Whether labels given as distinct (name, value) pairs match: each label is looked up once,
+    /// then every required key must have been seen.
+    fn matches<'a>(&self, labels: impl Iterator<Item = (&'a str, &'a str)>, count: usize) -> bool {
+        if self.required_keys > count {
+            return false;
+        }
+        let mut seen_required = 0;
+        for (name, value) in labels {
+            if let Some(rule) = self.rules.get(name) {
+                if !rule.allows(value) {
+                    return false;
+                }
+                seen_required += usize::from(rule.required);
+            }
+        }
+        seen_required == self.required_keys
+    }
 }
 
 /// One requirement.
@@ -97,6 +207,14 @@ pub enum Error {
         /// Where the value starts (or would start, when omitted).
         column: usize,
     },
+    /// The selector has more requirements or values than this adapter evaluates.
+    #[error("selector too large: more than {limit} {what}")]
+    TooLarge {
+        /// `requirements` or `values`.
+        what: &'static str,
+        /// The bound ([`MAX_REQUIREMENTS`] or [`MAX_VALUES`]).
+        limit: usize,
+    },
 }
 
 /// How an offending token is shown in an [`Error::Syntax`] message.
@@ -124,11 +242,19 @@ impl Selector {
     /// or value is malformed or too long, or when the operand of `>`/`<` is not a 64-bit
     /// integer. Only the first problem found is reported.
     pub fn parse(input: &str) -> Result<Self, Error> {
-        let mut requirements = Parser::new(input).selector()?;
+        let requirements = Parser::new(input).selector()?;
+        Ok(Self::from_requirements(requirements))
+    }
+
+    fn from_requirements(mut requirements: Vec<Requirement>) -> Self {
         // Stable, so requirements on the same key keep their input order (Go's sort.Sort is
         // stable too for the short lists selectors are in practice).
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Self { requirements })
+        let compiled = Compiled::new(&requirements);
+        Self {
+            requirements,
+            compiled,
+        }
     }
 
     /// The selector that matches everything.
@@ -149,29 +275,33 @@ impl Selector {
         &self.requirements
     }
 
-    /// Whether a label set matches. `get` returns the value of a label by name.
+    /// Whether a label set matches. `get` returns the value of a label by name. Costs one
+    /// call per requirement; prefer [`Selector::matches_map`] and [`Selector::matches_pairs`],
+    /// which cost one lookup per label whatever the number of requirements.
     #[must_use]
     pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.requirements.iter().all(|r| r.matches(get(&r.key)))
     }
 
-    /// Convenience for a BTreeMap<String,String>.
+    /// Whether a Kubernetes label map matches.
     #[must_use]
     pub fn matches_map(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.matches(|name| labels.get(name).map(String::as_str))
+        self.is_empty()
+            || self.compiled.matches(
+                labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                labels.len(),
+            )
     }
 
-    /// Convenience for a slice of pairs as a Prometheus series has them.
-    ///
-    /// Should a name appear twice, its first value counts.
+    /// Whether a Prometheus series' labels match. The names must be distinct, as the exposition
+    /// parser (which refuses a repeated name) and Prometheus answers guarantee.
     #[must_use]
     pub fn matches_pairs(&self, labels: &[(String, String)]) -> bool {
-        self.matches(|name| {
-            labels
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        })
+        self.is_empty()
+            || self.compiled.matches(
+                labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                labels.len(),
+            )
     }
 
     /// The selector as a `metav1.LabelSelector` JSON value, as Go's
@@ -413,6 +543,8 @@ struct Parser<'a> {
     input: &'a str,
     tokens: Vec<Token<'a>>,
     pos: usize,
+    /// Values read so far, over all requirements.
+    values: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -421,6 +553,7 @@ impl<'a> Parser<'a> {
             input,
             tokens: tokenize(input),
             pos: 0,
+            values: 0,
         }
     }
 
@@ -463,6 +596,12 @@ impl<'a> Parser<'a> {
             _ => return Err(self.unexpected(self.peek(), "'!', identifier or end of string")),
         }
         loop {
+            if requirements.len() == MAX_REQUIREMENTS {
+                return Err(Error::TooLarge {
+                    what: "requirements",
+                    limit: MAX_REQUIREMENTS,
+                });
+            }
             requirements.push(self.requirement()?);
             let token = self.advance();
             match token.kind {
@@ -520,6 +659,13 @@ impl<'a> Parser<'a> {
             Operator::In | Operator::NotIn => self.value_set()?,
             _ => vec![self.single_value()?],
         };
+        self.values += values.len();
+        if self.values > MAX_VALUES {
+            return Err(Error::TooLarge {
+                what: "values",
+                limit: MAX_VALUES,
+            });
+        }
         // Syntax first, validation after, as Go does; values are checked in input order.
         for &(value, offset) in &values {
             let integer_needed = matches!(operator, Operator::GreaterThan | Operator::LessThan);
@@ -1281,16 +1427,6 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_series_label_counts_with_its_first_value() {
-        let pairs = vec![
-            ("route".to_owned(), "chat".to_owned()),
-            ("route".to_owned(), "game".to_owned()),
-        ];
-        assert!(parse("route=chat").matches_pairs(&pairs));
-        assert!(!parse("route=game").matches_pairs(&pairs));
-    }
-
-    #[test]
     fn to_label_selector_has_the_shape_go_parse_to_label_selector_gives() {
         let cases: Vec<(&str, serde_json::Value)> = vec![
             ("", serde_json::Value::Null),
@@ -1456,9 +1592,8 @@ mod tests {
         ]
     }
 
-    fn selector_from(mut requirements: Vec<Requirement>) -> Selector {
-        requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Selector { requirements }
+    fn selector_from(requirements: Vec<Requirement>) -> Selector {
+        Selector::from_requirements(requirements)
     }
 
     fn selector_strategy() -> impl Strategy<Value = Selector> {
@@ -1574,6 +1709,48 @@ mod tests {
         proptest::collection::vec(fragment, 0..14).prop_map(|parts| parts.concat())
     }
 
+    #[test]
+    fn a_selector_past_the_limits_is_refused_as_too_large() {
+        let many: Vec<String> = (0..7000).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(
+            Selector::parse(&many.join(",")),
+            Err(Error::TooLarge {
+                what: "requirements",
+                limit: MAX_REQUIREMENTS
+            })
+        );
+        let at_limit: Vec<String> = (0..MAX_REQUIREMENTS).map(|i| format!("k{i}!=v")).collect();
+        assert!(Selector::parse(&at_limit.join(",")).is_ok());
+        let values: Vec<String> = (0..=MAX_VALUES).map(|i| format!("v{i}")).collect();
+        let big_in = format!("k in ({})", values.join(","));
+        assert_eq!(
+            Selector::parse(&big_in),
+            Err(Error::TooLarge {
+                what: "values",
+                limit: MAX_VALUES
+            })
+        );
+        let ok_in = format!("k in ({})", values[..MAX_VALUES].join(","));
+        let sel = Selector::parse(&ok_in).expect("at the limit");
+        let labels: BTreeMap<String, String> = [("k".to_owned(), "v4095".to_owned())].into();
+        assert!(sel.matches_map(&labels));
+    }
+
+    #[test]
+    fn requirements_on_one_key_all_hold() {
+        let sel = Selector::parse("a in (1,2,3),a in (2,3,4),a!=3,a>1,a<9").expect("valid");
+        let at = |v: &str| sel.matches_map(&[("a".to_owned(), v.to_owned())].into());
+        assert!(at("2"));
+        assert!(!at("3"), "refused by !=");
+        assert!(!at("1"), "not in the second set");
+        assert!(!at("4"), "not in the first set");
+        assert!(!sel.matches_map(&BTreeMap::new()), "a is required");
+        let absent = Selector::parse("!a,b notin (x)").expect("valid");
+        assert!(absent.matches_map(&BTreeMap::new()));
+        assert!(!absent.matches_map(&[("a".to_owned(), String::new())].into()));
+        assert!(!absent.matches_map(&[("b".to_owned(), "x".to_owned())].into()));
+    }
+
     fn check_parse_result(input: &str) -> Result<(), TestCaseError> {
         match Selector::parse(input) {
             Ok(sel) => {
@@ -1585,6 +1762,7 @@ mod tests {
                     Error::Syntax { column, .. }
                     | Error::InvalidKey { column, .. }
                     | Error::InvalidValue { column, .. } => *column,
+                    Error::TooLarge { .. } => 1,
                 };
                 prop_assert!(
                     column >= 1 && column <= input.chars().count() + 1,

@@ -541,6 +541,46 @@ async fn an_unparsable_label_selector_is_a_bad_request_naming_the_parameter() {
 }
 
 #[tokio::test]
+async fn a_selector_with_thousands_of_terms_is_refused_with_a_short_precise_message() {
+    let s = state(chat_store());
+    // Unescaped `=` and `,` (valid in a query) so 7,000 terms fit a URI (under 64 KiB).
+    let terms: Vec<String> = (0..7000).map(|i| format!("k{i}=v")).collect();
+    for param in ["labelSelector", "metricLabelSelector"] {
+        let a = get(
+            &s,
+            &format!(
+                "{CM2}/namespaces/chat/pods/%2A/websocket_connections?{param}={}",
+                terms.join(",")
+            ),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{param}");
+        let message = a.body["message"].as_str().expect("message").to_owned();
+        assert!(
+            message.starts_with(&format!("unable to parse {param} \"k0=v,k1=v,"))
+                && message.ends_with("selector too large: more than 256 requirements"),
+            "{message}"
+        );
+        // The selector is echoed only in part (about 120 characters, not 50 KiB).
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert_eq!(a.body, status_body(400, "BadRequest", &message));
+    }
+    // At the limit it is evaluated: 256 requirements that all hold for ws-0.
+    let mut at_limit: Vec<String> = (0..255).map(|i| format!("k{i}%21%3Dv")).collect();
+    at_limit.push("app%3Dws".into());
+    let a = get(
+        &s,
+        &format!(
+            "{CM2}/namespaces/chat/pods/%2A/websocket_connections?labelSelector={}",
+            at_limit.join("%2C")
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(names(&a.body).contains(&"ws-0".to_owned()), "{}", a.body);
+}
+
+#[tokio::test]
 async fn a_metric_label_selector_filters_series_before_summing_and_is_echoed_in_v1beta2() {
     let s = state(chat_store());
     let echo = json!({"matchLabels": {"route": "chat"}});

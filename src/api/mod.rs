@@ -231,10 +231,16 @@ fn parse_selector(param: &str, value: Option<&str>) -> Result<Selector, Status> 
     match value {
         None => Ok(Selector::everything()),
         Some(s) => Selector::parse(s).map_err(|e| {
+            // Echo a long selector only in part: an error must not cost more than the request.
+            const SHOWN: usize = 120;
+            let shown = match s.char_indices().nth(SHOWN) {
+                Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+                None => format!("{s:?}"),
+            };
             Status::failure(
                 400,
                 "BadRequest",
-                format!("unable to parse {param} {s:?}: {e}"),
+                format!("unable to parse {param} {shown}: {e}"),
             )
         }),
     }

@@ -5,10 +5,15 @@
 //! - [`tls`]: certificates (files re-read on change, or a generated CA plus leaf).
 //! - [`client_cert`]: client certificates requested at the handshake, handed to each request.
 //! - [`serving_ca`]: a self-managed serving CA in a Secret, rotation, APIService `caBundle`.
+//! - [`listener`]: the accept loop of both listeners, with connections, heads, idle time and
+//!   HTTP/2 streams bounded.
 
 pub mod client_cert;
+pub mod listener;
 pub mod serving_ca;
 pub mod tls;
+
+pub use listener::{Limits, ListenerArgs};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,13 +25,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -172,97 +172,44 @@ pub fn metrics_router(health: Arc<Health>, telemetry: Arc<Telemetry>) -> Router 
     health_routes(health).route("/metrics", metrics)
 }
 
-/// Largest request head (request line plus headers) the HTTPS listener reads, as Go's
-/// `http.DefaultMaxHeaderBytes`. Unit: bytes.
-pub const MAX_HEADER_BYTES: usize = 1 << 20;
-
-/// Serves `app` over TLS on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish for up to `grace`.
+/// Serves `app` over TLS on `listener` within `limits` until `shutdown` resolves, then lets
+/// in-flight requests finish for up to `grace`.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    limits: Limits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Larger request heads are refused (431 over HTTP/1.1, a stream reset over HTTP/2).
-    builder.http1().max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            // The client's certificates (if any) go to every request of the connection.
-            let certs = tls.get_ref().1.peer_certificates().map(|chain| {
-                client_cert::PeerCertificates(
-                    chain.iter().map(|c| c.clone().into_owned()).collect(),
-                )
-            });
-            let service = TowerToHyperService::new(app.map_request(
-                move |mut req: http::Request<hyper::body::Incoming>| {
-                    if let Some(certs) = &certs {
-                        req.extensions_mut().insert(certs.clone());
-                    }
-                    req
-                },
-            ));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
-    }
+    listener::serve(
+        "api",
+        listener,
+        Some(acceptor),
+        app,
+        limits,
+        grace,
+        shutdown,
+    )
+    .await;
 }
 
-/// Serves `app` over plain HTTP until `shutdown` resolves.
-///
-/// # Errors
-/// When the listener fails irrecoverably.
+/// Serves `app` over plain HTTP on `listener` within `limits` until `shutdown` resolves.
 pub async fn serve_plain(
     listener: TcpListener,
     app: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+) {
+    listener::serve(
+        "metrics",
+        listener,
+        None,
+        app,
+        limits,
+        Duration::from_secs(1),
+        shutdown,
+    )
+    .await;
 }
