@@ -1,5 +1,5 @@
 # One entry point for every task; CI (.ci/run) calls `make test`, the same command as the README.
-.PHONY: demo test lint unit manifests dockerfile bench deps fmt control-plane control-plane-binaries
+.PHONY: demo test lint unit manifests dockerfile bench deps fmt control-plane control-plane-binaries fuzz fuzz-smoke
 
 # The main job: the whole loop on one machine, no cluster (demo pods, adapter over TLS, load, HPA view).
 demo:
@@ -7,17 +7,37 @@ demo:
 
 # Every test: formatting, lints, unit/router/wire/e2e tests (the control-plane tests included),
 # manifests, Dockerfile.
-test: deps control-plane-binaries lint unit manifests dockerfile
+test: deps control-plane-binaries lint unit fuzz-smoke manifests dockerfile
 
 deps:
 	./scripts/install-deps.sh
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
 	cargo test --locked --lib --bins --tests
+
+# Fuzz targets of the parsers that read network bytes (fuzz/: exposition, selector, path,
+# http_response). Not coverage-guided: the seed corpus, then seeded random mutations.
+# fuzz-smoke: the corpus replay test and a short bounded run per target (debug build, shared
+# with the tests). fuzz: a long run per target, optimised with overflow checks on; a crashing
+# input is written to fuzz/artifacts/TARGET/ and the run fails.
+FUZZ_TARGETS ?= exposition selector path http_response
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_RUNS ?= 100000
+
+fuzz-smoke:
+	cargo test --locked -p ws-metrics-adapter-fuzz
+	for t in $(FUZZ_TARGETS); do \
+		cargo run --locked -q -p ws-metrics-adapter-fuzz -- $$t --runs $(FUZZ_SMOKE_RUNS) || exit 1; \
+	done
+
+fuzz:
+	for t in $(FUZZ_TARGETS); do \
+		cargo run --locked -q --profile fuzz -p ws-metrics-adapter-fuzz -- $$t --seconds $(FUZZ_SECONDS) || exit 1; \
+	done
 
 # kube-apiserver, kube-controller-manager and etcd built from Go modules (tests/control_plane/go):
 # about 10 minutes the first time on 2 cores, cached afterwards.

@@ -159,7 +159,7 @@ fn is_eof_marker(line: &str) -> bool {
 }
 
 /// True when the last non-blank line of the body is `# EOF` (the body is OpenMetrics).
-fn ends_with_eof_marker(text: &str) -> bool {
+pub(crate) fn ends_with_eof_marker(text: &str) -> bool {
     let trimmed = text.trim_end_matches([' ', '\t', '\r', '\n']);
     let last = trimmed.rsplit('\n').next().unwrap_or(trimmed);
     is_eof_marker(last)

@@ -79,6 +79,10 @@ pub(crate) enum ParseError {
     /// The stream ended inside the response.
     #[error("connection closed in the middle of the response")]
     Truncated,
+    /// A close-delimited 2xx body that does not look whole (see `collect::body`): the
+    /// connection ended where no complete exposition ends.
+    #[error("connection closed before the close-delimited body looked complete")]
+    Incomplete,
     /// The status line or a header field is not HTTP/1.x.
     #[error("malformed response head: {0}")]
     Head(httparse::Error),
@@ -121,8 +125,8 @@ enum Framing {
     Empty,
     /// `Content-Length`. Unit: bytes.
     Length(usize),
-    /// Delimited by the end of the stream.
-    Close,
+    /// Delimited by the end of the stream; `openmetrics`: the `Content-Type` says OpenMetrics.
+    Close { openmetrics: bool },
     /// `Transfer-Encoding: chunked`.
     Chunked(Chunked),
 }
@@ -172,6 +176,8 @@ struct HeadFacts {
     chunked: Option<bool>,
     close: bool,
     keep_alive: bool,
+    /// `Content-Type` is OpenMetrics text.
+    openmetrics: bool,
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -204,6 +210,7 @@ fn head_facts(
         chunked: None,
         close: false,
         keep_alive: false,
+        openmetrics: false,
     };
     let mut codings = 0usize;
     for h in headers {
@@ -236,6 +243,8 @@ fn head_facts(
             if codings == 0 {
                 return Err(ParseError::Framing("empty Transfer-Encoding"));
             }
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            facts.openmetrics = super::body::is_openmetrics(h.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for option in list(h.value) {
                 facts.close |= option.eq_ignore_ascii_case(b"close");
@@ -341,9 +350,15 @@ impl ResponseReader {
                     Ok(Progress::NeedMore)
                 }
             }
-            Framing::Close => {
+            Framing::Close { openmetrics } => {
                 if buf.len() - start > self.limits.max_body {
                     Err(ParseError::BodyTooLarge)
+                } else if eof
+                    && (200..300).contains(&status)
+                    && !super::body::close_delimited_body_is_complete(&buf[start..], *openmetrics)
+                {
+                    // Only a clean EOF gets here: a reset or read error fails in the caller.
+                    Err(ParseError::Incomplete)
                 } else if eof {
                     done(buf.len(), false)
                 } else {
@@ -361,6 +376,76 @@ impl ResponseReader {
                 }
             }
         }
+    }
+}
+
+/// One response read by [`decode_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedResponse {
+    /// Status code of the final (non-1xx) response.
+    pub status: u16,
+    /// Whether the client would keep the connection for the next scrape.
+    pub reusable: bool,
+    /// The decoded body (chunk framing removed).
+    pub body: Vec<u8>,
+}
+
+/// Reads one HTTP/1.x response from `input` exactly as the `http://` scrape client reads it from
+/// a socket, with the same head cap (16 KiB) and a body cap of `max_body` bytes: the bytes arrive
+/// in pieces of `read_sizes` (in order; then one piece with the rest), followed by a clean end of
+/// the stream. Pure, for the fuzz target and tests; not a general-purpose HTTP API.
+///
+/// # Errors
+/// Why the client refuses the response (malformed, over a cap, cut short), as text. A message
+/// that starts with `internal:` is a bug in the reader.
+#[doc(hidden)]
+pub fn decode_response(
+    input: &[u8],
+    read_sizes: &[usize],
+    max_body: usize,
+) -> Result<DecodedResponse, String> {
+    let limits = Limits {
+        max_head: MAX_HEAD_BYTES,
+        max_body,
+    };
+    decode_pieces(input, read_sizes, limits).map_err(|e| e.to_string())
+}
+
+/// [`decode_response`] with explicit limits and the typed error.
+fn decode_pieces(
+    input: &[u8],
+    read_sizes: &[usize],
+    limits: Limits,
+) -> Result<DecodedResponse, ParseError> {
+    let mut reader = ResponseReader::new(limits);
+    let mut buf = Vec::new();
+    let mut rest = input;
+    let mut sizes = read_sizes.iter();
+    loop {
+        let eof = rest.is_empty();
+        match reader.advance(&mut buf, eof)? {
+            Progress::Done(r) => {
+                // Bytes the server sent after the response also make it non-reusable.
+                let reusable = r.reusable && rest.is_empty();
+                let body = buf.get(r.body).unwrap_or_default().to_vec();
+                return Ok(DecodedResponse {
+                    status: r.status,
+                    reusable,
+                    body,
+                });
+            }
+            Progress::NeedMore if eof => {
+                return Err(ParseError::Framing("internal: more wanted after the end"));
+            }
+            Progress::NeedMore => {}
+        }
+        let n = sizes
+            .next()
+            .copied()
+            .unwrap_or(rest.len())
+            .clamp(1, rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
     }
 }
 
@@ -420,7 +505,8 @@ fn read_head(
         } else if let Some(n) = facts.content_length {
             (Framing::Length(n), persistent)
         } else {
-            (Framing::Close, false)
+            let openmetrics = facts.openmetrics;
+            (Framing::Close { openmetrics }, false)
         };
         return Ok(Some(State::Body {
             status: facts.status,
@@ -833,7 +919,11 @@ impl Client {
                 (Err(e), _) => {
                     tracing::debug!(host = target.host(), error = %e, "scrape response unusable");
                     return Err(Failure::Outcome(match e {
-                        ParseError::Closed | ParseError::Truncated => ScrapeOutcome::ConnectError,
+                        // The connection ended before the response did (see `collect::body` for
+                        // why an incomplete close-delimited body is counted here too).
+                        ParseError::Closed | ParseError::Truncated | ParseError::Incomplete => {
+                            ScrapeOutcome::ConnectError
+                        }
                         ParseError::BodyTooLarge => ScrapeOutcome::BodyTooLarge,
                         ParseError::Head(_) | ParseError::Framing(_) | ParseError::HeadTooLarge => {
                             ScrapeOutcome::Unparseable
@@ -895,28 +985,8 @@ mod tests {
     /// Feeds `input` to a reader in pieces of the given sizes (the last piece takes the rest),
     /// then signals EOF if the response is not complete yet.
     fn decode_split(input: &[u8], sizes: &[usize], limits: Limits) -> Decoded {
-        let mut reader = ResponseReader::new(limits);
-        let mut buf = Vec::new();
-        let mut rest = input;
-        let mut sizes = sizes.iter();
-        loop {
-            let eof = rest.is_empty();
-            match reader.advance(&mut buf, eof)? {
-                Progress::Done(r) => {
-                    // Bytes the server sent after the response also make it non-reusable.
-                    let reusable = r.reusable && rest.is_empty();
-                    return Ok((r.status, reusable, buf[r.body].to_vec()));
-                }
-                Progress::NeedMore => assert!(!eof, "NeedMore after EOF"),
-            }
-            let n = sizes
-                .next()
-                .copied()
-                .unwrap_or(rest.len())
-                .clamp(1, rest.len());
-            buf.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-        }
+        let r = decode_pieces(input, sizes, limits)?;
+        Ok((r.status, r.reusable, r.body))
     }
 
     fn decode(input: &[u8]) -> Decoded {
@@ -1017,9 +1087,34 @@ mod tests {
                 ok(200, false, "hello\nworld\n"),
             ),
             (
-                "close-delimited, empty",
+                "close-delimited, empty: as if cut before the first byte",
                 "HTTP/1.1 200 OK\r\n\r\n",
-                ok(200, false, ""),
+                Err(E::Incomplete),
+            ),
+            (
+                "close-delimited, cut inside a line",
+                "HTTP/1.1 200 OK\r\n\r\n# TYPE x gauge\nx 1",
+                Err(E::Incomplete),
+            ),
+            (
+                "close-delimited, cut after a TYPE line (a false zero before issue 11)",
+                "HTTP/1.1 200 OK\r\n\r\n# HELP x X.\n# TYPE x gauge\n",
+                Err(E::Incomplete),
+            ),
+            (
+                "close-delimited OpenMetrics without its # EOF",
+                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0\r\n\r\nx 1\n",
+                Err(E::Incomplete),
+            ),
+            (
+                "close-delimited OpenMetrics",
+                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0\r\n\r\nx 1\n# EOF",
+                ok(200, false, "x 1\n# EOF"),
+            ),
+            (
+                "close-delimited error status: the body is not checked",
+                "HTTP/1.1 503 Busy\r\n\r\nbusy",
+                ok(503, false, "busy"),
             ),
             (
                 "close-delimited over the cap",
@@ -1038,8 +1133,8 @@ mod tests {
             ),
             (
                 "http/1.0 close-delimited",
-                "HTTP/1.0 200 OK\r\n\r\nhi there",
-                ok(200, false, "hi there"),
+                "HTTP/1.0 200 OK\r\n\r\nhi there\n",
+                ok(200, false, "hi there\n"),
             ),
             (
                 "http/1.0 with chunked",
@@ -1374,7 +1469,12 @@ mod tests {
             prop_assert_eq!(decode_split(&sized, &read_sizes, LIMITS), Ok((200, true, body.clone())));
             let mut close = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
             close.extend_from_slice(&body);
-            prop_assert_eq!(decode_split(&close, &read_sizes, LIMITS), Ok((200, false, body)));
+            let want = if crate::collect::body::close_delimited_body_is_complete(&body, false) {
+                Ok((200, false, body))
+            } else {
+                Err(ParseError::Incomplete)
+            };
+            prop_assert_eq!(decode_split(&close, &read_sizes, LIMITS), want);
         }
     }
 
@@ -1395,6 +1495,8 @@ mod tests {
         AnswerThenClose(&'static str),
         /// Answer the first request, then reset the connection on the next one.
         AnswerThenReset(&'static str),
+        /// Answer the first request, then reset the connection at once (RST, not FIN).
+        AnswerThenAbort(&'static str),
     }
 
     struct Server {
@@ -1446,6 +1548,11 @@ mod tests {
                                 stream.write_all(r.as_bytes()).await.unwrap();
                             }
                             Script::AnswerThenReset(_) => {
+                                stream.set_zero_linger().unwrap();
+                                return;
+                            }
+                            Script::AnswerThenAbort(r) => {
+                                stream.write_all(r.as_bytes()).await.unwrap();
                                 stream.set_zero_linger().unwrap();
                                 return;
                             }
@@ -1556,6 +1663,45 @@ mod tests {
         assert_eq!(
             get_text(&client(), &server.url).await,
             Err(ScrapeOutcome::ConnectError)
+        );
+        // Close-delimited bodies cut short, then a clean close (FIN) or a reset: never a body.
+        for response in [
+            // Cut after the TYPE line: before issue 11 this was served as an explicit 0.
+            "HTTP/1.1 200 OK\r\n\r\n# TYPE websocket_connections_active gauge\n",
+            // Cut inside the number: before issue 11 this was served as 1 instead of 12.
+            "HTTP/1.1 200 OK\r\n\r\n# TYPE websocket_connections_active gauge\nwebsocket_connections_active 1",
+            "HTTP/1.1 200 OK\r\n\r\n",
+        ] {
+            let server = serve(Script::AnswerThenClose(response)).await;
+            assert_eq!(
+                get_text(&client(), &server.url).await,
+                Err(ScrapeOutcome::ConnectError),
+                "FIN after {response:?}"
+            );
+            let server = serve(Script::AnswerThenAbort(response)).await;
+            assert_eq!(
+                get_text(&client(), &server.url).await,
+                Err(ScrapeOutcome::ConnectError),
+                "RST after {response:?}"
+            );
+        }
+        // A whole line, then a reset: the read error fails the scrape, whatever the body.
+        let server = serve(Script::AnswerThenAbort(
+            "HTTP/1.1 200 OK\r\n\r\nwebsocket_connections_active 12\n",
+        ))
+        .await;
+        assert_eq!(
+            get_text(&client(), &server.url).await,
+            Err(ScrapeOutcome::ConnectError)
+        );
+        // The same body closed cleanly is whole.
+        let server = serve(Script::AnswerThenClose(
+            "HTTP/1.1 200 OK\r\n\r\nwebsocket_connections_active 12\n",
+        ))
+        .await;
+        assert_eq!(
+            get_text(&client(), &server.url).await,
+            Ok("websocket_connections_active 12\n".into())
         );
         // Nobody listening.
         let gone: Arc<str> = {

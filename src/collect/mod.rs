@@ -7,9 +7,15 @@
 //! `http1` (one idle socket per pod between rounds, a pooled read buffer per scrape in flight);
 //! `https://` pods through hyper's pooled client with rustls. On the `http://` path a response
 //! that is not HTTP/1.x, has broken framing or an oversized head counts as `unparseable` (hyper
-//! reports those as `connect_error`); a connection that fails or ends early is a `connect_error`.
+//! reports those as `connect_error`); a connection that fails or ends early is a `connect_error`,
+//! and so is a body delimited only by the connection's close that does not look whole (see
+//! `body`: never a false zero or a cut number from a truncated body).
 
+mod body;
 mod http1;
+
+#[doc(hidden)]
+pub use http1::{DecodedResponse, decode_response};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -176,17 +182,31 @@ impl Collector {
         if !resp.status().is_success() {
             return Err(ScrapeOutcome::BadStatus);
         }
-        Ok(Limited::new(resp.into_body(), self.config.max_body_bytes)
+        // hyper fails a short `Content-Length` body or a chunked one without its last chunk, and
+        // a close-delimited one on a reset or a TCP close without TLS `close_notify`; a
+        // close-delimited body that ended cleanly still has to look whole (see `body`).
+        let close_delimited = body::is_close_delimited(resp.headers());
+        let openmetrics = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|ct| body::is_openmetrics(ct.as_bytes()));
+        let bytes = Limited::new(resp.into_body(), self.config.max_body_bytes)
             .collect()
             .await
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     ScrapeOutcome::BodyTooLarge
                 } else {
+                    tracing::debug!(url, error = %e, "scrape body failed");
                     ScrapeOutcome::ConnectError
                 }
             })?
-            .to_bytes())
+            .to_bytes();
+        if close_delimited && !body::close_delimited_body_is_complete(&bytes, openmetrics) {
+            tracing::debug!(url, "close-delimited body cut short");
+            return Err(ScrapeOutcome::ConnectError);
+        }
+        Ok(bytes)
     }
 
     /// The reading in a scrape's body, read at `at`. Exposition timestamps on the kept samples
