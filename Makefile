@@ -58,7 +58,7 @@ dockerfile:
 
 # Benchmarks (release build; figures are printed, not asserted). See README "Performance".
 bench:
-	cargo bench --locked --bench api --bench collection --bench auth
+	cargo bench --locked --bench api --bench collection --bench auth --bench hostile
 
 fmt:
 	cargo fmt --all

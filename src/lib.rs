@@ -27,7 +27,8 @@
 //! - [`api`]: the custom metrics API: path parsing, discovery documents, bodies, `Status` errors.
 //! - [`auth`]: delegated authentication (front proxy, client certificates, TokenReview) and
 //!   authorization (SubjectAccessReview), cached.
-//! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates), health and metrics listener.
+//! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates), health and metrics listener,
+//!   both behind one accept loop with connections, heads, idle time and HTTP/2 streams bounded.
 //! - [`telemetry`]: the adapter's own Prometheus metrics and logging set-up.
 //! - [`app`]: the composition root that wires the above together (`run`).
 //! - [`demo`]: the demo workload (`ws-demo`): a WebSocket service with an exact connection gauge,
