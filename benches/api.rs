@@ -111,6 +111,7 @@ fn seed() -> Seeded {
                     },
                 ],
                 total_milli: chat + echo,
+                stamped_ms: None,
             })],
         };
         assert!(store.record(&t.key, &t.uid, reading));

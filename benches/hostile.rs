@@ -76,6 +76,7 @@ fn seed() -> Arc<Store> {
                     milli: 5000,
                 }],
                 total_milli: 5000,
+                stamped_ms: None,
             })],
         };
         assert!(store.record(&t.key, &t.uid, reading));

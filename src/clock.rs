@@ -1,7 +1,9 @@
 //! The two clocks behind every value: the wall clock gives the `timestamp` the API reports, the
-//! monotonic clock decides ages, so a stepped wall clock (NTP correction, a VM resumed, an
-//! operator's `date -s`) can neither keep a dead pod's value alive past `--max-age` nor expire a
-//! fresh one.
+//! monotonic clock decides ages, so once a value is read a stepped wall clock (NTP correction, a
+//! VM resumed, an operator's `date -s`) can neither keep it alive past `--max-age` nor expire it.
+//! A value that carries its own wall-clock stamp (an exposition timestamp, a Prometheus sample)
+//! gets its starting age from the wall clock at the moment it is read; only that moment is
+//! exposed to a step.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -66,6 +68,16 @@ impl SampleTime {
     pub fn age(&self, now: Instant) -> Duration {
         self.age_at_read
             .saturating_add(now.saturating_duration_since(self.read_at))
+    }
+
+    /// A value read at the same moment as this one but carrying its own wall-clock stamp (see
+    /// [`SampleTime::stamped`]).
+    pub fn restamped(&self, stamped: SystemTime) -> Self {
+        let read = Moment {
+            wall: self.wall + self.age_at_read,
+            mono: self.read_at,
+        };
+        Self::stamped(stamped, read)
     }
 
     /// The moment at which this sample is `age` old (the wall clock assumed not to step): for

@@ -113,13 +113,16 @@ pub struct FamilyReading {
     pub series: Vec<Series>,
     /// Sum of all series. Unit: milli-units.
     pub total_milli: i64,
+    /// Oldest exposition timestamp written on the family's series, if any carries one: the
+    /// family is as old as that. Unit: milliseconds since the Unix epoch.
+    pub stamped_ms: Option<i64>,
 }
 
 /// One successful scrape of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
-    /// When the values were sampled: the scrape's read time, or the oldest exposition timestamp
-    /// of the kept samples when they carry one. Its wall part is the time reported to the HPA.
+    /// When the scrape's response was read. Its wall part is the time reported to the HPA for a
+    /// family whose series carry no exposition timestamp ([`FamilyReading::stamped_ms`]).
     pub time: SampleTime,
     /// Indexed like [`MetricCatalog::families`]; `None` where the pod does not expose the family.
     pub families: Vec<Option<FamilyReading>>,
@@ -265,8 +268,9 @@ pub struct ScrapeJob {
 /// Why a namespace total could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TotalError {
-    /// Discovery has seen no pod at all in the namespace: it does not exist (or is empty, and
-    /// then there is nothing to scale either), so its total is not served as a zero.
+    /// No pod is tracked in the namespace and discovery saw none there either (in cluster mode,
+    /// no pod at all, opted in or not; in static mode, the file names none): it does not exist
+    /// (or is empty, and then there is nothing to scale either), so its total is not a zero.
     #[error("namespaces \"{namespace}\" not found")]
     UnknownNamespace {
         /// Namespace asked for.
@@ -496,6 +500,28 @@ impl Store {
         (reading.time.age(now) <= self.max_age).then_some(reading)
     }
 
+    /// The family's value in the entry's reading, with its sample time, if that time is at most
+    /// `max_age` old: the read time, or the oldest exposition timestamp of the family's series
+    /// when they carry one (each family is aged on its own, as Prometheus ages each series).
+    fn fresh_value(
+        &self,
+        entry: &PodEntry,
+        family: usize,
+        series_selector: &Selector,
+        now: Instant,
+    ) -> Option<(i64, SampleTime)> {
+        let reading = entry.reading.as_deref()?;
+        let fam = reading.families.get(family)?.as_ref()?;
+        let time = match fam.stamped_ms {
+            Some(ms) => reading.time.restamped(epoch_ms(ms)),
+            None => reading.time,
+        };
+        if time.age(now) > self.max_age {
+            return None;
+        }
+        Some((family_value(reading, family, series_selector)?, time))
+    }
+
     /// Every pod of `namespace` matching `pod_selector` that has a fresh value for the family at
     /// `family`, with that value filtered by `series_selector` and summed. Sorted by name.
     pub fn pods_matching(
@@ -514,12 +540,11 @@ impl Store {
             if !pod_selector.matches_map(&e.labels) {
                 return None;
             }
-            let reading = self.fresh(e, now.mono)?;
-            let milli = family_value(reading, family, series_selector)?;
+            let (milli, time) = self.fresh_value(e, family, series_selector, now.mono)?;
             Some(PodValue {
                 name: name.to_owned(),
                 milli,
-                time: reading.time,
+                time,
             })
         };
         match ns.candidates(pod_selector) {
@@ -547,12 +572,11 @@ impl Store {
     ) -> Option<PodValue> {
         let inner = self.read();
         let entry = inner.pods.get(&key.namespace)?.pods.get(&key.name)?;
-        let reading = self.fresh(entry, now.mono)?;
-        let milli = family_value(reading, family, series_selector)?;
+        let (milli, time) = self.fresh_value(entry, family, series_selector, now.mono)?;
         Some(PodValue {
             name: key.name.clone(),
             milli,
-            time: reading.time,
+            time,
         })
     }
 
@@ -561,7 +585,9 @@ impl Store {
     /// the end of the last round when the namespace has no pods).
     ///
     /// # Errors
-    /// [`TotalError::IncompleteData`] when at least one pod has no fresh value for the family.
+    /// [`TotalError::IncompleteData`] when at least one pod has no fresh value for the family;
+    /// [`TotalError::UnknownNamespace`] when the namespace has no tracked pod and discovery
+    /// reports namespaces but not this one.
     pub fn namespace_total(
         &self,
         namespace: &str,
@@ -582,9 +608,7 @@ impl Store {
         }
         let count = pods.map_or(0, BTreeMap::len);
         for entry in pods.into_iter().flat_map(BTreeMap::values) {
-            let value = self
-                .fresh(entry, now.mono)
-                .and_then(|r| family_value(r, family, series_selector).map(|v| (v, r.time)));
+            let value = self.fresh_value(entry, family, series_selector, now.mono);
             match value {
                 Some((v, t)) => {
                     sum = sum.saturating_add(v);
@@ -629,6 +653,17 @@ impl Store {
         }
     }
 
+    /// Whether `namespace` is known: it has a tracked pod, discovery saw a pod in it, or discovery
+    /// reports no namespaces at all.
+    pub fn namespace_known(&self, namespace: &str) -> bool {
+        let inner = self.read();
+        inner.pods.contains_key(namespace)
+            || inner
+                .namespaces_seen
+                .as_ref()
+                .is_none_or(|seen| seen.contains_key(namespace))
+    }
+
     /// Whether the pod is tracked.
     pub fn has_pod(&self, key: &PodKey) -> bool {
         self.read()
@@ -652,6 +687,11 @@ impl Store {
         }
         (fresh, stale)
     }
+}
+
+/// A Unix time in milliseconds; before 1970 is the epoch (as stale).
+fn epoch_ms(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// Value of a family in a reading: the sum of its series matching `series_selector`. `None` when
@@ -695,8 +735,9 @@ pub enum SampleError {
 pub struct ScrapedFamilies {
     /// Indexed like [`MetricCatalog::families`]; `None` where the pod does not expose the family.
     pub families: Vec<Option<FamilyReading>>,
-    /// Oldest timestamp written on a kept sample, if any carries one. Unit: milliseconds since
-    /// the Unix epoch. Honoured for the value's age: a sample stamped long ago is stale.
+    /// Oldest timestamp written on a kept sample of any wanted family, if one carries one. Unit:
+    /// milliseconds since the Unix epoch. (Each family's own is in
+    /// [`FamilyReading::stamped_ms`], which is what ages it.)
     pub oldest_timestamp_ms: Option<i64>,
 }
 
@@ -736,10 +777,11 @@ pub fn readings_from_samples(
                 labels,
             });
         }
+        let fam = out[idx].get_or_insert_with(FamilyReading::default);
         if let Some(ts) = s.timestamp_ms {
             oldest_timestamp_ms = Some(oldest_timestamp_ms.map_or(ts, |o| o.min(ts)));
+            fam.stamped_ms = Some(fam.stamped_ms.map_or(ts, |o| o.min(ts)));
         }
-        let fam = out[idx].get_or_insert_with(FamilyReading::default);
         fam.total_milli = fam.total_milli.checked_add(milli).ok_or_else(unservable)?;
         fam.series.push(Series {
             labels: s.labels.clone(),
@@ -789,6 +831,7 @@ mod tests {
             families: vec![Some(FamilyReading {
                 series,
                 total_milli,
+                stamped_ms: None,
             })],
         }
     }
@@ -846,6 +889,58 @@ mod tests {
             store.namespace_total("tracked", 0, &all, now),
             Err(TotalError::IncompleteData { .. })
         ));
+    }
+
+    #[test]
+    fn each_family_is_aged_by_its_own_exposition_timestamps() {
+        let catalog = MetricCatalog::new(vec![
+            MetricMapping {
+                served: "fresh".into(),
+                family: "a".into(),
+            },
+            MetricMapping {
+                served: "stale".into(),
+                family: "b".into(),
+            },
+        ]);
+        let store = Store::new(catalog.clone(), Duration::from_secs(3));
+        store.upsert(target("ns", "p", "u1", "ws"));
+        let at = Moment::now();
+        let wall_ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0)
+        };
+        let text = format!(
+            "a 5 {}\nb{{x=\"1\"}} 7 {}\nb{{x=\"2\"}} 1 1000\n",
+            wall_ms(at.wall),
+            wall_ms(at.wall)
+        );
+        let samples = crate::exposition::parse(&text).expect("valid");
+        let scraped = readings_from_samples(&catalog, &samples, |_| false).expect("servable");
+        assert!(store.record(
+            &key("ns", "p"),
+            "u1",
+            Reading {
+                time: SampleTime::read_at(at),
+                families: scraped.families,
+            }
+        ));
+        let all = Selector::everything();
+        // `a` is stamped now: served. `b` has one series stamped 1970: the whole family is left
+        // out (never the sum of its fresh series alone), and it does not drag `a` with it.
+        assert_eq!(
+            store
+                .pod_value(&key("ns", "p"), 0, &all, at)
+                .map(|v| v.milli),
+            Some(5000)
+        );
+        assert_eq!(store.pod_value(&key("ns", "p"), 1, &all, at), None);
+        assert!(store.namespace_total("ns", 1, &all, at).is_err());
+        assert_eq!(
+            store.namespace_total("ns", 0, &all, at).map(|t| t.0),
+            Ok(5000)
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn family(series: Vec<Series>) -> Option<FamilyReading> {
     Some(FamilyReading {
         series,
         total_milli,
+        stamped_ms: None,
     })
 }
 

@@ -185,7 +185,9 @@ impl Collector {
         // hyper fails a short `Content-Length` body or a chunked one without its last chunk, and
         // a close-delimited one on a reset or a TCP close without TLS `close_notify`; a
         // close-delimited body that ended cleanly still has to look whole (see `body`).
-        let close_delimited = body::is_close_delimited(resp.headers());
+        // 204 and 304 have no body at all (RFC 9110 §15.3.5, §15.4.5): nothing to cut.
+        let bodyless = matches!(resp.status().as_u16(), 204 | 304);
+        let close_delimited = !bodyless && body::is_close_delimited(resp.headers());
         let openmetrics = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -230,14 +232,8 @@ impl Collector {
                 tracing::debug!(url, error = %e, "metrics body not servable");
                 ScrapeOutcome::Unparseable
             })?;
-        let time = match scraped.oldest_timestamp_ms {
-            // A negative stamp is before 1970: as stale as the epoch.
-            Some(ms) => SampleTime::stamped(
-                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
-                at,
-            ),
-            None => SampleTime::read_at(at),
-        };
+        // Families whose series carry timestamps are aged by them (`FamilyReading::stamped_ms`).
+        let time = SampleTime::read_at(at);
         Ok(Reading {
             time,
             families: scraped.families,

@@ -222,23 +222,29 @@ impl Inventory {
                 let targets = self.relist.take().unwrap_or_default();
                 tracing::info!(pods = targets.len(), "pod watch synced");
                 self.seen = std::mem::take(&mut self.relist_seen);
+                // Pods first, then namespaces: a reader in between sees a namespace that just
+                // got its first tracked pod as incomplete (500), never as known and empty (0).
+                self.store.replace_all(targets);
                 self.store.set_namespaces_seen(
                     self.seen
                         .iter()
                         .map(|(ns, names)| (ns.clone(), names.len()))
                         .collect(),
                 );
-                self.store.replace_all(targets);
                 self.telemetry.inventory_event("relisted");
             }
             Event::Apply(pod) => {
-                if let Some((ns, n)) = Self::see(&mut self.seen, key_of(&pod)) {
+                let new = Self::see(&mut self.seen, key_of(&pod));
+                self.apply_one(pod);
+                if let Some((ns, n)) = new {
                     self.store.set_namespace_seen(&ns, n);
                 }
-                self.apply_one(pod);
             }
             Event::Delete(pod) => {
                 let key = key_of(&pod);
+                if self.store.remove(&key) {
+                    self.telemetry.inventory_event("deleted");
+                }
                 if let Some(names) = self.seen.get_mut(&key.namespace)
                     && names.remove(&key.name)
                 {
@@ -247,9 +253,6 @@ impl Inventory {
                         self.seen.remove(&key.namespace);
                     }
                     self.store.set_namespace_seen(&key.namespace, n);
-                }
-                if self.store.remove(&key) {
-                    self.telemetry.inventory_event("deleted");
                 }
             }
         }

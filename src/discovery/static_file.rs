@@ -353,7 +353,11 @@ impl Reloader {
     }
 
     fn problem(&mut self, e: Error) -> Decision {
-        self.pending = None;
+        if self.pending.take().is_some() {
+            // The postponed list is dropped: read the file afresh at the next look, or the
+            // fingerprint it left would make that look "unchanged" and lose it for good.
+            self.last = None;
+        }
         let text = e.to_string();
         if self.last_problem.as_deref() == Some(text.as_str()) {
             return Decision::Keep;
@@ -624,6 +628,33 @@ mod tests {
             matches!(r.on_look(Look::Changed(fp(4), Ok(targets(5)))), Decision::Apply(t) if t.len() == 5),
             "the writer finished: the full list, not the cut one"
         );
+    }
+
+    #[test]
+    fn a_postponed_shrink_is_not_lost_when_one_look_fails() {
+        let mut r = Reloader {
+            applied: 10,
+            ..Reloader::default()
+        };
+        assert!(matches!(
+            r.on_look(Look::Changed(fp(1), Ok(targets(2)))),
+            Decision::Keep
+        ));
+        let gone = Error::ReadFailed {
+            path: p().to_owned(),
+            source: std::io::Error::other("transient"),
+        };
+        assert!(matches!(
+            r.on_look(Look::Unusable(None, gone)),
+            Decision::Report(_)
+        ));
+        // The next look must read the file again (no fingerprint to call it unchanged).
+        assert_eq!(r.last, None);
+        assert!(matches!(
+            r.on_look(Look::Changed(fp(1), Ok(targets(2)))),
+            Decision::Keep
+        ));
+        assert!(matches!(r.on_look(Look::Unchanged), Decision::Apply(t) if t.len() == 2));
     }
 
     #[test]

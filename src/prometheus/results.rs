@@ -157,12 +157,13 @@ pub struct Dropped {
     pub unservable: usize,
 }
 
+/// A Prometheus sample time (Unix seconds) as a `SystemTime`; anything unusable (NaN, negative,
+/// too large to represent) is the epoch, so it counts as stale, never as fresh, and never panics.
 fn system_time(secs: f64) -> SystemTime {
-    if secs.is_finite() && secs > 0.0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
-    } else {
-        SystemTime::UNIX_EPOCH
-    }
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 impl Table {
@@ -455,6 +456,11 @@ impl Results {
         match (served.values, objects) {
             (Values::PodSum(_), Objects::One { name, .. }) => {
                 let pods = store.pod_names(name, &Selector::everything());
+                if pods.is_empty() && !store.namespace_known(name) {
+                    return Err(ReadError::NotFound(format!(
+                        "namespaces \"{name}\" not found"
+                    )));
+                }
                 let mut sum = 0i64;
                 let mut oldest: Option<SampleTime> = None;
                 let mut missing = 0;
@@ -907,6 +913,36 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_the_inventory_does_not_know_is_not_found_not_zero() {
+        let s = store(&[("chat", "ws-0", "ws")]);
+        s.set_namespaces_seen([("chat".to_owned(), 1), ("quiet".to_owned(), 2)].into());
+        let r = mapping_results(vec![sample(
+            &[("namespace", "chat"), ("pod", "ws-0")],
+            4.0,
+            T0,
+        )]);
+        let total = |name: &str| {
+            r.read(
+                &s,
+                rules::namespaces(),
+                "websocket_connections",
+                Objects::One {
+                    namespace: "",
+                    name,
+                },
+                &Selector::everything(),
+                at(T0 + 1),
+            )
+        };
+        assert!(
+            matches!(total("ghost"), Err(ReadError::NotFound(m)) if m.contains("\"ghost\" not found"))
+        );
+        // Known, no tracked pod: a true zero.
+        assert_eq!(total("quiet").map(|items| items[0].milli), Ok(0));
+        assert_eq!(total("chat").map(|items| items[0].milli), Ok(4000));
+    }
+
+    #[test]
     fn a_failed_query_is_unavailable_never_zero() {
         let template =
             crate::prometheus::template::Template::parse("sum by (<<.GroupBy>>) (<<.Series>>)")
@@ -1015,6 +1051,17 @@ mod tests {
         assert!(
             matches!(&refused, Err(ReadError::BadRequest(m)) if m.contains("region") && m.contains("route")),
             "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn hostile_sample_times_are_stale_not_a_panic() {
+        for secs in [f64::NAN, -1.0, 1e20, f64::INFINITY, f64::MAX] {
+            assert_eq!(system_time(secs), SystemTime::UNIX_EPOCH, "{secs}");
+        }
+        assert_eq!(
+            system_time(1.5),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1500)
         );
     }
 

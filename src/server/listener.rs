@@ -3,9 +3,11 @@
 //! (size and time), idle connections, HTTP/2 streams and windows, and accept errors (backed off,
 //! logged at a rate).
 //!
-//! "Unproven" means the connection has not yet been answered anything but 401: slow heads, idle
-//! TLS and unauthenticated floods are what gets evicted at the cap, never a reader that already
-//! got its metrics (the aggregator keeps such connections open and reuses them).
+//! "Proven" means the connection got a successful answer from the API under `/apis` (which, in
+//! cluster mode, only an authenticated and authorized caller gets): slow heads, idle TLS,
+//! unauthenticated or unauthorized floods and health probes are what gets evicted at the cap,
+//! never a reader that already got its metrics (the aggregator keeps such connections open and
+//! reuses them). The health listener has no proven connections: at its cap the oldest goes.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,9 +35,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Flags of the listener limits (both listeners).
 #[derive(Debug, Clone, Args)]
 pub struct ListenerArgs {
-    /// Connections open at once on each listener. At the cap, the oldest connection that has
-    /// not yet been answered (or only with 401) is closed to make room; when every connection
-    /// has been answered, new ones wait in the kernel's backlog.
+    /// Connections open at once on each listener. At the cap, the oldest connection that has not
+    /// yet had a successful API answer is closed to make room (on the health listener, the oldest
+    /// connection); when every slot holds such a reader, new ones wait in the kernel's backlog.
     #[arg(
         long,
         env = "WS_METRICS_ADAPTER_MAX_CONNECTIONS",
@@ -76,6 +78,9 @@ pub struct ListenerArgs {
     pub http2_max_streams_per_connection: u32,
 }
 
+/// Largest accepted --max-connections: far above the 20,000 file descriptors a process gets here,
+/// far below tokio's semaphore limit.
+const MAX_CONNECTIONS: usize = 1_000_000;
 /// Smallest accepted --max-request-header-bytes: hyper's smallest read buffer.
 const MIN_HEADER_BYTES: usize = 8 * 1024;
 /// Largest accepted --max-request-header-bytes: Go's `http.DefaultMaxHeaderBytes`.
@@ -121,8 +126,11 @@ impl Default for Limits {
 impl ListenerArgs {
     /// The limits, with every problem pushed to `problems`.
     pub fn limits(&self, problems: &mut Vec<String>) -> Limits {
-        if self.max_connections == 0 {
-            problems.push("--max-connections must be at least 1".into());
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            problems.push(format!(
+                "--max-connections must be between 1 and {MAX_CONNECTIONS}, got {}",
+                self.max_connections
+            ));
         }
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_request_header_bytes) {
             problems.push(format!(
@@ -144,7 +152,7 @@ impl ListenerArgs {
             problems.push("--http2-max-streams-per-connection must be at least 1".into());
         }
         Limits {
-            max_connections: self.max_connections.max(1),
+            max_connections: self.max_connections.clamp(1, MAX_CONNECTIONS),
             max_header_bytes: self
                 .max_request_header_bytes
                 .clamp(MIN_HEADER_BYTES, MAX_HEADER_BYTES),
@@ -164,7 +172,7 @@ struct ConnState {
     /// Milliseconds since `opened` of the last request start or end.
     last_activity_ms: AtomicU64,
     in_flight: AtomicUsize,
-    /// Some request got an answer other than 401: the peer is a real client.
+    /// Some request got a successful answer from the API: the peer is a real, authorized reader.
     proven: AtomicBool,
     /// Set when the connection is to be closed (eviction).
     close: Notify,
@@ -183,18 +191,18 @@ impl ConnState {
 
     fn touch(&self) {
         let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        self.last_activity_ms.store(ms, Ordering::SeqCst);
     }
 
     /// When the watchdog must look again, or `None` when the connection is to be closed now.
     fn next_check(&self, limits: &Limits, now: Instant) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
             return Some(now + limits.idle_timeout.min(limits.header_timeout));
         }
         let last =
-            self.opened + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+            self.opened + Duration::from_millis(self.last_activity_ms.load(Ordering::SeqCst));
         // Before any request: the handshake and the first head get --request-header-timeout.
-        let allowed = if self.proven.load(Ordering::Relaxed) || last > self.opened {
+        let allowed = if self.proven.load(Ordering::SeqCst) || last > self.opened {
             limits.idle_timeout
         } else {
             limits.header_timeout
@@ -221,10 +229,17 @@ impl Registry {
     fn evict_oldest_unproven(&self) -> bool {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.retain(|w| w.strong_count() > 0);
-        let victim = conns.iter().position(|w| {
-            w.upgrade()
-                .is_some_and(|c| !c.proven.load(Ordering::Relaxed))
-        });
+        // An unproven connection with no request in flight first (a slow head, idle TLS); one
+        // that is being answered only when there is no other.
+        let unproven = |idle_only: bool| {
+            conns.iter().position(|w| {
+                w.upgrade().is_some_and(|c| {
+                    !c.proven.load(Ordering::SeqCst)
+                        && (!idle_only || c.in_flight.load(Ordering::SeqCst) == 0)
+                })
+            })
+        };
+        let victim = unproven(true).or_else(|| unproven(false));
         match victim {
             Some(i) => {
                 if let Some(c) = conns.remove(i).upgrade() {
@@ -288,15 +303,27 @@ impl AcceptErrorLog {
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) within `limits` until `shutdown`
 /// resolves, then lets in-flight requests finish for up to `grace`.
+/// What a listener serves: its name in logs, TLS or plain, and whether a successful API read
+/// proves a connection (the API listener; never the health listener).
+pub(crate) struct Endpoint {
+    pub(crate) name: &'static str,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) proves_readers: bool,
+}
+
 pub(crate) async fn serve(
-    name: &'static str,
+    endpoint: Endpoint,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
     app: Router,
     limits: Limits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Endpoint {
+        name,
+        tls,
+        proves_readers,
+    } = endpoint;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -366,7 +393,7 @@ pub(crate) async fn serve(
                 () = &mut watchdog => {
                     tracing::debug!(%peer, listener = name, "connection closed by a limit");
                 }
-                () = serve_one(stream, peer, tls, app, &builder, watcher, state.clone(), limits) => {}
+                () = serve_one(stream, peer, tls, proves_readers, app, &builder, watcher, state.clone(), limits) => {}
             }
         });
     }
@@ -395,7 +422,7 @@ struct InFlight(Arc<ConnState>);
 
 impl InFlight {
     fn start(state: &Arc<ConnState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
         state.touch();
         Self(state.clone())
     }
@@ -404,7 +431,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -413,6 +440,7 @@ async fn serve_one(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     tls: Option<TlsAcceptor>,
+    proves_readers: bool,
     app: Router,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -426,11 +454,16 @@ async fn serve_one(
             let app = app.clone();
             let state = state.clone();
             async move {
+                // Only a successful read of the API proves a reader: behind authentication and
+                // authorization in cluster mode. Health paths, errors and 401/403 do not, so
+                // callers without credentials cannot hold slots that eviction spares.
+                let reads_api = proves_readers && req.uri().path().starts_with("/apis");
                 let resp = app.oneshot(req.map(axum::body::Body::new)).await;
-                if let Ok(r) = &resp
-                    && r.status() != http::StatusCode::UNAUTHORIZED
+                if reads_api
+                    && let Ok(r) = &resp
+                    && r.status().is_success()
                 {
-                    state.proven.store(true, Ordering::Relaxed);
+                    state.proven.store(true, Ordering::SeqCst);
                 }
                 drop(guard);
                 resp
@@ -500,12 +533,12 @@ mod tests {
             Some(now + Duration::from_secs(10))
         );
         assert_eq!(s.next_check(&limits, now + Duration::from_secs(10)), None);
-        s.proven.store(true, Ordering::Relaxed);
+        s.proven.store(true, Ordering::SeqCst);
         assert_eq!(
             s.next_check(&limits, now),
             Some(now + Duration::from_secs(90))
         );
-        s.in_flight.store(1, Ordering::Relaxed);
+        s.in_flight.store(1, Ordering::SeqCst);
         assert!(
             s.next_check(&limits, now + Duration::from_secs(1000))
                 .is_some()
@@ -518,7 +551,7 @@ mod tests {
         let a = Arc::new(ConnState::new());
         let b = Arc::new(ConnState::new());
         let c = Arc::new(ConnState::new());
-        a.proven.store(true, Ordering::Relaxed);
+        a.proven.store(true, Ordering::SeqCst);
         for s in [&a, &b, &c] {
             r.add(s);
         }
@@ -538,9 +571,32 @@ mod tests {
     }
 
     #[test]
+    fn eviction_spares_a_connection_being_answered_while_an_idle_one_exists() {
+        let r = Registry::default();
+        let busy = Arc::new(ConnState::new());
+        let idle = Arc::new(ConnState::new());
+        busy.in_flight.store(1, Ordering::SeqCst);
+        r.add(&busy);
+        r.add(&idle);
+        assert!(r.evict_oldest_unproven());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), idle.close.notified())
+                .await
+                .expect("the idle one is evicted first");
+        });
+        // With no idle one left, the busy one goes.
+        assert!(r.evict_oldest_unproven());
+        assert!(!r.evict_oldest_unproven());
+    }
+
+    #[test]
     fn limits_are_validated_together() {
         let args = ListenerArgs {
-            max_connections: 0,
+            max_connections: usize::MAX,
             max_request_header_bytes: 10,
             request_header_timeout: Duration::ZERO,
             idle_connection_timeout: Duration::from_secs(1),

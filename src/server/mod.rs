@@ -184,9 +184,12 @@ pub async fn serve_tls(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     listener::serve(
-        "api",
+        listener::Endpoint {
+            name: "api",
+            tls: Some(acceptor),
+            proves_readers: true,
+        },
         listener,
-        Some(acceptor),
         app,
         limits,
         grace,
@@ -203,9 +206,12 @@ pub async fn serve_plain(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     listener::serve(
-        "metrics",
+        listener::Endpoint {
+            name: "metrics",
+            tls: None,
+            proves_readers: false,
+        },
         listener,
-        None,
         app,
         limits,
         Duration::from_secs(1),
