@@ -545,6 +545,19 @@ mod tests {
         );
     }
 
+    /// The connection's watchdog would wake: `notify_one` left it a permit.
+    fn assert_told_to_close(state: &ConnState, what: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), state.close.notified())
+                .await
+                .unwrap_or_else(|_| panic!("{what} was not told to close"));
+        });
+    }
+
     #[test]
     fn eviction_takes_the_oldest_unproven_connection_and_spares_proven_ones() {
         let r = Registry::default();
@@ -556,16 +569,7 @@ mod tests {
             r.add(s);
         }
         assert!(r.evict_oldest_unproven());
-        // b was notified: its watchdog's `notified()` completes at once.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), b.close.notified())
-                .await
-                .expect("b evicted");
-        });
+        assert_told_to_close(&b, "b, the oldest unproven");
         assert!(r.evict_oldest_unproven(), "c is next");
         assert!(!r.evict_oldest_unproven(), "a is proven and stays");
     }
@@ -579,15 +583,7 @@ mod tests {
         r.add(&busy);
         r.add(&idle);
         assert!(r.evict_oldest_unproven());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), idle.close.notified())
-                .await
-                .expect("the idle one is evicted first");
-        });
+        assert_told_to_close(&idle, "the idle one, first");
         // With no idle one left, the busy one goes.
         assert!(r.evict_oldest_unproven());
         assert!(!r.evict_oldest_unproven());
