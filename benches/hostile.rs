@@ -280,13 +280,19 @@ fn connections(hostile: usize, n: usize) {
     let path =
         "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/%2A/websocket_connections";
     let mut reader = tls_stream(api, &cfg);
-    let mut baseline = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        assert_eq!(get(&mut reader, path), 200);
-        baseline.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
-    }
-    baseline.sort_unstable();
+    // `n` reads on the kept-alive connection, sorted latencies. Unit: ns.
+    let mut timed_reads = || {
+        let mut lat: Vec<u64> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(get(&mut reader, path), 200);
+                u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            })
+            .collect();
+        lat.sort_unstable();
+        lat
+    };
+    let baseline = timed_reads();
     let before = support::status_kib(&pid, "VmRSS");
     let big_line = format!("X-Big: {}\r\n", "a".repeat(1000));
     let mut held = Vec::with_capacity(hostile);
@@ -310,13 +316,7 @@ fn connections(hostile: usize, n: usize) {
         held.push(s);
     }
     let opened = started.elapsed();
-    let mut during = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        assert_eq!(get(&mut reader, path), 200);
-        during.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
-    }
-    during.sort_unstable();
+    let during = timed_reads();
     let with = support::status_kib(&pid, "VmRSS");
     let peak = support::status_kib(&pid, "VmHWM");
     println!("## (f) {hostile} hostile connections against the release binary");

@@ -730,18 +730,8 @@ pub enum SampleError {
     },
 }
 
-/// The wanted families of one scrape, and the oldest exposition timestamp among their samples.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScrapedFamilies {
-    /// Indexed like [`MetricCatalog::families`]; `None` where the pod does not expose the family.
-    pub families: Vec<Option<FamilyReading>>,
-    /// Oldest timestamp written on a kept sample of any wanted family, if one carries one. Unit:
-    /// milliseconds since the Unix epoch. (Each family's own is in
-    /// [`FamilyReading::stamped_ms`], which is what ages it.)
-    pub oldest_timestamp_ms: Option<i64>,
-}
-
-/// Builds the [`FamilyReading`]s of a scrape from parsed samples.
+/// Builds the [`FamilyReading`]s of a scrape from parsed samples, indexed like
+/// [`MetricCatalog::families`] (`None` where the pod does not expose the family).
 ///
 /// # Errors
 /// [`SampleError`] when a wanted family has an unservable value or a duplicate series: such a
@@ -750,7 +740,7 @@ pub fn readings_from_samples(
     catalog: &MetricCatalog,
     samples: &[crate::exposition::Sample],
     declared: impl Fn(&str) -> bool,
-) -> Result<ScrapedFamilies, SampleError> {
+) -> Result<Vec<Option<FamilyReading>>, SampleError> {
     let mut out: Vec<Option<FamilyReading>> = catalog
         .families()
         .iter()
@@ -758,7 +748,6 @@ pub fn readings_from_samples(
         .collect();
     let mut seen: Vec<std::collections::HashSet<Vec<(String, String)>>> =
         vec![std::collections::HashSet::new(); out.len()];
-    let mut oldest_timestamp_ms: Option<i64> = None;
     for s in samples {
         let Some(idx) = catalog.families().iter().position(|f| *f == s.name) else {
             continue;
@@ -767,19 +756,17 @@ pub fn readings_from_samples(
             family: s.name.clone(),
         };
         let milli = quantity::milli_from_f64(s.value).ok_or_else(unservable)?;
-        let mut key = s.labels.clone();
-        key.sort();
-        if !seen[idx].insert(key) {
-            let mut labels = s.labels.clone();
-            labels.sort();
+        let mut labels = s.labels.clone();
+        labels.sort();
+        if seen[idx].contains(&labels) {
             return Err(SampleError::DuplicateSeries {
                 family: s.name.clone(),
                 labels,
             });
         }
+        seen[idx].insert(labels);
         let fam = out[idx].get_or_insert_with(FamilyReading::default);
         if let Some(ts) = s.timestamp_ms {
-            oldest_timestamp_ms = Some(oldest_timestamp_ms.map_or(ts, |o| o.min(ts)));
             fam.stamped_ms = Some(fam.stamped_ms.map_or(ts, |o| o.min(ts)));
         }
         fam.total_milli = fam.total_milli.checked_add(milli).ok_or_else(unservable)?;
@@ -788,10 +775,7 @@ pub fn readings_from_samples(
             milli,
         });
     }
-    Ok(ScrapedFamilies {
-        families: out,
-        oldest_timestamp_ms,
-    })
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -917,13 +901,13 @@ mod tests {
             wall_ms(at.wall)
         );
         let samples = crate::exposition::parse(&text).expect("valid");
-        let scraped = readings_from_samples(&catalog, &samples, |_| false).expect("servable");
+        let families = readings_from_samples(&catalog, &samples, |_| false).expect("servable");
         assert!(store.record(
             &key("ns", "p"),
             "u1",
             Reading {
                 time: SampleTime::read_at(at),
-                families: scraped.families,
+                families,
             }
         ));
         let all = Selector::everything();
@@ -995,8 +979,8 @@ mod tests {
         )
         .expect("valid text");
         let ok = readings_from_samples(&catalog(), &distinct, |_| false).expect("servable");
-        assert_eq!(ok.families[0].as_ref().map(|f| f.total_milli), Some(10_000));
-        assert_eq!(ok.oldest_timestamp_ms, None);
+        assert_eq!(ok[0].as_ref().map(|f| f.total_milli), Some(10_000));
+        assert_eq!(ok[0].as_ref().and_then(|f| f.stamped_ms), None);
     }
 
     #[test]
@@ -1006,7 +990,7 @@ mod tests {
         )
         .expect("valid text");
         let ok = readings_from_samples(&catalog(), &samples, |_| false).expect("servable");
-        assert_eq!(ok.oldest_timestamp_ms, Some(1000));
+        assert_eq!(ok[0].as_ref().and_then(|f| f.stamped_ms), Some(1000));
     }
 
     #[test]

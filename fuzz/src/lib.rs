@@ -238,11 +238,12 @@ pub fn exposition_target(input: &[u8]) {
     series.sort();
     let duplicate = series.windows(2).any(|w| w[0] == w[1]);
     match readings_from_samples(&catalog, &selected, |_| false) {
-        Ok(scraped) => {
+        Ok(families) => {
             assert!(!unservable, "a NaN or infinite value became a reading");
             assert!(!duplicate, "a duplicate series became a reading");
             let oldest = selected.iter().filter_map(|s| s.timestamp_ms).min();
-            assert_eq!(scraped.oldest_timestamp_ms, oldest, "oldest sample time");
+            let stamped = families[0].as_ref().and_then(|f| f.stamped_ms);
+            assert_eq!(stamped, oldest, "oldest sample time of the family");
         }
         // Else only a sum past the milli-unit range (which takes values far above 1e12: a
         // fuzz input holds at most a few thousand samples) may be refused.

@@ -227,17 +227,14 @@ impl Collector {
             ScrapeOutcome::Unparseable
         })?;
         let declared = |family: &str| declares_family(text, family);
-        let scraped =
+        let families =
             readings_from_samples(self.store.catalog(), &samples, declared).map_err(|e| {
                 tracing::debug!(url, error = %e, "metrics body not servable");
                 ScrapeOutcome::Unparseable
             })?;
         // Families whose series carry timestamps are aged by them (`FamilyReading::stamped_ms`).
         let time = SampleTime::read_at(at);
-        Ok(Reading {
-            time,
-            families: scraped.families,
-        })
+        Ok(Reading { time, families })
     }
 
     async fn scrape(&self, job: &ScrapeJob) -> ScrapeOutcome {
