@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Container images of the package's two binaries:
+# Container images of the workspace's two binaries (crates/ws-metrics-adapter, crates/ws-demo):
 #
 #   docker build -t ws-metrics-adapter:0.1.0 .                 # the adapter (default, last stage)
 #   docker build --target ws-demo -t ws-demo:0.1.0 .           # the demo WebSocket workload
@@ -8,14 +8,14 @@
 
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
-# The whole context minus .dockerignore: Cargo refuses to build when a target the manifest
-# declares (src/bin/*, [[bench]] under benches/, tests/) is missing, even one not being built.
+# The whole context minus .dockerignore: Cargo refuses to build when a workspace member or a
+# target a manifest declares ([[bench]] under benches/, tests/) is missing, even one not built.
 COPY . .
 # Cache mounts keep the crates.io download and the incremental target dir between builds;
 # the binaries are copied out of the cache in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --locked --release --bin ws-metrics-adapter --bin ws-demo \
+    cargo build --locked --release -p ws-metrics-adapter -p ws-demo \
     && install -D -m 0755 target/release/ws-metrics-adapter /out/ws-metrics-adapter \
     && install -D -m 0755 target/release/ws-demo /out/ws-demo
 

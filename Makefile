@@ -3,7 +3,7 @@
 
 # The main job: the whole loop on one machine, no cluster (demo pods, adapter over TLS, load, HPA view).
 demo:
-	cargo run --release --locked --bin ws-metrics-adapter -- demo
+	cargo run --release --locked -p ws-demo -- demo
 
 # Every test: formatting, lints, unit/router/wire/e2e tests (the control-plane tests included),
 # manifests, Dockerfile.
@@ -16,8 +16,10 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The workspace's default members: the adapter, the demo and the end-to-end harness. One cargo
+# invocation builds every binary before it runs any test (the harness runs them as processes).
 unit:
-	cargo test --locked --lib --bins --tests
+	cargo test --locked --workspace --exclude ws-metrics-adapter-fuzz --lib --bins --tests
 
 # Fuzz targets of the parsers that read network bytes (fuzz/: exposition, selector, path,
 # http_response). Not coverage-guided: the seed corpus, then seeded random mutations.
@@ -39,7 +41,7 @@ fuzz:
 		cargo run --locked -q --profile fuzz -p ws-metrics-adapter-fuzz -- $$t --seconds $(FUZZ_SECONDS) || exit 1; \
 	done
 
-# kube-apiserver, kube-controller-manager and etcd built from Go modules (tests/control_plane/go):
+# kube-apiserver, kube-controller-manager and etcd built from Go modules (crates/e2e/tests/control_plane/go):
 # about 10 minutes the first time on 2 cores, cached afterwards.
 control-plane-binaries:
 	./scripts/build-control-plane.sh
@@ -47,7 +49,8 @@ control-plane-binaries:
 # The adapter behind the real kube-aggregator, read by the real HPA controller; refreshes the
 # timelines in docs/ from target/control-plane/.
 control-plane: control-plane-binaries
-	cargo test --locked --test control_plane -- --nocapture
+	cargo build --locked --workspace --bins
+	cargo test --locked -p ws-e2e --test control_plane -- --nocapture
 	mkdir -p docs && cp target/control-plane/timeline-* docs/
 
 manifests:
@@ -58,7 +61,7 @@ dockerfile:
 
 # Benchmarks (release build; figures are printed, not asserted). See README "Performance".
 bench:
-	cargo bench --locked --bench api --bench collection --bench auth --bench hostile
+	cargo bench --locked -p ws-metrics-adapter --bench api --bench collection --bench auth --bench hostile
 
 fmt:
 	cargo fmt --all

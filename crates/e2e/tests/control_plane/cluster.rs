@@ -1,0 +1,672 @@
+//! A one-machine Kubernetes control plane for tests, on 127.0.0.1 only: etcd, kube-apiserver with
+//! the aggregation layer, kube-controller-manager (deployment, replicaset, HPA and serviceaccount
+//! controllers), the node agent standing in for a kubelet, and the adapter binary registered by
+//! APIService objects with a `caBundle`. The adapter runs with delegated authentication and
+//! authorization on (its own identity, bound to `system:auth-delegator` and the
+//! `extension-apiserver-authentication-reader` Role). Everything started is stopped by pid when the `Cluster`
+//! is dropped, pass or fail; on failure the logs (in a temp dir that is then kept) are printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+
+use crate::node_agent::NodeAgent;
+use crate::pki::{self, Ca};
+use crate::support::e2e::{free_port, require_tool};
+use crate::support::plain_get;
+
+/// Bearer tokens of the static token file (`token,user,uid,"groups"`). Tokens keep the harness
+/// simple; the identities are the ones a real cluster gives these components.
+const ADMIN_TOKEN: &str = "admin-token";
+const KCM_TOKEN: &str = "kcm-token";
+const ADAPTER_TOKEN: &str = "adapter-token";
+
+/// The Service (type ExternalName `localhost`) the APIService objects name; the adapter's serving
+/// certificate carries `ws-metrics-adapter.ws-metrics.svc`, the name the aggregator verifies.
+pub const ADAPTER_NAMESPACE: &str = "ws-metrics";
+const ADAPTER_SERVICE: &str = "ws-metrics-adapter";
+
+/// What differs between scenarios.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `--horizontal-pod-autoscaler-sync-period` of kube-controller-manager.
+    pub hpa_sync_period: Duration,
+    /// Extra flags for the adapter (`--max-age`, ...).
+    pub adapter_args: Vec<String>,
+    /// The adapter manages its serving CA (`--serving-ca-secret`) and sets the APIServices'
+    /// `caBundle` itself; they are registered without one. Otherwise it serves a certificate
+    /// from files and the harness writes the `caBundle`.
+    pub managed_ca: bool,
+}
+
+/// The Secret holding the adapter's CA with `Options::managed_ca`.
+pub const SERVING_CA_SECRET: &str = "ws-metrics-adapter-serving-ca";
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            hpa_sync_period: Duration::from_secs(1),
+            adapter_args: Vec::new(),
+            managed_ca: false,
+        }
+    }
+}
+
+/// A process of the cluster, its output in a log file.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running control plane with the adapter registered.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    daemons: Vec<Daemon>,
+    /// The cluster-admin kubeconfig (kubectl and the harness use it).
+    pub kubeconfig: PathBuf,
+    /// A client with cluster-admin rights.
+    pub client: Client,
+    /// The node agent: pods bound to its node run as `ws-demo` processes.
+    pub agent: NodeAgent,
+    /// The adapter's plain listener (`/readyz`, `/metrics`).
+    pub adapter_metrics: SocketAddr,
+    /// The adapter's HTTPS API, for calls that bypass kube-apiserver.
+    pub adapter_addr: SocketAddr,
+    /// kube-apiserver's address.
+    pub apiserver_addr: SocketAddr,
+    /// The CAs: kube-apiserver's serving and client CA (`--client-ca-file`), the front-proxy CA
+    /// and the adapter's serving CA.
+    pub pki: Pki,
+    started: Instant,
+}
+
+/// The CAs of a cluster, to sign more certificates in tests.
+pub struct Pki {
+    /// Serving CA of kube-apiserver and its `--client-ca-file`.
+    pub cluster_ca: Ca,
+    /// `--requestheader-client-ca-file`; signs kube-apiserver's front-proxy client certificate.
+    pub front_proxy_ca: Ca,
+    /// The adapter's serving CA (the APIService `caBundle`).
+    pub adapter_ca_pem: String,
+}
+
+/// Where the control-plane binaries are: builds them on first use (about 10 minutes on 2 cores;
+/// cached outside git afterwards). `None` when Go is missing outside CI (the test is skipped).
+pub fn binaries() -> Option<PathBuf> {
+    require_tool(
+        "go",
+        "install Go 1.26+ to build kube-apiserver, kube-controller-manager and etcd",
+    )?;
+    let script = crate::support::e2e::workspace_root().join("scripts/build-control-plane.sh");
+    // stderr passes through: the first build reports its progress there.
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({})",
+        script.display(),
+        out.status
+    );
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Some(PathBuf::from(dir))
+}
+
+fn spawn(dir: &Path, name: &'static str, program: &Path, args: &[String]) -> Daemon {
+    let log = dir.join("logs").join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log fd"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name} ({}): {e}", program.display()));
+    Daemon { name, child, log }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A kubeconfig for `server` trusting `ca`, authenticating with `token`.
+pub fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
+    crate::support::e2e::write_kubeconfig(path, server, Some(ca), Some(token));
+}
+
+impl Cluster {
+    /// Starts everything and waits until the APIService objects are Available. `None` when the
+    /// control-plane binaries cannot be had (Go missing outside CI).
+    pub async fn start(options: Options) -> Option<Self> {
+        let bin = tokio::task::spawn_blocking(binaries)
+            .await
+            .expect("build task")?;
+        ws_metrics_adapter::server::tls::install_provider();
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("ws-control-plane-")
+            .tempdir()
+            .expect("tempdir");
+        let d = &dir.path().to_owned();
+        std::fs::create_dir_all(d.join("logs")).expect("logs dir");
+        let pki_dir = d.join("pki");
+        std::fs::create_dir_all(&pki_dir).expect("pki dir");
+
+        // Certificates.
+        let cluster_ca = Ca::new("ws-test-cluster-ca");
+        let cluster_ca_file = cluster_ca.write(&pki_dir, "cluster-ca");
+        let apiserver = cluster_ca.leaf(
+            &pki_dir,
+            "apiserver",
+            "kube-apiserver",
+            &[],
+            &["localhost", "127.0.0.1", "kubernetes.default.svc"],
+            &[ServerAuth],
+        );
+        let front_proxy_ca = Ca::new("ws-test-front-proxy-ca");
+        let front_proxy_ca_file = front_proxy_ca.write(&pki_dir, "front-proxy-ca");
+        let front_proxy = front_proxy_ca.leaf(
+            &pki_dir,
+            "front-proxy-client",
+            "front-proxy-client",
+            &[],
+            &[],
+            &[ClientAuth],
+        );
+        let adapter_ca = Ca::new("ws-metrics-adapter-ca");
+        let adapter_tls = adapter_ca.leaf(
+            &pki_dir,
+            "adapter",
+            "ws-metrics-adapter",
+            &[],
+            &[
+                &format!("{ADAPTER_SERVICE}.{ADAPTER_NAMESPACE}.svc"),
+                "localhost",
+                "127.0.0.1",
+            ],
+            &[ServerAuth],
+        );
+        let sa_key = pki_dir.join("sa.key");
+        let sa_pub = pki_dir.join("sa.pub");
+        pki::write_signing_key(&sa_key, &sa_pub);
+        let tokens = d.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!(
+                "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
+                 {KCM_TOKEN},system:kube-controller-manager,kcm-uid\n\
+                 {ADAPTER_TOKEN},ws-metrics-adapter,adapter-uid\n"
+            ),
+        )
+        .expect("token file");
+
+        let mut daemons = Vec::new();
+
+        // etcd.
+        let etcd_client = free_port();
+        let etcd_peer = free_port();
+        daemons.push(spawn(
+            d,
+            "etcd",
+            &bin.join("etcd"),
+            &args(&[
+                "--name=test",
+                &format!("--data-dir={}", d.join("etcd").display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                &format!("--initial-cluster=test=http://127.0.0.1:{etcd_peer}"),
+                "--log-level=warn",
+                // A test cluster's data need not survive a power cut; fsync dominates on shared disks.
+                "--unsafe-no-fsync",
+            ]),
+        ));
+        let api_port = free_port();
+        let mut cluster = Self {
+            dir: Some(dir),
+            daemons,
+            kubeconfig: PathBuf::new(),
+            client: placeholder_client(),
+            agent: NodeAgent::inert(),
+            adapter_metrics: "127.0.0.1:0".parse().expect("addr"),
+            adapter_addr: "127.0.0.1:0".parse().expect("addr"),
+            apiserver_addr: format!("127.0.0.1:{api_port}").parse().expect("addr"),
+            pki: Pki {
+                cluster_ca,
+                front_proxy_ca,
+                adapter_ca_pem: adapter_ca.pem.clone(),
+            },
+            started,
+        };
+        let etcd_addr: SocketAddr = format!("127.0.0.1:{etcd_client}").parse().expect("addr");
+        cluster
+            .wait("etcd /health", Duration::from_secs(30), || async {
+                matches!(plain_get(etcd_addr, "/health").await, Ok((200, b)) if b.contains("true"))
+            })
+            .await;
+
+        // kube-apiserver with the aggregation layer: front-proxy client certificate, requestheader
+        // flags, RBAC, service-account keys.
+        let p = |path: &Path| path.display().to_string();
+        cluster.daemons.push(spawn(
+            d,
+            "kube-apiserver",
+            &bin.join("kube-apiserver"),
+            &args(&[
+                &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={api_port}"),
+                &format!("--tls-cert-file={}", p(&apiserver.cert)),
+                &format!("--tls-private-key-file={}", p(&apiserver.key)),
+                &format!("--client-ca-file={}", p(&cluster_ca_file)),
+                &format!("--token-auth-file={}", p(&tokens)),
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                &format!("--service-account-key-file={}", p(&sa_pub)),
+                &format!("--service-account-signing-key-file={}", p(&sa_key)),
+                "--service-cluster-ip-range=10.96.0.0/24",
+                &format!("--requestheader-client-ca-file={}", p(&front_proxy_ca_file)),
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                &format!("--proxy-client-cert-file={}", p(&front_proxy.cert)),
+                &format!("--proxy-client-key-file={}", p(&front_proxy.key)),
+                "--profiling=false",
+                "--v=1",
+            ]),
+        ));
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = d.join("admin.kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, &cluster_ca_file, ADMIN_TOKEN);
+        let kcm_kubeconfig = d.join("kcm.kubeconfig");
+        write_kubeconfig(&kcm_kubeconfig, &server, &cluster_ca_file, KCM_TOKEN);
+        let adapter_kubeconfig = d.join("adapter.kubeconfig");
+        write_kubeconfig(
+            &adapter_kubeconfig,
+            &server,
+            &cluster_ca_file,
+            ADAPTER_TOKEN,
+        );
+        cluster.kubeconfig = kubeconfig.clone();
+        let kc = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kube config");
+        cluster.client = Client::try_from(config).expect("kube client");
+        let client = cluster.client.clone();
+        cluster
+            .wait("kube-apiserver /readyz", Duration::from_secs(90), || {
+                let client = client.clone();
+                async move {
+                    let req = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .expect("request");
+                    client
+                        .request_text(req)
+                        .await
+                        .is_ok_and(|t| t.trim() == "ok")
+                }
+            })
+            .await;
+
+        // kube-controller-manager: only the controllers this test needs. With
+        // --use-service-account-credentials each controller calls the API as its own service
+        // account (the HPA as system:serviceaccount:kube-system:horizontal-pod-autoscaler), as in a
+        // kubeadm cluster.
+        cluster.daemons.push(spawn(
+            d,
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &args(&[
+                &format!("--kubeconfig={}", p(&kcm_kubeconfig)),
+                "--controllers=deployment-controller,replicaset-controller,horizontal-pod-autoscaler-controller,serviceaccount-controller",
+                "--use-service-account-credentials=true",
+                &format!(
+                    "--horizontal-pod-autoscaler-sync-period={}ms",
+                    options.hpa_sync_period.as_millis()
+                ),
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--v=2",
+            ]),
+        ));
+
+        // The node agent, then the adapter's RBAC and registration, then the adapter.
+        cluster.agent = NodeAgent::start(cluster.client.clone(), d.join("pods")).await;
+        let adapter_port = free_port();
+        cluster
+            .kubectl_apply(&rbac_and_registration(
+                (!options.managed_ca).then_some(adapter_ca.pem.as_str()),
+                adapter_port,
+            ))
+            .await;
+        start_adapter(
+            &mut cluster,
+            adapter_port,
+            &adapter_kubeconfig,
+            &adapter_tls,
+            &options,
+        );
+        let metrics = cluster.adapter_metrics;
+        cluster
+            .wait("adapter /readyz", Duration::from_secs(30), || async move {
+                matches!(plain_get(metrics, "/readyz").await, Ok((200, _)))
+            })
+            .await;
+        for version in ["v1beta2", "v1beta1"] {
+            let name = format!("{version}.custom.metrics.k8s.io");
+            let client = cluster.client.clone();
+            cluster
+                .wait(
+                    &format!("APIService {name} Available"),
+                    Duration::from_secs(60),
+                    || {
+                        let client = client.clone();
+                        let name = name.clone();
+                        async move { apiservice_available(&client, &name).await }
+                    },
+                )
+                .await;
+        }
+        // Pods need the namespace's default ServiceAccount (ServiceAccount admission).
+        let client = cluster.client.clone();
+        cluster
+            .wait(
+                "ServiceAccount default/default",
+                Duration::from_secs(30),
+                || {
+                    let client = client.clone();
+                    async move {
+                        let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                            kube::Api::namespaced(client, "default");
+                        api.get_opt("default").await.ok().flatten().is_some()
+                    }
+                },
+            )
+            .await;
+        eprintln!(
+            "control plane ready in {:.1} s (logs: {})",
+            cluster.started.elapsed().as_secs_f64(),
+            cluster.dir().join("logs").display()
+        );
+        Some(cluster)
+    }
+
+    /// The temp dir holding certificates, kubeconfigs and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("dir kept until drop").path()
+    }
+
+    /// Polls `ready` every 100 ms; on timeout panics (printing the logs through `Drop`).
+    pub async fn wait<F, Fut>(&self, what: &str, deadline: Duration, mut ready: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !ready().await {
+            for daemon in &self.daemons {
+                // A daemon that exited will not become ready; say which.
+                if exited(daemon) {
+                    panic!("{} exited while waiting for {what}", daemon.name);
+                }
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs kubectl against this cluster; returns (success, stdout, stderr).
+    pub async fn kubectl(&self, argv: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(argv);
+        let out = crate::support::e2e::run(cmd, "kubectl", Duration::from_secs(60)).await;
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `kubectl apply -f` of a YAML document set; panics when kubectl fails.
+    pub async fn kubectl_apply(&self, yaml: &str) {
+        let file = tempfile::NamedTempFile::new_in(self.dir()).expect("manifest file");
+        std::fs::write(file.path(), yaml).expect("write manifest");
+        let path = file.path().display().to_string();
+        let (ok, out, err) = self.kubectl(&["apply", "-f", &path]).await;
+        assert!(ok, "kubectl apply failed:\n{out}\n{err}\n---\n{yaml}");
+    }
+}
+
+/// Whether a daemon's process is gone (or a zombie). `Child::try_wait` would need `&mut`.
+fn exited(daemon: &Daemon) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.child.id()));
+    // The third field of /proc/PID/stat is the state; Z = exited, not yet reaped.
+    stat.map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+/// Starts the adapter binary with its HTTPS API on `port`, authenticating and authorizing callers
+/// with its own identity (`kubeconfig`).
+fn start_adapter(
+    cluster: &mut Cluster,
+    port: u16,
+    kubeconfig: &Path,
+    tls: &pki::Pair,
+    options: &Options,
+) {
+    let metrics_port = free_port();
+    cluster.adapter_metrics = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
+    cluster.adapter_addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut argv = args(&[
+        "serve",
+        &format!("--kubeconfig={}", kubeconfig.display()),
+        &format!("--authentication-kubeconfig={}", kubeconfig.display()),
+        &format!("--authorization-kubeconfig={}", kubeconfig.display()),
+        "--bind-address=127.0.0.1",
+        &format!("--secure-port={port}"),
+        &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
+    ]);
+    if options.managed_ca {
+        argv.push(format!(
+            "--serving-ca-secret={ADAPTER_NAMESPACE}/{SERVING_CA_SECRET}"
+        ));
+    } else {
+        argv.push(format!("--tls-cert-file={}", tls.cert.display()));
+        argv.push(format!("--tls-private-key-file={}", tls.key.display()));
+    }
+    argv.extend(options.adapter_args.iter().cloned());
+    let daemon = spawn(
+        cluster.dir(),
+        "ws-metrics-adapter",
+        &crate::support::e2e::bin("ws-metrics-adapter"),
+        &argv,
+    );
+    cluster.daemons.push(daemon);
+}
+
+/// What the adapter may read (pods) and do (TokenReview and SubjectAccessReview, read the
+/// front-proxy ConfigMap: spec §5.5), the Service the APIService objects name (ExternalName
+/// `localhost`: the aggregator dials the host name directly and skips the endpoints check), and
+/// the APIService objects for v1beta2 and v1beta1 with the adapter's CA as `caBundle` (without
+/// one when `ca_pem` is `None`: the adapter sets it), and what the adapter needs to manage its
+/// CA (its Secret, the two APIServices by name).
+fn rbac_and_registration(ca_pem: Option<&str>, port: u16) -> String {
+    use base64::Engine;
+    // `caBundle` is `[]byte`: base64 in JSON and YAML.
+    let ca_bundle = ca_pem.map_or(String::new(), |pem| {
+        format!(
+            "\n  caBundle: {}",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        )
+    });
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {ADAPTER_NAMESPACE}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: ws-metrics-adapter}}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: ws-metrics-adapter}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ws-metrics-adapter}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: ws-metrics-adapter-serving-ca, namespace: {ADAPTER_NAMESPACE}}}
+rules:
+- {{apiGroups: [""], resources: [secrets], verbs: [create]}}
+- {{apiGroups: [""], resources: [secrets], resourceNames: [{SERVING_CA_SECRET}], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ws-metrics-adapter-serving-ca, namespace: {ADAPTER_NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: ws-metrics-adapter-serving-ca}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: ws-metrics-adapter-apiservices}}
+rules:
+- apiGroups: [apiregistration.k8s.io]
+  resources: [apiservices]
+  resourceNames: [v1beta2.custom.metrics.k8s.io, v1beta1.custom.metrics.k8s.io]
+  verbs: [get, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: ws-metrics-adapter-apiservices}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ws-metrics-adapter-apiservices}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: "ws-metrics-adapter:system:auth-delegator"}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ws-metrics-adapter-auth-reader, namespace: kube-system}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}}}
+spec:
+  type: ExternalName
+  externalName: localhost
+  ports:
+  - {{name: https, port: {port}, protocol: TCP}}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta2.custom.metrics.k8s.io}}
+spec:
+  group: custom.metrics.k8s.io
+  version: v1beta2
+  service: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}, port: {port}}}
+  groupPriorityMinimum: 100
+  versionPriority: 200{ca_bundle}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta1.custom.metrics.k8s.io}}
+spec:
+  group: custom.metrics.k8s.io
+  version: v1beta1
+  service: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}, port: {port}}}
+  groupPriorityMinimum: 100
+  versionPriority: 100{ca_bundle}
+"#
+    )
+}
+
+/// Whether the APIService `name` reports `Available=True`.
+pub async fn apiservice_available(client: &Client, name: &str) -> bool {
+    let req = http::Request::get(format!(
+        "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
+    ))
+    .body(Vec::new())
+    .expect("request");
+    let Ok(text) = client.request_text(req).await else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    v["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Available" && c["status"] == "True")
+}
+
+/// A client that is replaced before first use (the struct is built before the apiserver is up so
+/// that a failure while starting still stops what was started).
+fn placeholder_client() -> Client {
+    let config = kube::Config::new("https://127.0.0.1:1".parse().expect("uri"));
+    Client::try_from(config).expect("placeholder client")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agent.stop();
+        let failed = std::thread::panicking();
+        // Stop in reverse order of start, by pid.
+        for daemon in self.daemons.iter_mut().rev() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(daemon.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(daemon.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = daemon.child.kill();
+            let _ = daemon.child.wait();
+        }
+        if failed {
+            for daemon in &self.daemons {
+                let text = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "----- last {} lines of {} ({}) -----\n{}",
+                    tail.len(),
+                    daemon.name,
+                    daemon.log.display(),
+                    tail.join("\n")
+                );
+            }
+            if let Some(dir) = self.dir.take() {
+                eprintln!("control-plane files kept in {}", dir.keep().display());
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The node agent: a stand-in for a kubelet. It registers a Node and, for each pod bound to it,
+//! starts the real demo WebSocket server (`ws-demo serve`) as a process on a loopback address of
+//! its own (127.x.y.z, unique on the machine), reports the pod Running and Ready with that podIP,
+//! and, when the pod is deleted, stops the process (SIGTERM, drain) and removes the pod as a
+//! kubelet does.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::support::plain_get;
+
+/// The node the agent registers; pod templates bind to it with `nodeName`.
+pub const NODE_NAME: &str = "agent-0";
+/// The port every demo pod listens on (WebSocket routes, /metrics, /healthz).
+pub const POD_PORT: u16 = 8080;
+
+/// One pod the agent runs.
+pub struct PodProcess {
+    /// Pod name.
+    pub name: String,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// The pod's own loopback address.
+    pub ip: Ipv4Addr,
+    /// Reported Ready and not terminating: a Service would send it traffic.
+    pub ready: bool,
+    /// The `ws-demo serve` process, killed by pid when this is dropped.
+    process: Child,
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Sends `signal` to `pid` with the `kill` command.
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
+impl PodProcess {
+    /// Where the pod serves.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, POD_PORT))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// By `namespace/name`.
+    pods: BTreeMap<String, PodProcess>,
+}
+
+/// A loopback address no other process listens on at [`POD_PORT`]: every pod of every cluster on
+/// this machine (other test processes included) gets its own. Candidates run through
+/// 127.1.0.0–127.254.255.255 from a pid-derived start, skipping addresses in use.
+fn allocate_ip() -> Ipv4Addr {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 0x7F01_0000; // 127.1.0.0
+    const SPAN: u32 = 0x00FE_0000; // up to 127.254.255.255
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(4096) % SPAN));
+    loop {
+        let ip = Ipv4Addr::from(FIRST + next.fetch_add(1, Ordering::Relaxed) % SPAN);
+        let last = ip.octets()[3];
+        if last != 0 && last != 255 && std::net::TcpListener::bind((ip, POD_PORT)).is_ok() {
+            return ip;
+        }
+    }
+}
+
+/// Handle on the agent; stops every pod process when stopped or dropped.
+pub struct NodeAgent {
+    /// The pods the agent runs.
+    pub pods: Pods,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A shared view of the pods the agent runs.
+#[derive(Clone, Default)]
+pub struct Pods(Arc<Mutex<State>>);
+
+impl NodeAgent {
+    /// An agent that runs nothing (placeholder while the cluster starts).
+    pub fn inert() -> Self {
+        Self {
+            pods: Pods::default(),
+            task: None,
+        }
+    }
+
+    /// Registers the Node (Ready) and starts watching the pods bound to it. `logs` receives one
+    /// log file per pod process.
+    pub async fn start(client: Client, logs: PathBuf) -> Self {
+        std::fs::create_dir_all(&logs).expect("pod log dir");
+        register_node(&client).await;
+        let pods = Pods::default();
+        let task = tokio::spawn(run(client, pods.0.clone(), logs));
+        Self {
+            pods,
+            task: Some(task),
+        }
+    }
+
+    /// Stops watching and kills every pod process.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        // PodProcess kills its process by pid on drop.
+        self.pods.0.lock().expect("agent state").pods.clear();
+    }
+}
+
+impl Pods {
+    /// Addresses of the Ready, non-terminating pods whose labels include `key=value`, sorted by
+    /// pod name (what a Service with that selector would send traffic to).
+    pub fn endpoints(&self, key: &str, value: &str) -> Vec<SocketAddr> {
+        let state = self.0.lock().expect("agent state");
+        state
+            .pods
+            .values()
+            .filter(|p| p.ready && p.labels.get(key).is_some_and(|v| v == value))
+            .map(PodProcess::addr)
+            .collect()
+    }
+
+    /// `(pod name, address)` of every pod process, terminating ones included.
+    pub fn pods(&self) -> Vec<(String, SocketAddr)> {
+        let state = self.0.lock().expect("agent state");
+        state
+            .pods
+            .values()
+            .map(|p| (p.name.clone(), p.addr()))
+            .collect()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process of pod `name`.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let state = self.0.lock().expect("agent state");
+        let pod = state
+            .pods
+            .values()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod process for {name}"));
+        send_signal(pod.process.id(), signal);
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn register_node(client: &Client) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}},
+    }))
+    .expect("node object");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create Node");
+    let now = now_rfc3339();
+    let status = json!({"status": {
+        "conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "node agent is posting ready status",
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        }],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                      {"type": "Hostname", "address": NODE_NAME}],
+        "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+        "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+    }});
+    nodes
+        .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("Node status");
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("valid nanosecond")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format time")
+}
+
+fn key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+async fn run(client: Client, state: Arc<Mutex<State>>, logs: PathBuf) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={NODE_NAME}"));
+    let mut events = watcher(pods, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    terminate(&client, &state, &pod);
+                } else {
+                    start_if_new(&client, &state, &logs, &pod).await;
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                // Deleted without a grace period: kill at once.
+                state.lock().expect("agent state").pods.remove(&key(&pod));
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Err(e) => eprintln!("node agent: watch error (retrying): {e}"),
+        }
+    }
+}
+
+/// Starts the pod's process and reports it Running and Ready once its /healthz answers.
+async fn start_if_new(
+    client: &Client,
+    state: &Arc<Mutex<State>>,
+    logs: &std::path::Path,
+    pod: &Pod,
+) {
+    let key = key(pod);
+    if state.lock().expect("agent state").pods.contains_key(&key) {
+        return;
+    }
+    // Every 127/8 address is on the loopback interface.
+    let ip = allocate_ip();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let log = logs.join(format!("{namespace}_{name}.log"));
+    let file = std::fs::File::create(&log).expect("pod log file");
+    let process = Command::new(crate::support::e2e::bin("ws-demo"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("{ip}:{POD_PORT}"),
+            "--drain-grace",
+            "2s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log fd"))
+        .stderr(file)
+        .spawn()
+        .expect("starting ws-demo serve");
+    let addr = SocketAddr::from((ip, POD_PORT));
+    state.lock().expect("agent state").pods.insert(
+        key.clone(),
+        PodProcess {
+            name: name.clone(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ip,
+            ready: false,
+            process,
+        },
+    );
+    let started = Instant::now();
+    while !matches!(plain_get(addr, "/healthz").await, Ok((200, _))) {
+        let exited = match state.lock().expect("agent state").pods.get_mut(&key) {
+            Some(p) => !matches!(p.process.try_wait(), Ok(None)),
+            None => true,
+        };
+        if exited {
+            eprintln!("node agent: pod {key}'s process exited before answering /healthz");
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            eprintln!("node agent: pod {key} did not answer /healthz within 15 s");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = now_rfc3339();
+    let condition = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": now});
+    let container = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+        .unwrap_or_default();
+    let status = json!({"status": {
+        "phase": "Running",
+        "hostIP": "127.0.0.1",
+        "hostIPs": [{"ip": "127.0.0.1"}],
+        "podIP": ip.to_string(),
+        "podIPs": [{"ip": ip.to_string()}],
+        "startTime": now,
+        "conditions": [condition("PodScheduled"), condition("Initialized"),
+                       condition("ContainersReady"), condition("Ready")],
+        "containerStatuses": [{
+            "name": container.0, "image": container.1, "imageID": "",
+            "ready": true, "started": true, "restartCount": 0,
+            "state": {"running": {"startedAt": now}},
+        }],
+    }});
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+    {
+        Ok(_) => {
+            if let Some(p) = state.lock().expect("agent state").pods.get_mut(&key) {
+                p.ready = true;
+            }
+        }
+        Err(e) => eprintln!("node agent: reporting pod {key} Running failed: {e}"),
+    }
+}
+
+/// The pod is being deleted: stop sending it traffic, SIGTERM its process (the demo server drains
+/// its connections with close frames), then remove the pod object with grace 0 as a kubelet does
+/// once the containers are gone.
+fn terminate(client: &Client, state: &Arc<Mutex<State>>, pod: &Pod) {
+    let key = key(pod);
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    {
+        let mut s = state.lock().expect("agent state");
+        match s.pods.get_mut(&key) {
+            Some(p) if p.ready => {
+                p.ready = false;
+                send_signal(p.process.id(), "TERM");
+            }
+            Some(_) => return, // already terminating
+            None => {}
+        }
+    }
+    let client = client.clone();
+    let state = state.clone();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(u64::try_from(grace).unwrap_or(30));
+        loop {
+            let gone = {
+                let mut s = state.lock().expect("agent state");
+                match s.pods.get_mut(&key) {
+                    Some(p) => !matches!(p.process.try_wait(), Ok(None)),
+                    None => true,
+                }
+            };
+            if gone || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Past the grace period the process is killed (PodProcess's drop).
+        state.lock().expect("agent state").pods.remove(&key);
+        let api: Api<Pod> = Api::namespaced(client, &namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            // Already gone: a second event for the same deletion got here first.
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => eprintln!("node agent: final delete of {key} failed: {e}"),
+        }
+    });
+}

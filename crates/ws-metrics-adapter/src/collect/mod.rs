@@ -1,0 +1,377 @@
+//! Collection: every `--scrape-interval`, scrape each tracked pod's metrics endpoint (bounded
+//! concurrency, per-pod deadline, keep-alive reused), parse it, and record the wanted families in
+//! the [`Store`]. A failed scrape records nothing, so the pod keeps its last good value until
+//! `--max-age` and is then left out: it is never turned into a zero.
+//!
+//! Transports, picked by the URL's scheme: `http://` pods go through the lean HTTP/1.1 client of
+//! `http1` (one idle socket per pod between rounds, a pooled read buffer per scrape in flight);
+//! `https://` pods through hyper's pooled client with rustls. On the `http://` path a response
+//! that is not HTTP/1.x, has broken framing or an oversized head counts as `unparseable` (hyper
+//! reports those as `connect_error`); a connection that fails or ends early is a `connect_error`,
+//! and so is a body delimited only by the connection's close that does not look whole (see
+//! `body`: never a false zero or a cut number from a truncated body).
+
+mod body;
+mod http1;
+
+#[doc(hidden)]
+pub use http1::{DecodedResponse, decode_response};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::clock::{Moment, SampleTime};
+use crate::config::CollectConfig;
+use crate::exposition;
+use crate::server::Health;
+use crate::store::{PodKey, Reading, ScrapeJob, Store, readings_from_samples};
+use crate::telemetry::{ScrapeOutcome, Telemetry};
+
+/// Errors of building the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `--scrape-ca-file` could not be read or holds no certificate.
+    #[error("reading scrape CA file {path}: {reason}")]
+    CaFileUnreadable {
+        /// Path given.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Accept` of every scrape: the Prometheus text format first, then OpenMetrics.
+const ACCEPT: &str =
+    "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.8,*/*;q=0.1";
+/// `User-Agent` of every scrape.
+const USER_AGENT: &str = concat!("ws-metrics-adapter/", env!("CARGO_PKG_VERSION"));
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Pods scraped (attempted).
+    pub attempted: usize,
+    /// Scrapes recorded in the store.
+    pub recorded: usize,
+    /// Scrapes that failed, by outcome.
+    pub failed: HashMap<&'static str, usize>,
+}
+
+/// The scrape loop's state. Share it behind an `Arc`.
+pub struct Collector {
+    store: Arc<Store>,
+    telemetry: Arc<Telemetry>,
+    config: CollectConfig,
+    /// For `https://` pods.
+    client: HttpsClient,
+    /// For `http://` pods.
+    http1: http1::Client,
+    /// Last outcome per pod, to log transitions rather than every failure.
+    last_outcome: Mutex<HashMap<PodKey, ScrapeOutcome>>,
+}
+
+/// A rustls client config trusting the PEM bundle `ca_file`, or the webpki roots without one.
+///
+/// # Errors
+/// [`Error::CaFileUnreadable`] when the file cannot be read or holds no usable certificate.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let err = |reason: String| Error::CaFileUnreadable {
+                path: path.display().to_string(),
+                reason,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(err("no usable certificate in it".into()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Whether a (parsed, valid) body has a `# TYPE <family> …` line: a family declared with no
+/// samples is served as 0, a family never mentioned as absent. Token-wise, so `# HELP` text that
+/// quotes a TYPE line does not count. Label values cannot hold a raw newline, so every line that
+/// starts with `#` is a comment line.
+fn declares_family(text: &str, family: &str) -> bool {
+    text.lines().any(|line| {
+        let mut tokens = line.split_whitespace();
+        tokens.next() == Some("#") && tokens.next() == Some("TYPE") && tokens.next() == Some(family)
+    })
+}
+
+impl Collector {
+    /// Builds the HTTP clients (keep-alive, connect deadline) and the collector.
+    ///
+    /// # Errors
+    /// [`Error::CaFileUnreadable`] when `--scrape-ca-file` cannot be used.
+    pub fn new(
+        store: Arc<Store>,
+        telemetry: Arc<Telemetry>,
+        config: CollectConfig,
+    ) -> Result<Self> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.timeout));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(config.ca_file.as_deref())?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            // One request per pod per round: one idle connection per pod is all we reuse.
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(Duration::from_secs(90).max(config.interval * 3))
+            .build(connector);
+        Ok(Self {
+            store,
+            telemetry,
+            http1: http1::Client::new(config.max_body_bytes, config.concurrency),
+            config,
+            client,
+            last_outcome: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Reading, ScrapeOutcome> {
+        if http1::is_plain_http(url) {
+            let body = self.http1.get(url).await?;
+            self.reading(url, body.bytes(), Moment::now())
+        } else {
+            let body = self.fetch_hyper(url).await?;
+            self.reading(url, &body, Moment::now())
+        }
+    }
+
+    /// The body of `url` through hyper (used for `https://`).
+    async fn fetch_hyper(&self, url: &str) -> std::result::Result<Bytes, ScrapeOutcome> {
+        let req = http::Request::get(url)
+            .header(http::header::ACCEPT, ACCEPT)
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| ScrapeOutcome::ConnectError)?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            tracing::debug!(url, error = %e, "scrape request failed");
+            ScrapeOutcome::ConnectError
+        })?;
+        if !resp.status().is_success() {
+            return Err(ScrapeOutcome::BadStatus);
+        }
+        // hyper fails a short `Content-Length` body or a chunked one without its last chunk, and
+        // a close-delimited one on a reset or a TCP close without TLS `close_notify`; a
+        // close-delimited body that ended cleanly still has to look whole (see `body`).
+        // 204 and 304 have no body at all (RFC 9110 §15.3.5, §15.4.5): nothing to cut.
+        let bodyless = matches!(resp.status().as_u16(), 204 | 304);
+        let close_delimited = !bodyless && body::is_close_delimited(resp.headers());
+        let openmetrics = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|ct| body::is_openmetrics(ct.as_bytes()));
+        let bytes = Limited::new(resp.into_body(), self.config.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ScrapeOutcome::BodyTooLarge
+                } else {
+                    tracing::debug!(url, error = %e, "scrape body failed");
+                    ScrapeOutcome::ConnectError
+                }
+            })?
+            .to_bytes();
+        if close_delimited && !body::close_delimited_body_is_complete(&bytes, openmetrics) {
+            tracing::debug!(url, "close-delimited body cut short");
+            return Err(ScrapeOutcome::ConnectError);
+        }
+        Ok(bytes)
+    }
+
+    /// The reading in a scrape's body, read at `at`. Exposition timestamps on the kept samples
+    /// are honoured: the reading is as old as its oldest stamped sample.
+    fn reading(
+        &self,
+        url: &str,
+        body: &[u8],
+        at: Moment,
+    ) -> std::result::Result<Reading, ScrapeOutcome> {
+        let text = std::str::from_utf8(body).map_err(|_| ScrapeOutcome::Unparseable)?;
+        let families = self.store.catalog().families();
+        let samples = exposition::parse_selected(text, |name| families.iter().any(|f| f == name))
+            .map_err(|e| {
+            tracing::debug!(url, error = %e, "unparsable metrics body");
+            ScrapeOutcome::Unparseable
+        })?;
+        let declared = |family: &str| declares_family(text, family);
+        let families =
+            readings_from_samples(self.store.catalog(), &samples, declared).map_err(|e| {
+                tracing::debug!(url, error = %e, "metrics body not servable");
+                ScrapeOutcome::Unparseable
+            })?;
+        // Families whose series carry timestamps are aged by them (`FamilyReading::stamped_ms`).
+        let time = SampleTime::read_at(at);
+        Ok(Reading { time, families })
+    }
+
+    async fn scrape(&self, job: &ScrapeJob) -> ScrapeOutcome {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(self.config.timeout, self.fetch(&job.url)).await {
+            Err(_) => ScrapeOutcome::Timeout,
+            Ok(Err(outcome)) => outcome,
+            Ok(Ok(reading)) => {
+                if self.store.record(&job.key, &job.uid, reading) {
+                    ScrapeOutcome::Success
+                } else {
+                    ScrapeOutcome::Discarded
+                }
+            }
+        };
+        self.telemetry
+            .observe_scrape(outcome, started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    fn note_outcome(&self, job: &ScrapeJob, outcome: ScrapeOutcome) {
+        let mut last = self.last_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = last.insert(job.key.clone(), outcome);
+        if previous == Some(outcome) {
+            return;
+        }
+        let (ns, pod, url) = (&job.key.namespace, &job.key.name, &*job.url);
+        match outcome {
+            ScrapeOutcome::Success if previous.is_some() => {
+                tracing::info!(namespace = %ns, pod = %pod, url, "scrapes succeed again");
+            }
+            ScrapeOutcome::Success | ScrapeOutcome::Discarded => {}
+            failure => tracing::warn!(
+                namespace = %ns, pod = %pod, url, outcome = ?failure,
+                "scrape failed; the last good value is served until --max-age, then the pod is left out"
+            ),
+        }
+    }
+
+    /// Scrapes every tracked pod once and records the good readings. Slow pods hold only their
+    /// own slot: each scrape has its own deadline and results are recorded as they arrive.
+    pub async fn tick(&self) -> RoundReport {
+        let started = Instant::now();
+        let jobs = self.store.scrape_jobs();
+        let mut report = RoundReport {
+            attempted: jobs.len(),
+            ..RoundReport::default()
+        };
+        let live: HashSet<PodKey> = jobs.iter().map(|j| j.key.clone()).collect();
+        let live_urls: HashSet<Arc<str>> = jobs.iter().map(|j| j.url.clone()).collect();
+        let mut results = futures::stream::iter(jobs)
+            .map(|job| async move {
+                let outcome = self.scrape(&job).await;
+                (job, outcome)
+            })
+            .buffer_unordered(self.config.concurrency);
+        while let Some((job, outcome)) = results.next().await {
+            self.note_outcome(&job, outcome);
+            if outcome == ScrapeOutcome::Success {
+                report.recorded += 1;
+            } else {
+                *report.failed.entry(outcome.as_str()).or_default() += 1;
+            }
+        }
+        drop(results);
+        // Forget pods that are gone, so the outcome map does not grow without bound.
+        self.last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+        self.http1.retain(&live_urls);
+        let end = Moment::now();
+        self.store.round_finished(end);
+        let elapsed = started.elapsed();
+        let (fresh, stale) = self.store.freshness(end.mono);
+        self.telemetry.observe_round(
+            elapsed.as_secs_f64(),
+            elapsed > self.config.interval,
+            end.wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            report.attempted,
+            fresh,
+            stale,
+        );
+        report
+    }
+
+    /// Runs rounds every interval until `shutdown` resolves. Marks `health` as ticking at the
+    /// start of each round and collected after the first.
+    pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
+        every_interval(
+            self.config.interval,
+            &self.store,
+            &health,
+            shutdown,
+            || async {
+                let report = self.tick().await;
+                tracing::debug!(?report, "collection round");
+            },
+        )
+        .await;
+    }
+}
+
+/// The loop of a background source: a round every `interval` until `shutdown` resolves. Marks
+/// `health` as ticking at the start of each round and collected after each finished one; skips
+/// rounds until the pod inventory is synced, so "collected" means something. Shared by the scrape
+/// loop and the Prometheus source.
+pub(crate) async fn every_interval<F, Fut>(
+    interval: Duration,
+    store: &Store,
+    health: &Health,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(interval);
+    // A round that overran is followed by one right away, then the cadence resumes.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticker.tick() => {}
+        }
+        health.tick_started();
+        if !store.is_synced() {
+            continue;
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = round() => {}
+        }
+        health.round_finished();
+    }
+}

@@ -1,0 +1,916 @@
+//! Command-line flags (named after the Kubernetes apiserver's, each with a
+//! `WS_METRICS_ADAPTER_*` environment fallback) and their validation into a [`Config`], reporting
+//! every error at once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::MetricMapping;
+
+/// Default served metric and the family it sums.
+pub const DEFAULT_METRIC: &str = "websocket_connections=websocket_connections_active";
+
+/// Default annotation prefix for opting pods in.
+pub const DEFAULT_ANNOTATION_PREFIX: &str = "ws-metrics-adapter.io";
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "ws-metrics-adapter", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve custom.metrics.k8s.io from live per-pod connection counts.
+    Serve(Box<ServeArgs>),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `ws-metrics-adapter serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Port of the HTTPS API listener.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SECURE_PORT", default_value_t = 6443)]
+    pub secure_port: u16,
+
+    /// Address of the HTTPS API listener [default: 0.0.0.0; 127.0.0.1 with --static-pods].
+    #[arg(long, env = "WS_METRICS_ADAPTER_BIND_ADDRESS")]
+    pub bind_address: Option<IpAddr>,
+
+    /// PEM serving certificate (chain). Re-read when it changes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the serving certificate. Re-read when it changes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// Directory for a generated self-signed CA and serving certificate, used when no
+    /// --tls-cert-file is given (existing files there are reused).
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_CERT_DIR",
+        default_value = "/tmp/ws-metrics-adapter/certs"
+    )]
+    pub cert_dir: PathBuf,
+
+    /// Plain-HTTP listener for /livez, /readyz and the adapter's own /metrics.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_bind_address: SocketAddr,
+
+    /// Kubeconfig to reach the cluster (default: in-cluster config, then $KUBECONFIG, then
+    /// ~/.kube/config).
+    #[arg(long, env = "WS_METRICS_ADAPTER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Run without a cluster: the pods to scrape come from this YAML file
+    /// (`pods: [{namespace, name, labels, metricsUrl}]`), re-read when it changes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_STATIC_PODS")]
+    pub static_pods: Option<PathBuf>,
+
+    /// How often every pod is scraped (e.g. 500ms, 1s).
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub scrape_interval: Duration,
+
+    /// Deadline of one pod's scrape, connect to last byte; must not exceed --scrape-interval.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
+
+    /// Age after which a pod's last good value is no longer served [default: 3 × --scrape-interval].
+    #[arg(long, env = "WS_METRICS_ADAPTER_MAX_AGE", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+
+    /// Pods scraped at the same time at most.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_SCRAPE_CONCURRENCY",
+        default_value_t = 256
+    )]
+    pub scrape_concurrency: usize,
+
+    /// Largest metrics body read from a pod; a larger one fails that scrape. Unit: bytes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub scrape_max_body_bytes: usize,
+
+    /// CA bundle (PEM) that pods scraped over https must chain to [default: the webpki roots].
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_CA_FILE")]
+    pub scrape_ca_file: Option<PathBuf>,
+
+    /// A served metric and the exact Prometheus family summed for it, as SERVED=FAMILY.
+    /// Repeatable; replaces the default websocket_connections=websocket_connections_active.
+    #[arg(
+        long = "metric",
+        env = "WS_METRICS_ADAPTER_METRICS",
+        value_delimiter = ','
+    )]
+    pub metrics: Vec<String>,
+
+    /// Prefix of the pod annotations that opt a pod in (`<prefix>/scrape: "true"`, `/port`,
+    /// `/path`, `/scheme`).
+    #[arg(long, env = "WS_METRICS_ADAPTER_ANNOTATION_PREFIX", default_value = DEFAULT_ANNOTATION_PREFIX)]
+    pub annotation_prefix: String,
+
+    /// Serve the API in cluster mode WITHOUT authenticating or authorizing callers (turns the
+    /// delegated authentication below off). Anyone who can reach --secure-port can read every
+    /// metric.
+    #[arg(long, env = "WS_METRICS_ADAPTER_INSECURE_ALLOW_UNAUTHENTICATED")]
+    pub insecure_allow_unauthenticated: bool,
+
+    /// Delegated authentication and authorization (cluster mode).
+    #[command(flatten)]
+    pub auth: crate::auth::flags::AuthArgs,
+
+    /// Self-managed serving CA (cluster mode).
+    #[command(flatten)]
+    pub serving_ca: crate::server::serving_ca::ServingCaArgs,
+
+    /// Connection limits of both listeners.
+    #[command(flatten)]
+    pub listener: crate::server::ListenerArgs,
+
+    /// Time allowed for in-flight requests after SIGTERM.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "WS_METRICS_ADAPTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Where values come from: `scrape` each pod's metrics endpoint, or query an existing
+    /// `prometheus` (--prometheus-url).
+    #[arg(long, env = "WS_METRICS_ADAPTER_SOURCE", value_enum, default_value_t = SourceKind::Scrape)]
+    pub source: SourceKind,
+
+    /// Base URL of the Prometheus HTTP API (with --source=prometheus), e.g.
+    /// http://prometheus.monitoring:9090.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+
+    /// File holding a bearer token sent to Prometheus, re-read every round.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_BEARER_TOKEN_FILE")]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) an https Prometheus must chain to [default: the webpki roots].
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS with Prometheus.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_CLIENT_CERT_FILE")]
+    pub prometheus_client_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --prometheus-client-cert-file.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_CLIENT_KEY_FILE")]
+    pub prometheus_client_key_file: Option<PathBuf>,
+
+    /// Deadline of one Prometheus query; must not exceed --prometheus-interval.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    pub prometheus_timeout: Duration,
+
+    /// How often each served metric is queried (one query per metric and resource per interval,
+    /// whatever the number of HPA reads).
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub prometheus_interval: Duration,
+
+    /// Query template for each --metric SERVED=FAMILY; <<.Series>> is FAMILY, <<.GroupBy>> the
+    /// namespace and pod labels, <<.LabelMatchers>> requires both.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_QUERY", default_value = DEFAULT_PROMETHEUS_QUERY)]
+    pub prometheus_query: String,
+
+    /// Label of Prometheus series holding the pod's namespace.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_PROMETHEUS_NAMESPACE_LABEL",
+        default_value = "namespace"
+    )]
+    pub prometheus_namespace_label: String,
+
+    /// Label of Prometheus series holding the pod's name.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_PROMETHEUS_POD_LABEL",
+        default_value = "pod"
+    )]
+    pub prometheus_pod_label: String,
+
+    /// A prometheus-adapter configuration file whose `rules:` are served as well.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RULES_FILE")]
+    pub prometheus_rules_file: Option<PathBuf>,
+
+    /// How often the rules' seriesQuery are listed again to find new metrics (prometheus-adapter's
+    /// --metrics-relist-interval); also the window listed.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RELIST_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub prometheus_relist_interval: Duration,
+}
+
+/// Default query template of the Prometheus source: with the default labels it renders
+/// `sum by (namespace,pod) (websocket_connections_active{namespace!="",pod!=""})`.
+pub const DEFAULT_PROMETHEUS_QUERY: &str =
+    "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})";
+
+/// Default `--max-age` with `--source=prometheus`: one missed 30 s Prometheus scrape.
+pub const DEFAULT_PROMETHEUS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Where values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// Scrape each pod's metrics endpoint every --scrape-interval.
+    Scrape,
+    /// Query an existing Prometheus every --prometheus-interval.
+    Prometheus,
+}
+
+/// Where values come from, validated.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Scrape the pods (settings in [`Config::collect`]).
+    Scrape,
+    /// Query Prometheus.
+    Prometheus(Box<crate::prometheus::PrometheusConfig>),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 1s, 2m)"))
+}
+
+/// Where the pods to scrape come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodSource {
+    /// A watch of pods in the cluster.
+    Cluster {
+        /// Explicit kubeconfig, else inferred.
+        kubeconfig: Option<PathBuf>,
+    },
+    /// A YAML file (no cluster).
+    Static {
+        /// Path of the file.
+        path: PathBuf,
+    },
+}
+
+/// How the serving certificate is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// Files given by the operator, re-read when they change.
+    Files {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+    /// Generated (or reused) under this directory.
+    SelfSigned {
+        /// Directory.
+        dir: PathBuf,
+    },
+    /// Issued from a CA kept in a Secret, rotated, and published as the APIServices' caBundle.
+    Managed(crate::server::serving_ca::ServingCa),
+}
+
+/// Collection settings.
+#[derive(Debug, Clone)]
+pub struct CollectConfig {
+    /// Round period.
+    pub interval: Duration,
+    /// Per-pod deadline.
+    pub timeout: Duration,
+    /// Concurrent scrapes at most.
+    pub concurrency: usize,
+    /// Body cap. Unit: bytes.
+    pub max_body_bytes: usize,
+    /// CA bundle for https pods.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTPS API address.
+    pub secure_addr: SocketAddr,
+    /// Health and metrics address.
+    pub metrics_addr: SocketAddr,
+    /// Serving certificate source.
+    pub tls: TlsSource,
+    /// Pod source.
+    pub pods: PodSource,
+    /// Collection settings.
+    pub collect: CollectConfig,
+    /// Age after which values are not served.
+    pub max_age: Duration,
+    /// Served metrics.
+    pub metrics: Vec<MetricMapping>,
+    /// Annotation prefix.
+    pub annotation_prefix: String,
+    /// SIGTERM grace.
+    pub shutdown_grace: Duration,
+    /// Connection limits of both listeners.
+    pub limits: crate::server::Limits,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Where values come from.
+    pub source: Source,
+    /// Delegated authentication and authorization; `None` in static mode and with
+    /// --insecure-allow-unauthenticated.
+    pub auth: Option<crate::auth::flags::AuthOptions>,
+}
+
+/// Every problem found in the flags, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One message per problem.
+    pub problems: Vec<String>,
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// A served name must be one path segment the HPA accepts (`IsValidPathSegmentName`); we also
+/// keep it to the characters users type.
+fn is_served_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+/// Parses one `SERVED=FAMILY` mapping.
+///
+/// # Errors
+/// A message naming what is wrong with it.
+pub fn parse_mapping(s: &str) -> Result<MetricMapping, String> {
+    let Some((served, family)) = s.split_once('=') else {
+        return Err(format!("--metric {s:?}: expected SERVED=FAMILY"));
+    };
+    let (served, family) = (served.trim(), family.trim());
+    if !is_served_name(served) {
+        return Err(format!(
+            "--metric {s:?}: served name {served:?} must be non-empty and use only letters, digits, '_', '-', '.', ':'"
+        ));
+    }
+    if !is_metric_name(family) {
+        return Err(format!(
+            "--metric {s:?}: family {family:?} is not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"
+        ));
+    }
+    Ok(MetricMapping {
+        served: served.to_owned(),
+        family: family.to_owned(),
+    })
+}
+
+impl ServeArgs {
+    /// Checks every flag and builds the [`Config`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem found, not just the first.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let interval = self.scrape_interval;
+        if interval < Duration::from_millis(100) {
+            problems.push(format!(
+                "--scrape-interval {}: must be at least 100ms",
+                humantime::format_duration(interval)
+            ));
+        }
+        if self.scrape_timeout.is_zero() || self.scrape_timeout > interval {
+            problems.push(format!(
+                "--scrape-timeout {}: must be greater than 0 and at most --scrape-interval ({})",
+                humantime::format_duration(self.scrape_timeout),
+                humantime::format_duration(interval)
+            ));
+        }
+        let max_age = match (self.max_age, self.source) {
+            (Some(m), _) => m,
+            (None, SourceKind::Scrape) => interval * 3,
+            (None, SourceKind::Prometheus) => DEFAULT_PROMETHEUS_MAX_AGE,
+        };
+        if self.source == SourceKind::Scrape && max_age < interval {
+            problems.push(format!(
+                "--max-age {}: must be at least --scrape-interval ({}), or every value would expire before the next scrape",
+                humantime::format_duration(max_age),
+                humantime::format_duration(interval)
+            ));
+        }
+        if self.source == SourceKind::Prometheus && max_age < self.prometheus_interval {
+            problems.push(format!(
+                "--max-age {}: must be at least --prometheus-interval ({})",
+                humantime::format_duration(max_age),
+                humantime::format_duration(self.prometheus_interval)
+            ));
+        }
+        if self.scrape_concurrency == 0 {
+            problems.push("--scrape-concurrency: must be at least 1".into());
+        }
+        if self.scrape_max_body_bytes < 1024 {
+            problems.push("--scrape-max-body-bytes: must be at least 1024".into());
+        }
+        let raw: Vec<&str> = if self.metrics.is_empty() {
+            vec![DEFAULT_METRIC]
+        } else {
+            self.metrics.iter().map(String::as_str).collect()
+        };
+        let mut metrics: Vec<MetricMapping> = Vec::new();
+        for m in raw {
+            match parse_mapping(m) {
+                Ok(mapping) if metrics.iter().any(|x| x.served == mapping.served) => {
+                    problems.push(format!(
+                        "--metric {m:?}: served name {:?} is given twice",
+                        mapping.served
+                    ))
+                }
+                Ok(mapping) => metrics.push(mapping),
+                Err(e) => problems.push(e),
+            }
+        }
+        let prefix = self.annotation_prefix.trim_end_matches('/').to_owned();
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        {
+            problems.push(format!(
+                "--annotation-prefix {:?}: must be a DNS subdomain such as {DEFAULT_ANNOTATION_PREFIX}",
+                self.annotation_prefix
+            ));
+        }
+        let tls = match (self.tls_cert_file, self.tls_private_key_file) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) => TlsSource::SelfSigned { dir: self.cert_dir },
+            (Some(_), None) => {
+                problems.push("--tls-cert-file needs --tls-private-key-file".into());
+                TlsSource::SelfSigned { dir: self.cert_dir }
+            }
+            (None, Some(_)) => {
+                problems.push("--tls-private-key-file needs --tls-cert-file".into());
+                TlsSource::SelfSigned { dir: self.cert_dir }
+            }
+        };
+        let tls = match (self.serving_ca.validate(&mut problems), tls) {
+            (None, tls) => tls,
+            (Some(managed), TlsSource::SelfSigned { .. }) if self.static_pods.is_none() => {
+                TlsSource::Managed(managed)
+            }
+            (Some(_), tls) => {
+                problems
+                    .push("--serving-ca-secret excludes --tls-cert-file and --static-pods".into());
+                tls
+            }
+        };
+        let pods = match (self.static_pods, self.kubeconfig) {
+            (Some(path), None) => PodSource::Static { path },
+            (Some(path), Some(_)) => {
+                problems.push("--static-pods and --kubeconfig exclude each other".into());
+                PodSource::Static { path }
+            }
+            (None, kubeconfig) => PodSource::Cluster { kubeconfig },
+        };
+        let auth = match pods {
+            PodSource::Cluster { .. } if !self.insecure_allow_unauthenticated => {
+                Some(self.auth.validate(&mut problems))
+            }
+            _ => None,
+        };
+        let default_bind = match pods {
+            PodSource::Static { .. } => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            PodSource::Cluster { .. } => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let secure_addr =
+            SocketAddr::new(self.bind_address.unwrap_or(default_bind), self.secure_port);
+        let source = match self.source {
+            SourceKind::Scrape => Source::Scrape,
+            SourceKind::Prometheus => prometheus_source(
+                PrometheusArgs {
+                    url: self.prometheus_url,
+                    bearer_token_file: self.prometheus_bearer_token_file,
+                    ca_file: self.prometheus_ca_file,
+                    client_cert_file: self.prometheus_client_cert_file,
+                    client_key_file: self.prometheus_client_key_file,
+                    timeout: self.prometheus_timeout,
+                    interval: self.prometheus_interval,
+                    query: self.prometheus_query,
+                    namespace_label: self.prometheus_namespace_label,
+                    pod_label: self.prometheus_pod_label,
+                    rules_file: self.prometheus_rules_file,
+                    relist_interval: self.prometheus_relist_interval,
+                },
+                &mut problems,
+            ),
+        };
+        let limits = self.listener.limits(&mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Config {
+            secure_addr,
+            metrics_addr: self.metrics_bind_address,
+            tls,
+            pods,
+            collect: CollectConfig {
+                interval,
+                timeout: self.scrape_timeout,
+                concurrency: self.scrape_concurrency,
+                max_body_bytes: self.scrape_max_body_bytes,
+                ca_file: self.scrape_ca_file,
+            },
+            max_age,
+            metrics,
+            annotation_prefix: prefix,
+            shutdown_grace: self.shutdown_grace,
+            limits,
+            log_format: self.log_format,
+            source,
+            auth,
+        })
+    }
+}
+
+/// The `--prometheus-*` flags, gathered for validation.
+struct PrometheusArgs {
+    url: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    timeout: Duration,
+    interval: Duration,
+    query: String,
+    namespace_label: String,
+    pod_label: String,
+    rules_file: Option<PathBuf>,
+    relist_interval: Duration,
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Validates the `--prometheus-*` flags, pushing every problem; the returned value is only used
+/// when there are none.
+fn prometheus_source(a: PrometheusArgs, problems: &mut Vec<String>) -> Source {
+    use crate::prometheus::{PrometheusConfig, rules, template};
+    let url = match a.url {
+        None => {
+            problems.push("--source=prometheus needs --prometheus-url".into());
+            String::new()
+        }
+        Some(u) => {
+            match u.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some() => {}
+                _ => problems.push(format!(
+                    "--prometheus-url {u:?}: must be an absolute http:// or https:// URL"
+                )),
+            }
+            u
+        }
+    };
+    for (flag, path) in [
+        ("--prometheus-bearer-token-file", &a.bearer_token_file),
+        ("--prometheus-ca-file", &a.ca_file),
+        ("--prometheus-client-cert-file", &a.client_cert_file),
+        ("--prometheus-client-key-file", &a.client_key_file),
+    ] {
+        if let Some(p) = path
+            && let Err(e) = std::fs::metadata(p)
+        {
+            problems.push(format!("{flag} {}: {e}", p.display()));
+        }
+    }
+    let client_cert = match (a.client_cert_file, a.client_key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems
+                .push("--prometheus-client-cert-file needs --prometheus-client-key-file".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems
+                .push("--prometheus-client-key-file needs --prometheus-client-cert-file".into());
+            None
+        }
+    };
+    if a.interval < Duration::from_millis(100) {
+        problems.push(format!(
+            "--prometheus-interval {}: must be at least 100ms",
+            humantime::format_duration(a.interval)
+        ));
+    }
+    if a.timeout.is_zero() || a.timeout > a.interval {
+        problems.push(format!(
+            "--prometheus-timeout {}: must be greater than 0 and at most --prometheus-interval ({})",
+            humantime::format_duration(a.timeout),
+            humantime::format_duration(a.interval)
+        ));
+    }
+    let query = match template::Template::parse(&a.query) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(format!("--prometheus-query {:?}: {e}", a.query));
+            None
+        }
+    };
+    for (flag, label) in [
+        ("--prometheus-namespace-label", &a.namespace_label),
+        ("--prometheus-pod-label", &a.pod_label),
+    ] {
+        if !is_label_name(label) {
+            problems.push(format!("{flag} {label:?}: not a Prometheus label name"));
+        }
+    }
+    if a.relist_interval < Duration::from_secs(1) {
+        problems.push("--prometheus-relist-interval: must be at least 1s".into());
+    }
+    let rules = match &a.rules_file {
+        None => Vec::new(),
+        Some(path) => match rules::load(path) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("--prometheus-rules-file: {e}"));
+                Vec::new()
+            }
+        },
+    };
+    match query {
+        Some(query) => Source::Prometheus(Box::new(PrometheusConfig {
+            url,
+            bearer_token_file: a.bearer_token_file,
+            ca_file: a.ca_file,
+            client_cert,
+            timeout: a.timeout,
+            interval: a.interval,
+            query,
+            namespace_label: a.namespace_label,
+            pod_label: a.pod_label,
+            rules,
+            relist_interval: a.relist_interval,
+        })),
+        None => Source::Scrape,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec!["ws-metrics-adapter", "serve"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Serve(a) = cli.command;
+        Ok(*a)
+    }
+
+    #[test]
+    fn static_mode_defaults_to_loopback_and_three_intervals_of_max_age() {
+        let cfg = args(&[
+            "--static-pods",
+            "pods.yaml",
+            "--scrape-interval",
+            "500ms",
+            "--scrape-timeout",
+            "400ms",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(cfg.secure_addr, "127.0.0.1:6443".parse().expect("addr"));
+        assert_eq!(cfg.max_age, Duration::from_millis(1500));
+        assert_eq!(
+            cfg.metrics,
+            vec![MetricMapping {
+                served: "websocket_connections".into(),
+                family: "websocket_connections_active".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn every_config_error_is_reported_at_once() {
+        let err = args(&[
+            "--scrape-interval",
+            "1s",
+            "--scrape-timeout",
+            "2s",
+            "--max-age",
+            "100ms",
+            "--metric",
+            "bad",
+            "--tls-cert-file",
+            "x.pem",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 4, "{text}");
+        for needle in [
+            "--scrape-timeout",
+            "--max-age",
+            "SERVED=FAMILY",
+            "--tls-private-key-file",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_authenticates_unless_the_loud_flag_turns_it_off() {
+        let cfg = args(&[]).expect("flags parse").validate().expect("valid");
+        assert_eq!(cfg.secure_addr, "0.0.0.0:6443".parse().expect("addr"));
+        assert_eq!(cfg.pods, PodSource::Cluster { kubeconfig: None });
+        let auth = cfg.auth.expect("auth on by default");
+        assert_eq!(auth.settings.token_ttl, Duration::from_secs(10));
+        assert_eq!(
+            auth.settings.always_allow_paths,
+            vec!["/healthz", "/readyz", "/livez"]
+        );
+        let cfg = args(&["--insecure-allow-unauthenticated"])
+            .expect("flags parse")
+            .validate()
+            .expect("valid");
+        assert!(cfg.auth.is_none());
+        let cfg = args(&[
+            "--requestheader-client-ca-file",
+            "fp.crt",
+            "--requestheader-allowed-names",
+            "front-proxy-client,aggregator",
+            "--authorization-webhook-cache-unauthorized-ttl",
+            "2s",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        let auth = cfg.auth.expect("auth");
+        let (ca, names, headers) = auth.request_header.expect("request header");
+        assert_eq!(ca, PathBuf::from("fp.crt"));
+        assert_eq!(names, vec!["front-proxy-client", "aggregator"]);
+        assert_eq!(headers.username, vec!["X-Remote-User"]);
+        assert_eq!(auth.settings.deny_ttl, Duration::from_secs(2));
+        let err = args(&["--authorization-always-allow-paths", "healthz"])
+            .expect("flags parse")
+            .validate()
+            .expect_err("relative path");
+        assert!(err.to_string().contains("must start with '/'"));
+    }
+
+    #[test]
+    fn the_managed_serving_ca_excludes_certificate_files_and_static_mode() {
+        let cfg = args(&["--serving-ca-secret", "ws-metrics/ca"])
+            .expect("flags parse")
+            .validate()
+            .expect("valid");
+        let TlsSource::Managed(managed) = cfg.tls else {
+            panic!("managed expected, got {:?}", cfg.tls);
+        };
+        assert_eq!(managed.dns_names, vec!["ws-metrics-adapter.ws-metrics.svc"]);
+        assert_eq!(managed.apiservices.len(), 2);
+        for extra in [
+            &[
+                "--tls-cert-file",
+                "c.pem",
+                "--tls-private-key-file",
+                "k.pem",
+            ][..],
+            &["--static-pods", "p.yaml"][..],
+        ] {
+            let mut argv = vec!["--serving-ca-secret", "ws-metrics/ca"];
+            argv.extend_from_slice(extra);
+            let err = args(&argv)
+                .expect("flags parse")
+                .validate()
+                .expect_err("exclusive");
+            assert!(
+                err.to_string().contains("--serving-ca-secret excludes"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn metric_mappings_are_repeatable_and_checked() {
+        let cfg = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--metric",
+            "a=fam_a",
+            "--metric",
+            "b=fam_a",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(cfg.metrics.len(), 2);
+        assert!(parse_mapping("x=1bad").is_err());
+        assert!(parse_mapping("a/b=fam").is_err());
+        assert!(parse_mapping("=fam").is_err());
+        let dup = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--metric",
+            "a=x",
+            "--metric",
+            "a=y",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("duplicate");
+        assert!(dup.to_string().contains("given twice"));
+    }
+
+    #[test]
+    fn prometheus_source_flags_are_checked_together() {
+        let err = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-timeout",
+            "10s",
+            "--prometheus-query",
+            "sum(<<.Nope>>)",
+            "--prometheus-pod-label",
+            "kubernetes-pod",
+            "--prometheus-ca-file",
+            "/nonexistent/ca.pem",
+            "--prometheus-client-cert-file",
+            "/nonexistent/c.pem",
+            "--prometheus-rules-file",
+            "/nonexistent/rules.yaml",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "needs --prometheus-url",
+            "--prometheus-timeout 10s",
+            "--prometheus-query",
+            "--prometheus-pod-label \"kubernetes-pod\"",
+            "--prometheus-ca-file /nonexistent/ca.pem",
+            "--prometheus-client-cert-file needs --prometheus-client-key-file",
+            "--prometheus-rules-file: reading rules file /nonexistent/rules.yaml",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let ok = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "http://127.0.0.1:9090",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(ok.max_age, DEFAULT_PROMETHEUS_MAX_AGE);
+        assert!(matches!(ok.source, Source::Prometheus(_)));
+        let bad_url = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "prometheus:9090",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("relative URL");
+        assert!(bad_url.to_string().contains("absolute http"), "{bad_url}");
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert!(args(&["--scrape-interval", "1 fortnight"]).is_err());
+        let a = args(&["--scrape-interval", "2s"]).expect("flags parse");
+        assert_eq!(a.scrape_interval, Duration::from_secs(2));
+    }
+}
