@@ -12,9 +12,15 @@ test: deps control-plane-binaries lint unit fuzz-smoke manifests dockerfile
 deps:
 	./scripts/install-deps.sh
 
+# Formatting, lints, the shape of the code (no module imports another in a cycle; the product's
+# dependency tree holds nothing of the demo) and the dependency policy in deny.toml.
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	python3 scripts/check-module-cycles.py --self-test
+	python3 scripts/check-module-cycles.py
+	./scripts/check-product-deps.sh
+	cargo deny --locked check licenses bans sources
 
 # The workspace's default members: the adapter, the demo and the end-to-end harness. One cargo
 # invocation builds every binary before it runs any test (the harness runs them as processes).

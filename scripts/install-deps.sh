@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool and
 # prometheus (Debian's `prometheus` package; its service is not started, tests run their own) and
-# kubectl (Debian's `kubernetes-client` when no kubectl is on PATH). Python tools are installed by the scripts that
-# use them. Go (1.26 or newer, for the control-plane binaries) is checked, not installed: Debian's
+# kubectl (Debian's `kubernetes-client` when no kubectl is on PATH), and cargo-deny (from the crate
+# registry, for `make lint`'s licence/ban/source check). Python tools are installed by the scripts
+# that use them. Go (1.26 or newer, for the control-plane binaries) is checked, not installed: Debian's
 # golang is too old for Kubernetes 1.37. Idempotent: installs nothing that is already there.
 set -euo pipefail
 
@@ -23,6 +24,13 @@ fi
 for tool in promtool prometheus kubectl curl python3 cargo; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
+# cargo-deny checks deny.toml (licences, bans, sources). Built once (a few minutes on 2 cores) into
+# ~/.cargo/bin; pinned, so every machine checks with the same rules.
+deny_version=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $deny_version"; then
+  echo "install-deps: building cargo-deny $deny_version (a few minutes the first time)"
+  cargo install --locked --quiet "cargo-deny@$deny_version"
+fi
 go_min=1.26
 go_have="$(go env GOVERSION 2>/dev/null | sed 's/^go//')" || true
 if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head -1)" != "$go_min" ]; then
@@ -30,4 +38,4 @@ if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head
     "(found: ${go_have:-none}); install it from https://go.dev/dl" >&2
   exit 1
 fi
-echo "install-deps: promtool, prometheus, kubectl, curl, python3, cargo and Go $go_have are present"
+echo "install-deps: promtool, prometheus, kubectl, curl, python3, cargo, cargo-deny and Go $go_have are present"
