@@ -307,14 +307,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 store.clone(),
                 telemetry.clone(),
             )?;
-            let results = source.results();
             let h = health.clone();
             let stop = shutdown.wait();
             let task = tokio::spawn(async move { source.run(h, stop).await });
             (
                 health,
                 task,
-                ApiState::new(store.clone(), telemetry.clone()).with_prometheus(results),
+                ApiState::new(store.clone(), telemetry.clone()),
             )
         }
     };

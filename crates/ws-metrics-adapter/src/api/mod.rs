@@ -1,10 +1,12 @@
-//! The custom metrics API (spec §1–§4), answered from the [`Store`] only: discovery documents,
-//! metric reads for pods and namespaces, and `Status` errors. Every answer is JSON with
-//! `Content-Type: application/json`.
+//! The custom metrics API (spec §1–§4), answered from the [`Store`] only, whichever source fills
+//! it: discovery documents, metric reads for pods, namespaces and other objects, and `Status`
+//! errors. Every answer is JSON with `Content-Type: application/json`.
 //!
 //! - [`path`]: request path and query parsing.
 //! - [`wire`]: the JSON bodies.
+//! - [`error`]: [`ApiError`], the one place failures become `Status` answers.
 
+pub mod error;
 pub mod path;
 pub mod wire;
 
@@ -14,19 +16,17 @@ use std::time::Instant;
 use crate::clock::Moment;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
-use serde_json::Value;
 
-use crate::prometheus::results::{Objects, ReadError, Results};
-use crate::prometheus::rules;
 use crate::selector::Selector;
-use crate::store::{PodKey, Store};
+use crate::store::{Objects, ReadError, Store, resource};
 use crate::telemetry::Telemetry;
+pub use error::ApiError;
+use error::json;
 use path::{PathError, Route, Target};
-use wire::{Described, Item, Status, Version};
+use wire::Version;
 
 /// Source of "now" for freshness checks (its monotonic part) and fallback timestamps (its wall
 /// part); injectable for tests.
@@ -40,44 +40,23 @@ pub struct ApiState {
     clock: Clock,
     group_list: Arc<[u8]>,
     group: Arc<[u8]>,
-    resource_lists: Arc<[Vec<u8>; 2]>,
-    /// Values from Prometheus instead of the store's scraped readings (`--source=prometheus`).
-    prometheus: Option<Arc<Results>>,
 }
 
 impl ApiState {
-    /// Precomputes the discovery documents from the store's catalog.
+    /// Precomputes the static discovery documents.
     pub fn new(store: Arc<Store>, telemetry: Arc<Telemetry>) -> Self {
         Self::with_clock(store, telemetry, Moment::now)
     }
 
     /// Like [`ApiState::new`] with an explicit clock.
     pub fn with_clock(store: Arc<Store>, telemetry: Arc<Telemetry>, clock: Clock) -> Self {
-        let metrics: Vec<String> = store
-            .catalog()
-            .mappings()
-            .iter()
-            .map(|m| m.served.clone())
-            .collect();
         Self {
             group_list: wire::api_group_list().into(),
             group: wire::api_group().into(),
-            resource_lists: Arc::new([
-                wire::api_resource_list(Version::V1beta1, &metrics),
-                wire::api_resource_list(Version::V1beta2, &metrics),
-            ]),
             store,
             telemetry,
             clock,
-            prometheus: None,
         }
-    }
-
-    /// Serves values (and discovery) from the Prometheus source's results; the store is still the
-    /// pod inventory.
-    pub fn with_prometheus(mut self, results: Arc<Results>) -> Self {
-        self.prometheus = Some(results);
-        self
     }
 }
 
@@ -85,21 +64,6 @@ impl ApiState {
 /// methods get `Status` bodies too.
 pub fn router(state: ApiState) -> Router {
     Router::new().fallback(handle).with_state(state)
-}
-
-fn json(code: StatusCode, body: impl Into<Body>) -> Response {
-    let mut resp = Response::new(body.into());
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn status_response(status: &Status) -> Response {
-    let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(code, status.to_body())
 }
 
 /// Whether the `Accept` header allows JSON. Absent, `*/*`, `application/*` and
@@ -168,66 +132,45 @@ async fn handle(State(state): State<ApiState>, req: Request) -> Response {
 }
 
 fn respond(state: &ApiState, req: &Request, route: Result<Route, PathError>) -> Response {
+    match answer(state, req, route) {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn answer(
+    state: &ApiState,
+    req: &Request,
+    route: Result<Route, PathError>,
+) -> Result<Vec<u8>, ApiError> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = status_response(&Status::failure(
-            405,
-            "MethodNotAllowed",
-            format!(
-                "the server does not allow this method on the requested resource ({})",
-                req.method()
-            ),
-        ));
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return resp;
+        return Err(ApiError::MethodNotAllowed(req.method().clone()));
     }
     if !accepts_json(req) {
-        return status_response(&Status::failure(
-            406,
-            "NotAcceptable",
-            "only application/json is served; the Accept header allows none of it",
-        ));
+        return Err(ApiError::NotAcceptable);
     }
-    let route = match route {
-        Ok(r) => r,
-        Err(PathError::NotFound) => return status_response(&Status::not_found_path()),
-        Err(PathError::Invalid(msg)) => {
-            return status_response(&Status::failure(400, "BadRequest", msg));
-        }
-    };
+    let route = route.map_err(|e| match e {
+        PathError::NotFound => ApiError::PathNotFound,
+        PathError::Invalid(msg) => ApiError::BadRequest(msg),
+    })?;
     match route {
-        Route::GroupList => json(StatusCode::OK, state.group_list.to_vec()),
-        Route::Group => json(StatusCode::OK, state.group.to_vec()),
-        Route::ResourceList(v) if state.prometheus.is_some() => json(
-            StatusCode::OK,
-            state
-                .prometheus
-                .as_ref()
-                .map(|p| p.resource_list(v))
-                .unwrap_or_default(),
-        ),
-        Route::ResourceList(v) => {
-            let idx = match v {
-                Version::V1beta1 => 0,
-                Version::V1beta2 => 1,
-            };
-            json(StatusCode::OK, state.resource_lists[idx].clone())
-        }
+        Route::GroupList => Ok(state.group_list.to_vec()),
+        Route::Group => Ok(state.group.to_vec()),
+        // Rendered per request from what the store serves now: the Prometheus source's rules may
+        // change the set between rounds. Discovery is polled, not on the HPA's path.
+        Route::ResourceList(v) => Ok(wire::api_resource_list(v, &state.store.served())),
         Route::Metric {
             version,
             target,
             metric,
         } => {
             let query = path::parse_query(req.uri().query());
-            match read_metric(state, version, target, &metric, &query) {
-                Ok(body) => json(StatusCode::OK, body),
-                Err(status) => status_response(&status),
-            }
+            read_metric(state, version, target, &metric, &query)
         }
     }
 }
 
-fn parse_selector(param: &str, value: Option<&str>) -> Result<Selector, Status> {
+fn parse_selector(param: &str, value: Option<&str>) -> Result<Selector, ApiError> {
     match value {
         None => Ok(Selector::everything()),
         Some(s) => Selector::parse(s).map_err(|e| {
@@ -237,215 +180,77 @@ fn parse_selector(param: &str, value: Option<&str>) -> Result<Selector, Status> 
                 Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
                 None => format!("{s:?}"),
             };
-            Status::failure(
-                400,
-                "BadRequest",
-                format!("unable to parse {param} {shown}: {e}"),
-            )
+            ApiError::BadRequest(format!("unable to parse {param} {shown}: {e}"))
         }),
     }
 }
 
+/// A metric read: the path's target resolved to a resource and objects, one [`Store::read`],
+/// and the list rendered in the requested version.
 fn read_metric(
     state: &ApiState,
     version: Version,
     target: Target,
     metric: &str,
     query: &path::Query,
-) -> Result<Vec<u8>, Status> {
+) -> Result<Vec<u8>, ApiError> {
     let metric_selector = parse_selector(
         "metricLabelSelector",
         query.metric_label_selector.as_deref(),
     )?;
-    if let Some(results) = &state.prometheus {
-        let items = read_prometheus(state, results, target, metric, &metric_selector, query)?;
-        return Ok(finish(state, version, metric, &metric_selector, &items));
-    }
-    let resource = match &target {
-        Target::AllPods { .. } | Target::Pod { .. } => "pods",
-        Target::Namespace { .. } => "namespaces",
-        Target::Object { resource, .. } => resource.as_str(),
+    let unknown = |resource: &str| {
+        ApiError::Read(ReadError::UnknownMetric {
+            metric: metric.to_owned(),
+            resource: resource.to_owned(),
+        })
     };
-    let family = match (&target, state.store.catalog().family_index(metric)) {
-        (Target::Object { .. }, _) | (_, None) => {
-            return Err(Status::failure(
-                404,
-                "NotFound",
-                format!("the server could not find the metric {metric} for {resource}"),
-            ));
-        }
-        (_, Some(f)) => f,
-    };
-    let echo: Value = metric_selector.to_label_selector();
-    let now = (state.clock)();
-    let items: Vec<Item> = match target {
-        Target::AllPods { namespace } => {
-            let pod_selector = parse_selector("labelSelector", query.label_selector.as_deref())?;
-            state
-                .store
-                .pods_matching(&namespace, &pod_selector, family, &metric_selector, now)
-                .into_iter()
-                .map(|p| Item {
-                    described: Described::Pod {
-                        namespace: namespace.clone(),
-                        name: p.name,
-                    },
-                    milli: p.milli,
-                    time: p.time,
-                })
-                .collect()
-        }
+    let (res, namespace, name) = match &target {
+        Target::AllPods { namespace } => (resource::pods(), namespace.as_str(), None),
         Target::Pod { namespace, name } => {
-            let key = PodKey { namespace, name };
-            let Some(p) = state.store.pod_value(&key, family, &metric_selector, now) else {
-                let with = if metric_selector.is_empty() {
-                    String::new()
-                } else {
-                    format!(" with selector {metric_selector}")
-                };
-                return Err(Status::failure(
-                    404,
-                    "NotFound",
-                    format!(
-                        "the server could not find the metric {metric} for pods {}{with}",
-                        key.name
-                    ),
-                ));
-            };
-            vec![Item {
-                described: Described::Pod {
-                    namespace: key.namespace,
-                    name: p.name,
-                },
-                milli: p.milli,
-                time: p.time,
-            }]
+            (resource::pods(), namespace.as_str(), Some(name.as_str()))
         }
-        Target::Namespace { namespace } => {
-            match state
-                .store
-                .namespace_total(&namespace, family, &metric_selector, now)
-            {
-                Ok((milli, time)) => vec![Item {
-                    described: Described::Namespace { name: namespace },
-                    milli,
-                    time,
-                }],
-                Err(e @ crate::store::TotalError::UnknownNamespace { .. }) => {
-                    return Err(Status::failure(404, "NotFound", e.to_string()));
-                }
-                Err(e) => {
-                    tracing::warn!(metric, error = %e, "namespace total not served");
-                    return Err(Status::internal());
-                }
+        Target::Namespace { namespace } => (resource::namespaces(), "", Some(namespace.as_str())),
+        Target::Object {
+            resource: written,
+            namespace,
+            name,
+        } => {
+            let res = resource::resolve_path(written).ok_or_else(|| unknown(written))?;
+            // A namespaced resource asked for without a namespace (or the reverse) is not a
+            // metric we serve.
+            if res.namespaced != namespace.is_some() {
+                return Err(unknown(written));
+            }
+            (res, namespace.as_deref().unwrap_or(""), name.as_deref())
+        }
+    };
+    // An unknown metric is a 404 before a bad `labelSelector` is a 400.
+    if !state.store.serves(res, metric) {
+        return Err(unknown(&res.path()));
+    }
+    let pod_selector;
+    let objects = match name {
+        Some(name) => Objects::One { namespace, name },
+        None => {
+            pod_selector = parse_selector("labelSelector", query.label_selector.as_deref())?;
+            Objects::All {
+                namespace,
+                selector: &pod_selector,
             }
         }
-        Target::Object { .. } => Vec::new(),
     };
+    let now = (state.clock)();
+    let items = state
+        .store
+        .read(res, metric, objects, &metric_selector, now)?;
     for item in &items {
         let age = item.time.age(now.mono);
         state.telemetry.observe_served_age(age.as_secs_f64());
     }
-    Ok(wire::metric_value_list(version, metric, &echo, &items))
-}
-
-/// Records the age of each served value and renders the list.
-fn finish(
-    state: &ApiState,
-    version: Version,
-    metric: &str,
-    metric_selector: &Selector,
-    items: &[Item],
-) -> Vec<u8> {
-    let now = (state.clock)();
-    for item in items {
-        let age = item.time.age(now.mono);
-        state.telemetry.observe_served_age(age.as_secs_f64());
-    }
-    wire::metric_value_list(version, metric, &metric_selector.to_label_selector(), items)
-}
-
-/// A metric read answered from the Prometheus source's last query results (memory only).
-fn read_prometheus(
-    state: &ApiState,
-    results: &Results,
-    target: Target,
-    metric: &str,
-    metric_selector: &Selector,
-    query: &path::Query,
-) -> Result<Vec<Item>, Status> {
-    let not_found = |resource: &str| {
-        Status::failure(
-            404,
-            "NotFound",
-            format!("the server could not find the metric {metric} for {resource}"),
-        )
-    };
-    let pod_selector;
-    let (resource, objects) = match &target {
-        Target::AllPods { namespace } => {
-            pod_selector = parse_selector("labelSelector", query.label_selector.as_deref())?;
-            (
-                rules::pods(),
-                Objects::All {
-                    namespace,
-                    selector: &pod_selector,
-                },
-            )
-        }
-        Target::Pod { namespace, name } => (rules::pods(), Objects::One { namespace, name }),
-        Target::Namespace { namespace } => (
-            rules::namespaces(),
-            Objects::One {
-                namespace: "",
-                name: namespace,
-            },
-        ),
-        Target::Object {
-            resource,
-            namespace,
-            name,
-        } => {
-            let info = rules::resolve_path(resource).ok_or_else(|| not_found(resource))?;
-            // A namespaced resource asked for without a namespace (or the reverse) is not a
-            // metric we serve.
-            if info.namespaced != namespace.is_some() {
-                return Err(not_found(resource));
-            }
-            let ns = namespace.as_deref().unwrap_or("");
-            let objects = match name {
-                Some(name) => Objects::One {
-                    namespace: ns,
-                    name,
-                },
-                None => {
-                    pod_selector =
-                        parse_selector("labelSelector", query.label_selector.as_deref())?;
-                    Objects::All {
-                        namespace: ns,
-                        selector: &pod_selector,
-                    }
-                }
-            };
-            (info, objects)
-        }
-    };
-    let now = (state.clock)();
-    results
-        .read(
-            &state.store,
-            resource,
-            metric,
-            objects,
-            metric_selector,
-            now,
-        )
-        .map_err(|e| match e {
-            ReadError::NotFound(msg) => Status::failure(404, "NotFound", msg),
-            ReadError::BadRequest(msg) => Status::failure(400, "BadRequest", msg),
-            ReadError::Unavailable(why) => {
-                tracing::warn!(metric, reason = %why, "prometheus metric not served");
-                Status::internal()
-            }
-        })
+    Ok(wire::metric_value_list(
+        version,
+        metric,
+        &metric_selector.to_label_selector(),
+        &items,
+    ))
 }

@@ -1,12 +1,19 @@
-//! JSON bodies of the custom metrics API: discovery documents, `MetricValueList` in its v1beta1 and
-//! v1beta2 shapes, and `Status` errors (spec §1, §2.3, §3), with `kind` and `apiVersion` always set.
+//! JSON bodies of the custom metrics API: discovery documents and `Status` errors as k8s-openapi
+//! types, `MetricValueList` in its v1beta1 and v1beta2 shapes (no k8s-openapi type exists for it)
+//! (spec §1, §2.3, §3), with `kind` and `apiVersion` always set on top-level documents.
 
 use std::time::SystemTime;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    APIGroup, APIGroupList, APIResource, APIResourceList, GroupVersionForDiscovery, ListMeta,
+};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::quantity;
+use crate::store::ResourceInfo;
+pub use crate::store::read::{Described, Item};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
 
 /// API group served.
 pub const GROUP: &str = "custom.metrics.k8s.io";
@@ -50,126 +57,74 @@ impl Version {
     }
 }
 
-#[derive(Serialize)]
-struct GroupVersionRef {
-    #[serde(rename = "groupVersion")]
-    group_version: &'static str,
-    version: &'static str,
-}
-
-fn group_value(with_kind: bool) -> Value {
-    let versions: Vec<GroupVersionRef> = VERSIONS
+/// The served versions as discovery lists them, preferred first.
+fn group_versions() -> Vec<GroupVersionForDiscovery> {
+    VERSIONS
         .iter()
-        .map(|v| GroupVersionRef {
-            group_version: v.group_version(),
-            version: v.as_str(),
+        .map(|v| GroupVersionForDiscovery {
+            group_version: v.group_version().to_owned(),
+            version: v.as_str().to_owned(),
         })
-        .collect();
-    let mut group = serde_json::json!({
-        "name": GROUP,
-        "versions": versions,
-        "preferredVersion": {"groupVersion": VERSIONS[0].group_version(), "version": VERSIONS[0].as_str()},
-    });
-    if with_kind {
-        group["kind"] = "APIGroup".into();
-        group["apiVersion"] = "v1".into();
-    }
-    group
+        .collect()
 }
 
-/// `GET /apis`: an APIGroupList with our one group (items carry no kind, as in Go).
+fn group() -> APIGroup {
+    APIGroup {
+        name: GROUP.to_owned(),
+        preferred_version: group_versions().into_iter().next(),
+        server_address_by_client_cidrs: None,
+        versions: group_versions(),
+    }
+}
+
+/// Serializes a k8s-openapi value; these types hold only strings, bools and lists, so this
+/// cannot fail, and an empty body would be the answer if it ever did.
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// `GET /apis`: an APIGroupList with our one group. k8s-openapi writes `kind`/`apiVersion` on
+/// every `APIGroup`, but Go leaves the `TypeMeta` of list items empty [apimachinery:
+/// pkg/apis/meta/v1/types.go `APIGroupList`; spec §1.2], so they are taken off the items.
 pub fn api_group_list() -> Vec<u8> {
-    let body = serde_json::json!({
-        "kind": "APIGroupList",
-        "apiVersion": "v1",
-        "groups": [group_value(false)],
-    });
+    let mut body = serde_json::to_value(APIGroupList {
+        groups: vec![group()],
+    })
+    .unwrap_or_default();
+    if let Some(groups) = body.get_mut("groups").and_then(Value::as_array_mut) {
+        for g in groups.iter_mut().filter_map(Value::as_object_mut) {
+            g.remove("kind");
+            g.remove("apiVersion");
+        }
+    }
     body.to_string().into_bytes()
 }
 
 /// `GET /apis/custom.metrics.k8s.io`: the APIGroup, v1beta2 preferred.
 pub fn api_group() -> Vec<u8> {
-    group_value(true).to_string().into_bytes()
+    to_json(&group())
 }
 
-/// `GET /apis/custom.metrics.k8s.io/{version}`: one `pods/<m>` and one `namespaces/<m>` entry per
-/// served metric. Never empty, since at least one metric is always served; scopes are consistent
-/// per parent resource (all `pods/*` namespaced, all `namespaces/*` cluster-scoped).
-pub fn api_resource_list(version: Version, metrics: &[String]) -> Vec<u8> {
-    let mut resources = Vec::with_capacity(metrics.len() * 2);
-    for (parent, namespaced) in [("pods", true), ("namespaces", false)] {
-        for m in metrics {
-            resources.push(serde_json::json!({
-                "name": format!("{parent}/{m}"),
-                "singularName": "",
-                "namespaced": namespaced,
-                "kind": "MetricValueList",
-                "verbs": ["get"],
-            }));
-        }
-    }
-    serde_json::json!({
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": version.group_version(),
-        "resources": resources,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// `GET /apis/custom.metrics.k8s.io/{version}` for an explicit list of
-/// `(group-resource, metric, namespaced)` entries (the Prometheus source, whose rules may serve
-/// any resource). An empty list is a valid (empty) document.
-pub fn api_resource_list_of(version: Version, entries: &[(String, String, bool)]) -> Vec<u8> {
-    let resources: Vec<serde_json::Value> = entries
+/// `GET /apis/custom.metrics.k8s.io/{version}`: one `{resource}/{metric}` entry per served pair,
+/// in the order given (the store's: for the scrape source every `pods/<m>`, then every
+/// `namespaces/<m>`). Scope follows the resource, so it is consistent per parent resource. An
+/// empty list is a valid (empty) document.
+pub fn api_resource_list(version: Version, served: &[(&'static ResourceInfo, String)]) -> Vec<u8> {
+    let resources = served
         .iter()
-        .map(|(resource, metric, namespaced)| {
-            serde_json::json!({
-                "name": format!("{resource}/{metric}"),
-                "singularName": "",
-                "namespaced": namespaced,
-                "kind": "MetricValueList",
-                "verbs": ["get"],
-            })
+        .map(|(resource, metric)| APIResource {
+            name: format!("{}/{metric}", resource.path()),
+            singular_name: String::new(),
+            namespaced: resource.namespaced,
+            kind: "MetricValueList".to_owned(),
+            verbs: vec!["get".to_owned()],
+            ..APIResource::default()
         })
         .collect();
-    serde_json::json!({
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": version.group_version(),
-        "resources": resources,
+    to_json(&APIResourceList {
+        group_version: version.group_version().to_owned(),
+        resources,
     })
-    .to_string()
-    .into_bytes()
-}
-
-/// The object a value describes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Described {
-    /// A pod in a namespace.
-    Pod {
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-    },
-    /// A namespace itself (form E).
-    Namespace {
-        /// Name of the namespace.
-        name: String,
-    },
-    /// Any other object (served by prometheus-adapter rules: services, deployments, nodes, …).
-    Object {
-        /// Kind, e.g. `Service`.
-        kind: &'static str,
-        /// API version, e.g. `apps/v1`.
-        api_version: &'static str,
-        /// Namespace, for namespaced resources.
-        namespace: Option<String>,
-        /// Name.
-        name: String,
-    },
 }
 
 #[derive(Serialize)]
@@ -182,45 +137,33 @@ struct ObjectReference<'a> {
     api_version: &'a str,
 }
 
-impl Described {
-    fn reference(&self) -> ObjectReference<'_> {
-        match self {
-            Self::Pod { namespace, name } => ObjectReference {
-                kind: "Pod",
-                namespace: Some(namespace),
-                name,
-                api_version: "v1",
-            },
-            Self::Namespace { name } => ObjectReference {
-                kind: "Namespace",
-                namespace: None,
-                name,
-                api_version: "v1",
-            },
-            Self::Object {
-                kind,
-                api_version,
-                namespace,
-                name,
-            } => ObjectReference {
-                kind,
-                namespace: namespace.as_deref(),
-                name,
-                api_version,
-            },
-        }
+/// The `describedObject` of a value.
+fn reference(described: &Described) -> ObjectReference<'_> {
+    match described {
+        Described::Pod { namespace, name } => ObjectReference {
+            kind: "Pod",
+            namespace: Some(namespace),
+            name,
+            api_version: "v1",
+        },
+        Described::Namespace { name } => ObjectReference {
+            kind: "Namespace",
+            namespace: None,
+            name,
+            api_version: "v1",
+        },
+        Described::Object {
+            kind,
+            api_version,
+            namespace,
+            name,
+        } => ObjectReference {
+            kind,
+            namespace: namespace.as_deref(),
+            name,
+            api_version,
+        },
     }
-}
-
-/// One value to put in a `MetricValueList`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    /// What it describes.
-    pub described: Described,
-    /// Value. Unit: milli-units.
-    pub milli: i64,
-    /// Sample time: its wall part is the `timestamp` rendered.
-    pub time: crate::clock::SampleTime,
 }
 
 #[derive(Serialize)]
@@ -282,7 +225,7 @@ pub fn metric_value_list(
             items: items
                 .iter()
                 .map(|i| ItemV1beta2 {
-                    described_object: i.described.reference(),
+                    described_object: reference(&i.described),
                     metric: MetricIdentifier {
                         name: metric,
                         selector,
@@ -299,7 +242,7 @@ pub fn metric_value_list(
             items: items
                 .iter()
                 .map(|i| ItemV1beta1 {
-                    described_object: i.described.reference(),
+                    described_object: reference(&i.described),
                     metric_name: metric,
                     timestamp: timestamp(i.time.wall),
                     value: quantity::format_milli(i.milli),
@@ -312,85 +255,27 @@ pub fn metric_value_list(
     result.unwrap_or_default()
 }
 
-/// A `metav1.Status` failure body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Status {
-    kind: &'static str,
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    metadata: StatusMeta,
-    status: &'static str,
-    /// Human-readable message, returned to the HPA and kubectl.
-    pub message: String,
-    /// Machine-readable reason (`NotFound`, `BadRequest`, …).
-    pub reason: &'static str,
-    /// HTTP status code.
-    pub code: u16,
-    /// What the failure is about (403 names the object, group and resource).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<Box<StatusDetails>>,
+/// A `metav1.Status` failure body with a code, reason and message (spec §3); `details` names
+/// the object a 403 is about. The only place a `Status` is built: see [`super::error::ApiError`].
+pub fn status(
+    code: u16,
+    reason: &str,
+    message: impl Into<String>,
+    details: Option<StatusDetails>,
+) -> Status {
+    Status {
+        code: Some(i32::from(code)),
+        details,
+        message: Some(message.into()),
+        metadata: ListMeta::default(),
+        reason: Some(reason.to_owned()),
+        status: Some("Failure".to_owned()),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-struct StatusMeta {}
-
-/// `metav1.StatusDetails`: the object a failure is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
-pub struct StatusDetails {
-    /// Object name, omitted when empty.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    /// API group, omitted when empty.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub group: String,
-    /// The resource (Go puts the resource in `kind` for these errors).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub kind: String,
-}
-
-impl Status {
-    /// A failure with a code, reason and message.
-    pub fn failure(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind: "Status",
-            api_version: "v1",
-            metadata: StatusMeta {},
-            status: "Failure",
-            message: message.into(),
-            reason,
-            code,
-            details: None,
-        }
-    }
-
-    /// The same failure with `details`.
-    pub fn with_details(mut self, details: StatusDetails) -> Self {
-        self.details = Some(Box::new(details));
-        self
-    }
-
-    /// 404 for a path that matches no route.
-    pub fn not_found_path() -> Self {
-        Self::failure(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-    }
-
-    /// 500 with the generic message; the cause is logged by the caller, never sent.
-    pub fn internal() -> Self {
-        Self::failure(
-            500,
-            "InternalError",
-            "Internal error occurred: unable to fetch metrics",
-        )
-    }
-
-    /// The JSON body.
-    pub fn to_body(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
+/// The JSON body of a `Status` (k8s-openapi writes `kind: Status` and `apiVersion: v1`).
+pub fn status_body(status: &Status) -> Vec<u8> {
+    to_json(status)
 }
 
 #[cfg(test)]
@@ -406,9 +291,14 @@ mod tests {
 
     #[test]
     fn resource_list_is_never_empty_and_has_consistent_scope() {
-        let body: Value =
-            serde_json::from_slice(&api_resource_list(Version::V1beta1, &["m".into()]))
-                .expect("json");
+        let body: Value = serde_json::from_slice(&api_resource_list(
+            Version::V1beta1,
+            &[
+                (crate::store::resource::pods(), "m".into()),
+                (crate::store::resource::namespaces(), "m".into()),
+            ],
+        ))
+        .expect("json");
         assert_eq!(body["groupVersion"], "custom.metrics.k8s.io/v1beta1");
         assert_eq!(body["resources"][0]["name"], "pods/m");
         assert_eq!(body["resources"][0]["namespaced"], true);

@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
-use http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http::header;
 
 use super::attributes::{self, Attributes};
 use super::authn::User;
 use super::{Auth, Authenticated, Decision};
-use crate::api::wire::{Status, StatusDetails};
+use crate::api::ApiError;
+use crate::api::wire::StatusDetails;
 use crate::server::client_cert::PeerCertificates;
 use crate::telemetry::{AuthOutcome, Telemetry};
 
@@ -25,41 +25,36 @@ pub struct AuthLayer {
     pub telemetry: Arc<Telemetry>,
 }
 
-fn status_response(status: &Status) -> Response {
-    let mut resp = Response::new(Body::from(status.to_body()));
-    *resp.status_mut() =
-        StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut().insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+/// The 401 answer.
+pub fn unauthorized() -> ApiError {
+    ApiError::Unauthorized
 }
 
-/// The 401 body.
-pub fn unauthorized() -> Status {
-    Status::failure(401, "Unauthorized", "Unauthorized")
-}
-
-/// The 403 body in the Go stack's words [apiserver: pkg/endpoints/handlers/responsewriters/errors.go
+/// The 403 answer in the Go stack's words [apiserver: pkg/endpoints/handlers/responsewriters/errors.go
 /// `forbiddenMessage`, `Forbidden`; apimachinery: pkg/api/errors/errors.go `NewForbidden`].
-pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> Status {
-    let (message, details) = match attrs {
-        Attributes::NonResource { verb, path } => (
-            format!("User {:?} cannot {verb} path {path:?}", user.name),
-            None,
-        ),
+pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> ApiError {
+    let with_reason = |message: String| {
+        if reason.is_empty() {
+            message
+        } else {
+            format!("{message}: {reason}")
+        }
+    };
+    match attrs {
+        Attributes::NonResource { verb, path } => ApiError::Forbidden {
+            message: format!(
+                "forbidden: {}",
+                with_reason(format!("User {:?} cannot {verb} path {path:?}", user.name))
+            ),
+            details: None,
+        },
         Attributes::Resource(r) => {
             let resource = if r.subresource.is_empty() {
                 r.resource.clone()
             } else {
                 format!("{}/{}", r.resource, r.subresource)
             };
-            let msg = if r.namespace.is_empty() {
+            let msg = with_reason(if r.namespace.is_empty() {
                 format!(
                     "User {:?} cannot {} resource {resource:?} in API group {:?} at the cluster scope",
                     user.name, r.verb, r.group
@@ -69,51 +64,35 @@ pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> Status {
                     "User {:?} cannot {} resource {resource:?} in API group {:?} in the namespace {:?}",
                     user.name, r.verb, r.group, r.namespace
                 )
-            };
-            (
-                msg,
-                Some(StatusDetails {
-                    name: r.name.clone(),
-                    group: r.group.clone(),
-                    kind: r.resource.clone(),
-                }),
-            )
-        }
-    };
-    let message = if reason.is_empty() {
-        message
-    } else {
-        format!("{message}: {reason}")
-    };
-    let full = match &details {
-        None => format!("forbidden: {message}"),
-        Some(d) => {
-            let gr = if d.group.is_empty() {
-                d.kind.clone()
+            });
+            // Go puts the resource in `kind` for these errors; empty fields are omitted.
+            let gr = if r.group.is_empty() {
+                r.resource.clone()
             } else {
-                format!("{}.{}", d.kind, d.group)
+                format!("{}.{}", r.resource, r.group)
             };
-            if d.name.is_empty() {
-                format!("{gr} is forbidden: {message}")
+            let message = if r.name.is_empty() {
+                format!("{gr} is forbidden: {msg}")
             } else {
-                format!("{gr} {:?} is forbidden: {message}", d.name)
+                format!("{gr} {:?} is forbidden: {msg}", r.name)
+            };
+            let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+            ApiError::Forbidden {
+                message,
+                details: Some(Box::new(StatusDetails {
+                    name: non_empty(&r.name),
+                    group: non_empty(&r.group),
+                    kind: non_empty(&r.resource),
+                    ..StatusDetails::default()
+                })),
             }
         }
-    };
-    let status = Status::failure(403, "Forbidden", full);
-    match details {
-        Some(d) => status.with_details(d),
-        None => status,
     }
 }
 
 /// 500 when a review call failed: the request fails closed; the cause is logged, not sent.
-pub fn review_failed() -> Status {
-    Status::failure(
-        500,
-        "InternalError",
-        "Internal error occurred: the authorization check failed",
-    )
+pub fn review_failed() -> ApiError {
+    ApiError::ReviewFailed
 }
 
 /// Middleware: `axum::middleware::from_fn_with_state(AuthLayer { .. },
@@ -142,16 +121,13 @@ async fn decide(auth: &Auth, mut req: Request, next: Next) -> (AuthOutcome, Resp
         Ok(Authenticated::User(user)) => user,
         Ok(Authenticated::Unauthorized) => {
             tracing::debug!(%path, client_cert = chain.is_some(), "401: no valid credentials");
-            return (
-                AuthOutcome::Unauthenticated,
-                status_response(&unauthorized()),
-            );
+            return (AuthOutcome::Unauthenticated, unauthorized().into_response());
         }
         Err(e) => {
             tracing::warn!(error = %e, %path, "401: authentication failed");
             return (
                 AuthOutcome::AuthenticationFailed,
-                status_response(&unauthorized()),
+                unauthorized().into_response(),
             );
         }
     };
@@ -163,14 +139,14 @@ async fn decide(auth: &Auth, mut req: Request, next: Next) -> (AuthOutcome, Resp
             tracing::debug!(user = %user.name, %path, %reason, "403: denied by SubjectAccessReview");
             (
                 AuthOutcome::Forbidden,
-                status_response(&forbidden(&user, &attrs, &reason)),
+                forbidden(&user, &attrs, &reason).into_response(),
             )
         }
         Err(e) => {
             tracing::warn!(error = %e, user = %user.name, %path, "500: authorization failed closed");
             (
                 AuthOutcome::AuthorizationFailed,
-                status_response(&review_failed()),
+                review_failed().into_response(),
             )
         }
     }
@@ -194,6 +170,7 @@ fn strip_identity(auth: &Auth, req: &mut Request) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::wire;
     use serde_json::json;
 
     fn user() -> User {
@@ -211,7 +188,8 @@ mod tests {
             None,
         );
         let body: serde_json::Value =
-            serde_json::from_slice(&forbidden(&user(), &a, "").to_body()).expect("json");
+            serde_json::from_slice(&wire::status_body(&forbidden(&user(), &a, "").status()))
+                .expect("json");
         assert_eq!(
             body,
             json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
@@ -226,7 +204,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            forbidden(&user(), &a, "no RBAC").message,
+            forbidden(&user(), &a, "no RBAC").to_string(),
             "nodes.custom.metrics.k8s.io \"n1\" is forbidden: User \"jane\" cannot get resource \"nodes/m\" in API group \"custom.metrics.k8s.io\" at the cluster scope: no RBAC"
         );
         let a = attributes::derive(
@@ -234,14 +212,14 @@ mod tests {
             "/apis/custom.metrics.k8s.io/v1beta2",
             None,
         );
-        let s = forbidden(&user(), &a, "");
+        let s = forbidden(&user(), &a, "").status();
         assert_eq!(
-            s.message,
+            s.message.as_deref().unwrap_or_default(),
             "forbidden: User \"jane\" cannot get path \"/apis/custom.metrics.k8s.io/v1beta2\""
         );
         assert!(s.details.is_none());
         let body: serde_json::Value =
-            serde_json::from_slice(&unauthorized().to_body()).expect("json");
+            serde_json::from_slice(&wire::status_body(&unauthorized().status())).expect("json");
         assert_eq!(
             body,
             json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",

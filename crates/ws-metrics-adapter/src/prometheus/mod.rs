@@ -4,9 +4,9 @@
 //!
 //! - [`template`]: the `<<.Series>>` / `<<.LabelMatchers>>` / `<<.GroupBy>>` query templates.
 //! - [`rules`]: prometheus-adapter `rules:` (discovery, association, naming, querying).
-//! - [`results`]: the plan, the latest answer of every query, and the reads the API makes.
+//! - [`plan`]: which query serves which metric, and answers → tables of the store's snapshot.
 
-pub mod results;
+pub mod plan;
 pub mod rules;
 pub mod template;
 
@@ -19,8 +19,9 @@ use prometheus_http_query::response::Data;
 
 use crate::server::Health;
 use crate::store::Store;
+use crate::store::read::{Outcome, Snapshot};
 use crate::telemetry::{QueryOutcome, Telemetry};
-use results::{Outcome, Plan, QuerySpec, Results, Snapshot, Table};
+use plan::{Plan, QuerySpec};
 
 /// Errors of setting the source up.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +208,8 @@ pub struct Source {
     client: prometheus_http_query::Client,
     config: PrometheusConfig,
     store: Arc<Store>,
-    results: Arc<Results>,
+    /// The plan of the last published snapshot.
+    plan: arc_swap::ArcSwap<Plan>,
     telemetry: Arc<Telemetry>,
     /// The plan of the `--metric` mappings alone; the rules' discoveries are added to it.
     base: Plan,
@@ -218,7 +220,8 @@ pub struct Source {
 
 impl Source {
     /// Builds the HTTP client (rustls on ring, with the configured CA, client certificate and
-    /// deadline) and the results the API will read.
+    /// deadline), and publishes an all-pending snapshot to the store (the API answers 500 for
+    /// its metrics until the first round).
     ///
     /// # Errors
     /// TLS files that cannot be used, or a URL the client refuses.
@@ -240,28 +243,26 @@ impl Source {
                 url: config.url.clone(),
                 reason: e.to_string(),
             })?;
-        let base = results::plan_for_mappings(
+        let base = plan::plan_for_mappings(
             mappings,
             &config.query,
             &config.namespace_label,
             &config.pod_label,
         );
-        let results = Arc::new(Results::new(base.clone(), store.max_age()));
+        store.publish(Snapshot::pending(
+            base.served.clone().into(),
+            base.queries.len(),
+        ));
         Ok(Self {
             client,
             config,
             store,
-            results,
+            plan: arc_swap::ArcSwap::from_pointee(base.clone()),
             telemetry,
             base,
             last_relist: Mutex::new(None),
             last_error: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// What the API reads.
-    pub fn results(&self) -> Arc<Results> {
-        self.results.clone()
     }
 
     fn bearer(&self) -> std::result::Result<Option<String>, QueryError> {
@@ -278,7 +279,7 @@ impl Source {
         &self,
         promql: &str,
         auth: Option<&str>,
-    ) -> std::result::Result<Vec<results::RawSample>, QueryError> {
+    ) -> std::result::Result<Vec<plan::RawSample>, QueryError> {
         let mut q = self
             .client
             .query(promql)
@@ -384,7 +385,7 @@ impl Source {
             .observe_prometheus_query("series", QueryOutcome::Success, 0.0);
         let discovered = rules::discover_all(&self.config.rules, &all);
         let mut plan = self.base.clone();
-        let skipped = results::extend_with_rules(&mut plan, &discovered);
+        let skipped = plan::extend_with_rules(&mut plan, &discovered);
         if skipped > 0 {
             tracing::warn!(
                 skipped,
@@ -401,7 +402,7 @@ impl Source {
         let mut report = RoundReport::default();
         let auth = self.bearer();
         let auth_str = auth.as_ref().ok().and_then(|a| a.as_deref());
-        let mut plan = self.results.snapshot().plan.clone();
+        let mut plan = self.plan.load_full();
         let due = !self.config.rules.is_empty()
             && self
                 .last_relist
@@ -441,7 +442,8 @@ impl Source {
                 Ok(samples) => {
                     self.telemetry
                         .observe_prometheus_query("query", QueryOutcome::Success, secs);
-                    let (table, dropped) = Table::build(spec, samples, crate::clock::Moment::now());
+                    let (table, dropped) =
+                        plan::build_table(spec, samples, crate::clock::Moment::now());
                     self.telemetry
                         .prometheus_series_dropped(dropped.unlabelled, dropped.unservable);
                     self.note(spec, None);
@@ -457,7 +459,8 @@ impl Source {
                 }
             }
         }
-        self.results.publish(Snapshot::new(plan, outcomes));
+        self.store.publish(plan.snapshot(outcomes));
+        self.plan.store(plan);
         self.store.round_finished(crate::clock::Moment::now());
         report
     }

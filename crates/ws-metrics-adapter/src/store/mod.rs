@@ -1,16 +1,30 @@
-//! In-memory state between collection and the API: which pods exist (written by discovery), the
-//! latest good reading of each (written by collection), and the queries the API runs (reads only).
+//! In-memory state between the sources and the API: which pods exist (written by discovery), the
+//! latest good reading of each (written by the scrape source) or the latest query answers (a
+//! [`read::Snapshot`] published by the Prometheus source), and the one read the API makes
+//! ([`Store::read`], memory only).
 //!
-//! Safety rules live here: a reading older than `max_age` is never served, a failed scrape never
-//! replaces a good reading, and a pod removed by discovery is gone from the next answer.
+//! Safety rules live here: a value older than `max_age` is never served, a failed scrape or query
+//! never replaces a good value nor reads as a zero, and a pod removed by discovery is gone from
+//! the next answer.
+//!
+//! - [`read`]: the read contract (what is published, asked, answered, refused).
+//! - [`resource`]: the resources a metric can be served for.
+
+pub mod read;
+pub mod resource;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+
 use crate::clock::{Moment, SampleTime};
 use crate::quantity;
 use crate::selector::{Operator, Selector};
+
+pub use read::{Described, Item, Objects, ReadError, ServedMetric, Snapshot};
+pub use resource::ResourceInfo;
 
 /// Label set of a Kubernetes object or of a Prometheus series, by name.
 pub type Labels = BTreeMap<String, String>;
@@ -296,6 +310,9 @@ pub struct Store {
     inner: RwLock<Inner>,
     /// Time the last collection round ended, used as the timestamp of answers with no samples.
     last_round: RwLock<Option<Moment>>,
+    /// The query source's answers, once it publishes; while `None`, values are the pods'
+    /// scrape readings. Swapped whole, so a read sees one round, never half of two.
+    queried: ArcSwapOption<Snapshot>,
 }
 
 impl Store {
@@ -306,6 +323,134 @@ impl Store {
             max_age,
             inner: RwLock::new(Inner::default()),
             last_round: RwLock::new(None),
+            queried: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Publishes a query source's round (or a new set of served metrics): from now on values come
+    /// from `snapshot`, and the pods' scrape readings are not read.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.queried.store(Some(Arc::new(snapshot)));
+    }
+
+    /// The query source's last published snapshot, if it published one.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.queried.load_full()
+    }
+
+    /// The served (resource, metric) pairs, in discovery order, for the discovery documents:
+    /// those of the published snapshot, else `pods/<m>` then `namespaces/<m>` for every metric
+    /// of the catalog.
+    pub fn served(&self) -> Vec<(&'static ResourceInfo, String)> {
+        if let Some(snap) = self.queried.load().as_deref() {
+            return snap
+                .served
+                .iter()
+                .map(|s| (s.resource, s.metric.clone()))
+                .collect();
+        }
+        [resource::pods(), resource::namespaces()]
+            .into_iter()
+            .flat_map(|r| {
+                self.catalog
+                    .mappings()
+                    .iter()
+                    .map(move |m| (r, m.served.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether `metric` is served for `resource`.
+    pub fn serves(&self, resource: &'static ResourceInfo, metric: &str) -> bool {
+        match self.queried.load().as_deref() {
+            Some(snap) => snap
+                .served
+                .iter()
+                .any(|s| s.resource == resource && s.metric == metric),
+            None => {
+                (resource.is_pods() || resource.is_namespaces())
+                    && self.catalog.family_index(metric).is_some()
+            }
+        }
+    }
+
+    /// The one read of the API: values of `metric` for `objects` of `resource`, from memory, each
+    /// at most `max_age` old. Pods are the inventory's: a value of a pod it does not track is
+    /// never served.
+    ///
+    /// # Errors
+    /// [`ReadError`]: the metric is not served for the resource, the object has no fresh value,
+    /// the namespace is unknown, a namespace total would be partial, a selector cannot be
+    /// answered, or the query behind the metric failed or has not run.
+    pub fn read(
+        &self,
+        resource: &'static ResourceInfo,
+        metric: &str,
+        objects: Objects<'_>,
+        metric_selector: &Selector,
+        now: Moment,
+    ) -> Result<Vec<Item>, ReadError> {
+        if let Some(snap) = self.queried.load().as_deref() {
+            return snap.read(self, resource, metric, objects, metric_selector, now);
+        }
+        let unknown = || ReadError::UnknownMetric {
+            metric: metric.to_owned(),
+            resource: resource.path(),
+        };
+        let family = self.catalog.family_index(metric).ok_or_else(unknown)?;
+        match objects {
+            Objects::All {
+                namespace,
+                selector,
+            } if resource.is_pods() => Ok(self
+                .pods_matching(namespace, selector, family, metric_selector, now)
+                .into_iter()
+                .map(|p| Item {
+                    described: Described::Pod {
+                        namespace: namespace.to_owned(),
+                        name: p.name,
+                    },
+                    milli: p.milli,
+                    time: p.time,
+                })
+                .collect()),
+            Objects::One { namespace, name } if resource.is_pods() => {
+                let key = PodKey {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                let p = self
+                    .pod_value(&key, family, metric_selector, now)
+                    .ok_or_else(|| ReadError::NoValue {
+                        metric: metric.to_owned(),
+                        resource: "pods".to_owned(),
+                        with: if metric_selector.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" with selector {metric_selector}")
+                        },
+                        name: key.name.clone(),
+                    })?;
+                Ok(vec![Item {
+                    described: Described::Pod {
+                        namespace: key.namespace,
+                        name: p.name,
+                    },
+                    milli: p.milli,
+                    time: p.time,
+                }])
+            }
+            Objects::One { name, .. } if resource.is_namespaces() => {
+                let (milli, time) = self.namespace_total(name, family, metric_selector, now)?;
+                Ok(vec![Item {
+                    described: Described::Namespace {
+                        name: name.to_owned(),
+                    },
+                    milli,
+                    time,
+                }])
+            }
+            _ => Err(unknown()),
         }
     }
 
@@ -319,7 +464,7 @@ impl Store {
         self.max_age
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+    fn locked(&self) -> RwLockReadGuard<'_, Inner> {
         // A poisoned lock means a writer panicked mid-update; every update here is a single
         // map operation, so the data is still consistent and serving it is better than dying.
         self.inner.read().unwrap_or_else(|e| e.into_inner())
@@ -438,18 +583,18 @@ impl Store {
 
     /// Whether the inventory is complete (watch synced or static file read).
     pub fn is_synced(&self) -> bool {
-        self.read().synced
+        self.locked().synced
     }
 
     /// Number of pods tracked.
     pub fn pod_count(&self) -> usize {
-        self.read().pod_count
+        self.locked().pod_count
     }
 
     /// The scrape jobs for one collection round (a snapshot; the store stays unlocked during the
     /// round).
     pub fn scrape_jobs(&self) -> Vec<ScrapeJob> {
-        let inner = self.read();
+        let inner = self.locked();
         let mut jobs = Vec::with_capacity(inner.pod_count);
         for (ns, pods) in &inner.pods {
             for (name, entry) in &pods.pods {
@@ -532,7 +677,7 @@ impl Store {
         series_selector: &Selector,
         now: Moment,
     ) -> Vec<PodValue> {
-        let inner = self.read();
+        let inner = self.locked();
         let Some(ns) = inner.pods.get(namespace) else {
             return Vec::new();
         };
@@ -570,7 +715,7 @@ impl Store {
         series_selector: &Selector,
         now: Moment,
     ) -> Option<PodValue> {
-        let inner = self.read();
+        let inner = self.locked();
         let entry = inner.pods.get(&key.namespace)?.pods.get(&key.name)?;
         let (milli, time) = self.fresh_value(entry, family, series_selector, now.mono)?;
         Some(PodValue {
@@ -595,7 +740,7 @@ impl Store {
         series_selector: &Selector,
         now: Moment,
     ) -> Result<(i64, SampleTime), TotalError> {
-        let inner = self.read();
+        let inner = self.locked();
         let mut sum: i64 = 0;
         let mut oldest: Option<SampleTime> = None;
         let mut missing = 0;
@@ -633,7 +778,7 @@ impl Store {
     /// Names of the tracked pods of `namespace` matching `pod_selector`, sorted. Used by the
     /// Prometheus source, whose values come from elsewhere but whose pods are the inventory's.
     pub fn pod_names(&self, namespace: &str, pod_selector: &Selector) -> Vec<String> {
-        let inner = self.read();
+        let inner = self.locked();
         let Some(ns) = inner.pods.get(namespace) else {
             return Vec::new();
         };
@@ -656,7 +801,7 @@ impl Store {
     /// Whether `namespace` is known: it has a tracked pod, discovery saw a pod in it, or discovery
     /// reports no namespaces at all.
     pub fn namespace_known(&self, namespace: &str) -> bool {
-        let inner = self.read();
+        let inner = self.locked();
         inner.pods.contains_key(namespace)
             || inner
                 .namespaces_seen
@@ -666,7 +811,7 @@ impl Store {
 
     /// Whether the pod is tracked.
     pub fn has_pod(&self, key: &PodKey) -> bool {
-        self.read()
+        self.locked()
             .pods
             .get(&key.namespace)
             .is_some_and(|ns| ns.pods.contains_key(&key.name))
@@ -675,7 +820,7 @@ impl Store {
     /// How many tracked pods have a fresh reading, and how many do not (never scraped
     /// successfully, or last good reading older than `max_age`), for the adapter's own metrics.
     pub fn freshness(&self, now: Instant) -> (usize, usize) {
-        let inner = self.read();
+        let inner = self.locked();
         let mut fresh = 0;
         let mut stale = 0;
         for entry in inner.pods.values().flat_map(|ns| ns.pods.values()) {

@@ -1,20 +1,15 @@
-//! What the Prometheus source serves: the plan (which metric of which resource comes from which
-//! query), the latest outcome of every query, and the pure reads the API makes on them. Written by
-//! the query loop with one atomic swap per round; read by requests without locks or I/O.
+//! The Prometheus source's plan: which metric of which resource comes from which query, the
+//! PromQL of each query, and the step that turns an answer into a [`Table`] of the shared read
+//! contract ([`crate::store::read`]). The tables are published to the store, which the API reads.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::clock::{Moment, SampleTime};
 
-use arc_swap::ArcSwap;
-
-use super::rules::{self, ResourceInfo};
-use crate::api::wire::{self, Described, Item, Version};
+use super::rules;
 use crate::quantity;
-use crate::selector::Selector;
-use crate::store::{PodKey, Store};
+use crate::store::read::{ObjectKey, ObjectValue, Outcome, Served, Snapshot, Table, Values};
 
 /// Label added to tell the value part of a query's answer from its freshness part.
 pub const PART_LABEL: &str = "ws_adapter_part";
@@ -64,27 +59,6 @@ impl QuerySpec {
     }
 }
 
-/// How the values of a served metric are obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Values {
-    /// From query `n`, one value per object.
-    Query(usize),
-    /// For `namespaces`: the sum of the pods' values of query `n` over every tracked pod of the
-    /// namespace (as the scrape source computes it), refused when a pod has no value.
-    PodSum(usize),
-}
-
-/// A metric served for a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
-    /// Resource (`pods`, `namespaces`, `services`, …).
-    pub resource: &'static ResourceInfo,
-    /// Metric name.
-    pub metric: String,
-    /// Where its values come from.
-    pub values: Values,
-}
-
 /// Which metrics are served and the queries behind them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -119,32 +93,6 @@ impl Plan {
     }
 }
 
-/// Values of one object in one query answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectValue {
-    /// The answer's series for the object: labels other than the object's, and value. Unit of
-    /// the value: milli-units.
-    pub series: Vec<(Vec<(String, String)>, i64)>,
-    /// Sum of the series. Unit: milli-units.
-    pub total_milli: i64,
-    /// Time of the newest raw sample behind the value (the freshness part), else the
-    /// evaluation time; aged on the monotonic clock from when the answer arrived.
-    pub time: SampleTime,
-}
-
-/// Object identity in a table: namespace (empty for cluster-scoped objects) and name.
-pub type ObjectKey = (String, String);
-
-/// One successful query answer, by object.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Table {
-    /// Values by object.
-    pub objects: HashMap<ObjectKey, ObjectValue>,
-    /// Label names, other than the object's, carried by the answer's series: what a
-    /// `metricLabelSelector` may filter on.
-    pub kept_labels: BTreeSet<String>,
-}
-
 /// A sample of an instant-vector answer: labels, value, timestamp (Unix seconds).
 pub type RawSample = (HashMap<String, String>, f64, f64);
 
@@ -166,381 +114,76 @@ fn system_time(secs: f64) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-impl Table {
-    /// Builds a table from the samples of a [`QuerySpec`] answer that arrived at `at`. An object
-    /// with an unservable value (NaN, ±Inf) is left out entirely, never served as zero or as a
-    /// partial sum.
-    pub fn build(spec: &QuerySpec, samples: Vec<RawSample>, at: Moment) -> (Self, Dropped) {
-        let mut dropped = Dropped::default();
-        let mut times: HashMap<ObjectKey, SystemTime> = HashMap::new();
-        let mut table = Table::default();
-        let mut poisoned: BTreeSet<ObjectKey> = BTreeSet::new();
-        for (mut labels, value, ts) in samples {
-            let part = labels.remove(PART_LABEL);
-            let ns = match &spec.namespace_label {
-                Some(l) => match labels.remove(l) {
-                    Some(v) if !v.is_empty() => v,
-                    _ => {
-                        dropped.unlabelled += 1;
-                        continue;
-                    }
-                },
-                None => String::new(),
-            };
-            let name = match labels.remove(&spec.object_label) {
+/// Builds a table from the samples of a [`QuerySpec`] answer that arrived at `at`. An object
+/// with an unservable value (NaN, ±Inf) is left out entirely, never served as zero or as a
+/// partial sum.
+pub fn build_table(spec: &QuerySpec, samples: Vec<RawSample>, at: Moment) -> (Table, Dropped) {
+    let mut dropped = Dropped::default();
+    let mut times: HashMap<ObjectKey, SystemTime> = HashMap::new();
+    let mut table = Table::default();
+    let mut poisoned: BTreeSet<ObjectKey> = BTreeSet::new();
+    for (mut labels, value, ts) in samples {
+        let part = labels.remove(PART_LABEL);
+        let ns = match &spec.namespace_label {
+            Some(l) => match labels.remove(l) {
                 Some(v) if !v.is_empty() => v,
                 _ => {
                     dropped.unlabelled += 1;
                     continue;
                 }
-            };
-            let key = (ns, name);
-            if part.as_deref() == Some("time") {
-                let t = system_time(value);
-                let slot = times.entry(key).or_insert(t);
-                *slot = (*slot).max(t);
-                continue;
-            }
-            let Some(milli) = quantity::milli_from_f64(value) else {
-                dropped.unservable += 1;
-                poisoned.insert(key);
-                continue;
-            };
-            labels.remove("__name__");
-            let mut pairs: Vec<(String, String)> = labels.into_iter().collect();
-            pairs.sort();
-            table
-                .kept_labels
-                .extend(pairs.iter().map(|(k, _)| k.clone()));
-            let entry = table.objects.entry(key).or_insert_with(|| ObjectValue {
-                series: Vec::new(),
-                total_milli: 0,
-                time: SampleTime::stamped(system_time(ts), at),
-            });
-            entry.total_milli = entry.total_milli.saturating_add(milli);
-            entry.series.push((pairs, milli));
-        }
-        for key in poisoned {
-            table.objects.remove(&key);
-        }
-        for (key, value) in &mut table.objects {
-            if let Some(t) = times.get(key) {
-                value.time = SampleTime::stamped(*t, at);
-            }
-        }
-        (table, dropped)
-    }
-}
-
-/// Latest outcome of one query.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Not run yet.
-    Pending,
-    /// The last run succeeded.
-    Ready(Arc<Table>),
-    /// The last run failed (unreachable, error status, timeout, bad answer): served as 500.
-    Failed(Arc<str>),
-}
-
-/// Plan and outcomes, swapped as a whole.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// What is served.
-    pub plan: Arc<Plan>,
-    /// Indexed like `plan.queries`.
-    pub outcomes: Vec<Outcome>,
-    resource_lists: [Vec<u8>; 2],
-}
-
-impl Snapshot {
-    /// A snapshot with discovery documents rendered from the plan.
-    pub fn new(plan: Arc<Plan>, outcomes: Vec<Outcome>) -> Self {
-        let entries: Vec<(String, String, bool)> = plan
-            .served
-            .iter()
-            .map(|s| (s.resource.path(), s.metric.clone(), s.resource.namespaced))
-            .collect();
-        Self {
-            resource_lists: [
-                wire::api_resource_list_of(Version::V1beta1, &entries),
-                wire::api_resource_list_of(Version::V1beta2, &entries),
-            ],
-            plan,
-            outcomes,
-        }
-    }
-}
-
-/// Why a read gives no values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadError {
-    /// 404 with this message.
-    NotFound(String),
-    /// 400 with this message.
-    BadRequest(String),
-    /// 500: the data cannot be trusted right now; the cause is logged by the caller.
-    Unavailable(String),
-}
-
-/// Which objects a read asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Objects<'a> {
-    /// One object (namespace empty for cluster-scoped ones).
-    One {
-        /// Namespace, or empty.
-        namespace: &'a str,
-        /// Name.
-        name: &'a str,
-    },
-    /// All objects of a namespace (or of the cluster, namespace empty) matching a selector.
-    All {
-        /// Namespace, or empty.
-        namespace: &'a str,
-        /// `labelSelector` on the objects.
-        selector: &'a Selector,
-    },
-}
-
-/// The Prometheus source's served state. Cheap to share behind an `Arc`.
-#[derive(Debug)]
-pub struct Results {
-    snapshot: ArcSwap<Snapshot>,
-    max_age: Duration,
-}
-
-impl Results {
-    /// Results for a plan, every query pending.
-    pub fn new(plan: Plan, max_age: Duration) -> Self {
-        let outcomes = vec![Outcome::Pending; plan.queries.len()];
-        Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(Arc::new(plan), outcomes)),
-            max_age,
-        }
-    }
-
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Publishes a new snapshot (one round's outcomes, or a new plan).
-    pub fn publish(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
-    }
-
-    /// The discovery document of `version`.
-    pub fn resource_list(&self, version: Version) -> Vec<u8> {
-        let idx = match version {
-            Version::V1beta1 => 0,
-            Version::V1beta2 => 1,
+            },
+            None => String::new(),
         };
-        self.snapshot.load().resource_lists[idx].clone()
-    }
-
-    /// Whether every query has an outcome (ran at least once).
-    pub fn all_ran(&self) -> bool {
-        self.snapshot
-            .load()
-            .outcomes
-            .iter()
-            .all(|o| !matches!(o, Outcome::Pending))
-    }
-
-    /// Values of `metric` for `objects` of `resource`, read from memory. Pods must be tracked by
-    /// the inventory (`store`): series of pods it does not know are never served. Values older
-    /// than `--max-age` are left out.
-    ///
-    /// # Errors
-    /// [`ReadError`] for unknown metrics or objects, selectors on labels the query drops, and
-    /// queries that failed or have not run.
-    pub fn read(
-        &self,
-        store: &Store,
-        resource: &'static ResourceInfo,
-        metric: &str,
-        objects: Objects<'_>,
-        metric_selector: &Selector,
-        now: Moment,
-    ) -> Result<Vec<Item>, ReadError> {
-        let snap = self.snapshot.load();
-        let not_found = || {
-            ReadError::NotFound(format!(
-                "the server could not find the metric {metric} for {}",
-                resource.path()
-            ))
-        };
-        let served = snap
-            .plan
-            .served
-            .iter()
-            .find(|s| s.resource == resource && s.metric == metric)
-            .ok_or_else(not_found)?;
-        let (Values::Query(q) | Values::PodSum(q)) = served.values;
-        let table = match snap.outcomes.get(q) {
-            Some(Outcome::Ready(t)) => t.clone(),
-            Some(Outcome::Failed(why)) => {
-                return Err(ReadError::Unavailable(format!(
-                    "query for {metric} failed: {why}"
-                )));
-            }
+        let name = match labels.remove(&spec.object_label) {
+            Some(v) if !v.is_empty() => v,
             _ => {
-                return Err(ReadError::Unavailable(format!(
-                    "query for {metric} has not run yet"
-                )));
+                dropped.unlabelled += 1;
+                continue;
             }
         };
-        for req in metric_selector.requirements() {
-            if !table.objects.is_empty() && !table.kept_labels.contains(&req.key) {
-                return Err(ReadError::BadRequest(format!(
-                    "metricLabelSelector: label {:?} is not kept by the query for {metric} (it keeps: {}); add it to the query's `by (...)` clause",
-                    req.key,
-                    if table.kept_labels.is_empty() {
-                        "no labels besides the object's".to_owned()
-                    } else {
-                        table
-                            .kept_labels
-                            .iter()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                )));
-            }
+        let key = (ns, name);
+        if part.as_deref() == Some("time") {
+            let t = system_time(value);
+            let slot = times.entry(key).or_insert(t);
+            *slot = (*slot).max(t);
+            continue;
         }
-        let value_of = |ns: &str, name: &str| -> Option<(i64, SampleTime)> {
-            let v = table.objects.get(&(ns.to_owned(), name.to_owned()))?;
-            if v.time.age(now.mono) > self.max_age {
-                return None;
-            }
-            let milli = if metric_selector.is_empty() {
-                v.total_milli
-            } else {
-                let matching: Vec<i64> = v
-                    .series
-                    .iter()
-                    .filter(|(labels, _)| metric_selector.matches_pairs(labels))
-                    .map(|(_, m)| *m)
-                    .collect();
-                if matching.is_empty() {
-                    return None;
-                }
-                matching.into_iter().fold(0i64, i64::saturating_add)
-            };
-            Some((milli, v.time))
+        let Some(milli) = quantity::milli_from_f64(value) else {
+            dropped.unservable += 1;
+            poisoned.insert(key);
+            continue;
         };
-        let described = |ns: &str, name: &str| -> Described {
-            if resource.is_pods() {
-                Described::Pod {
-                    namespace: ns.to_owned(),
-                    name: name.to_owned(),
-                }
-            } else if resource.is_namespaces() {
-                Described::Namespace {
-                    name: name.to_owned(),
-                }
-            } else {
-                Described::Object {
-                    kind: resource.kind,
-                    api_version: resource.api_version,
-                    namespace: resource.namespaced.then(|| ns.to_owned()),
-                    name: name.to_owned(),
-                }
-            }
-        };
-        let item = |ns: &str, name: &str, (milli, time): (i64, SampleTime)| Item {
-            described: described(ns, name),
-            milli,
-            time,
-        };
-        match (served.values, objects) {
-            (Values::PodSum(_), Objects::One { name, .. }) => {
-                let pods = store.pod_names(name, &Selector::everything());
-                if pods.is_empty() && !store.namespace_known(name) {
-                    return Err(ReadError::NotFound(format!(
-                        "namespaces \"{name}\" not found"
-                    )));
-                }
-                let mut sum = 0i64;
-                let mut oldest: Option<SampleTime> = None;
-                let mut missing = 0;
-                for pod in &pods {
-                    match value_of(name, pod) {
-                        Some((m, t)) => {
-                            sum = sum.saturating_add(m);
-                            oldest = Some(oldest.map_or(t, |o| o.older(t)));
-                        }
-                        None => missing += 1,
-                    }
-                }
-                if missing > 0 {
-                    return Err(ReadError::Unavailable(format!(
-                        "{missing} of {} pods in namespace {name} have no fresh value",
-                        pods.len()
-                    )));
-                }
-                Ok(vec![item(
-                    "",
-                    name,
-                    (sum, oldest.unwrap_or_else(|| SampleTime::read_at(now))),
-                )])
-            }
-            (Values::PodSum(_), Objects::All { .. }) => Err(not_found()),
-            (Values::Query(_), Objects::One { namespace, name }) => {
-                if resource.is_pods()
-                    && !store.has_pod(&PodKey {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    })
-                {
-                    return Err(ReadError::NotFound(format!(
-                        "the server could not find the metric {metric} for pods {name}"
-                    )));
-                }
-                let ns = if resource.namespaced { namespace } else { "" };
-                let v = value_of(ns, name).ok_or_else(|| {
-                    ReadError::NotFound(format!(
-                        "the server could not find the metric {metric} for {} {name}",
-                        resource.path()
-                    ))
-                })?;
-                Ok(vec![item(ns, name, v)])
-            }
-            (
-                Values::Query(_),
-                Objects::All {
-                    namespace,
-                    selector,
-                },
-            ) => {
-                if resource.is_pods() {
-                    return Ok(store
-                        .pod_names(namespace, selector)
-                        .into_iter()
-                        .filter_map(|pod| {
-                            value_of(namespace, &pod).map(|v| item(namespace, &pod, v))
-                        })
-                        .collect());
-                }
-                if !selector.is_empty() {
-                    return Err(ReadError::BadRequest(format!(
-                        "labelSelector is only supported for pods: this adapter does not watch {}",
-                        resource.path()
-                    )));
-                }
-                let ns = if resource.namespaced { namespace } else { "" };
-                let mut names: Vec<&String> = table
-                    .objects
-                    .keys()
-                    .filter(|(n, _)| n == ns)
-                    .map(|(_, name)| name)
-                    .collect();
-                names.sort();
-                Ok(names
-                    .into_iter()
-                    .filter_map(|name| value_of(ns, name).map(|v| item(ns, name, v)))
-                    .collect())
-            }
+        labels.remove("__name__");
+        let mut pairs: Vec<(String, String)> = labels.into_iter().collect();
+        pairs.sort();
+        table
+            .kept_labels
+            .extend(pairs.iter().map(|(k, _)| k.clone()));
+        let entry = table.objects.entry(key).or_insert_with(|| ObjectValue {
+            series: Vec::new(),
+            total_milli: 0,
+            time: SampleTime::stamped(system_time(ts), at),
+        });
+        entry.total_milli = entry.total_milli.saturating_add(milli);
+        entry.series.push((pairs, milli));
+    }
+    for key in poisoned {
+        table.objects.remove(&key);
+    }
+    for (key, value) in &mut table.objects {
+        if let Some(t) = times.get(key) {
+            value.time = SampleTime::stamped(*t, at);
+        }
+    }
+    (table, dropped)
+}
+
+impl Plan {
+    /// The snapshot of one round: this plan's served metrics and the outcome of each query.
+    pub fn snapshot(&self, outcomes: Vec<Outcome>) -> Snapshot {
+        Snapshot {
+            served: self.served.clone().into(),
+            outcomes,
         }
     }
 }
@@ -634,7 +277,34 @@ pub fn extend_with_rules(plan: &mut Plan, discovered: &[rules::Discovered]) -> u
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::store::{MetricCatalog, MetricMapping, PodTarget};
+    use crate::selector::Selector;
+    use crate::store::{
+        Described, Item, MetricCatalog, MetricMapping, Objects, PodKey, PodTarget, ReadError,
+        ResourceInfo, Store,
+    };
+    use std::sync::Arc;
+
+    /// A published snapshot, read through the store as the API reads it.
+    struct Results(std::sync::Mutex<Snapshot>);
+
+    impl Results {
+        fn publish(&self, snapshot: Snapshot) {
+            *self.0.lock().unwrap() = snapshot;
+        }
+
+        fn read(
+            &self,
+            store: &Store,
+            resource: &'static ResourceInfo,
+            metric: &str,
+            objects: Objects<'_>,
+            metric_selector: &Selector,
+            now: Moment,
+        ) -> Result<Vec<Item>, ReadError> {
+            store.publish(self.0.lock().unwrap().clone());
+            store.read(resource, metric, objects, metric_selector, now)
+        }
+    }
 
     const T0: u64 = 1_700_000_000;
 
@@ -708,11 +378,10 @@ mod tests {
             "pod",
         );
         let arrived = arrival(&samples);
-        let (table, _) = Table::build(&plan.queries[0], samples, arrived);
-        let plan = Arc::new(plan);
-        let r = Results::new((*plan).clone(), Duration::from_secs(60));
-        r.publish(Snapshot::new(plan, vec![Outcome::Ready(Arc::new(table))]));
-        r
+        let (table, _) = build_table(&plan.queries[0], samples, arrived);
+        Results(std::sync::Mutex::new(
+            plan.snapshot(vec![Outcome::Ready(Arc::new(table))]),
+        ))
     }
 
     fn values(items: &[Item]) -> Vec<(String, i64, SystemTime)> {
@@ -844,7 +513,7 @@ mod tests {
             &Selector::everything(),
             at(T0 + 11),
         );
-        assert!(matches!(ghost, Err(ReadError::NotFound(_))), "{ghost:?}");
+        assert!(matches!(ghost, Err(ReadError::NoValue { .. })), "{ghost:?}");
     }
 
     #[test]
@@ -909,7 +578,10 @@ mod tests {
             &Selector::everything(),
             now,
         );
-        assert!(matches!(ns, Err(ReadError::Unavailable(_))), "{ns:?}");
+        assert!(
+            matches!(ns, Err(ReadError::IncompleteData { missing: 1, .. })),
+            "{ns:?}"
+        );
     }
 
     #[test]
@@ -935,7 +607,7 @@ mod tests {
             )
         };
         assert!(
-            matches!(total("ghost"), Err(ReadError::NotFound(m)) if m.contains("\"ghost\" not found"))
+            matches!(total("ghost"), Err(e @ ReadError::UnknownNamespace { .. }) if e.to_string().contains("\"ghost\" not found"))
         );
         // Known, no tracked pod: a true zero.
         assert_eq!(total("quiet").map(|items| items[0].milli), Ok(0));
@@ -947,7 +619,7 @@ mod tests {
         let template =
             crate::prometheus::template::Template::parse("sum by (<<.GroupBy>>) (<<.Series>>)")
                 .unwrap();
-        let plan = Arc::new(plan_for_mappings(
+        let plan = plan_for_mappings(
             &[MetricMapping {
                 served: "m".into(),
                 family: "f".into(),
@@ -955,8 +627,11 @@ mod tests {
             &template,
             "namespace",
             "pod",
-        ));
-        let r = Results::new((*plan).clone(), Duration::from_secs(60));
+        );
+        let r = Results(std::sync::Mutex::new(Snapshot::pending(
+            plan.served.clone().into(),
+            plan.queries.len(),
+        )));
         let s = store(&[("chat", "ws-0", "ws")]);
         let all = Objects::All {
             namespace: "chat",
@@ -971,19 +646,17 @@ mod tests {
             at(T0),
         );
         assert!(
-            matches!(pending, Err(ReadError::Unavailable(_))),
+            matches!(pending, Err(ReadError::NotYetQueried { .. })),
             "{pending:?}"
         );
-        r.publish(Snapshot::new(
-            plan,
-            vec![Outcome::Failed("connection refused".into())],
-        ));
+        r.publish(plan.snapshot(vec![Outcome::Failed("connection refused".into())]));
         let failed = r.read(&s, rules::pods(), "m", all, &Selector::everything(), at(T0));
         assert_eq!(
             failed,
-            Err(ReadError::Unavailable(
-                "query for m failed: connection refused".into()
-            ))
+            Err(ReadError::QueryFailed {
+                metric: "m".into(),
+                why: "connection refused".into()
+            })
         );
     }
 
@@ -1049,7 +722,7 @@ mod tests {
         assert_eq!(read("", "route=chat"), Ok(vec![("ws-0".into(), 4000)]));
         let refused = read("", "region=eu");
         assert!(
-            matches!(&refused, Err(ReadError::BadRequest(m)) if m.contains("region") && m.contains("route")),
+            matches!(&refused, Err(ReadError::Unanswerable(m)) if m.contains("region") && m.contains("route")),
             "{refused:?}"
         );
     }
@@ -1068,7 +741,7 @@ mod tests {
     #[test]
     fn nan_and_series_without_the_object_label_are_dropped_not_zeroed() {
         let spec = QuerySpec::new("x", "x", Some("namespace".into()), "pod".into());
-        let (table, dropped) = Table::build(
+        let (table, dropped) = build_table(
             &spec,
             vec![
                 sample(
