@@ -536,6 +536,51 @@ pub mod e2e {
         }
     }
 
+    /// The first address after `listening on SCHEME://` in `text` (the line our binaries log
+    /// once per listener, e.g. `listening on http://127.0.0.1:41234`).
+    pub fn parse_listening_addr(text: &str, scheme: &str) -> Option<std::net::SocketAddr> {
+        let needle = format!("listening on {scheme}://");
+        text.match_indices(&needle).find_map(|(at, _)| {
+            let rest = &text[at + needle.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+    }
+
+    impl ProcessGuard {
+        /// Waits until the process logs `listening on SCHEME://ADDR` (stdout or stderr) and
+        /// returns ADDR: a child started on port 0 reports the port it bound, so there is no
+        /// free-port race. Panics, with the output, if the process exits first or `deadline`
+        /// passes (a deadline to give up, not a speed claim: make it generous).
+        pub async fn listening_addr(
+            &mut self,
+            scheme: &str,
+            deadline: Duration,
+        ) -> std::net::SocketAddr {
+            let start = Instant::now();
+            loop {
+                let text = format!("{}{}", self.stdout(), self.stderr());
+                if let Some(addr) = parse_listening_addr(&text, scheme) {
+                    return addr;
+                }
+                if let Some(status) = self.try_wait() {
+                    panic!(
+                        "{} exited ({status}) before it logged `listening on {scheme}://`:\n{text}",
+                        self.name
+                    );
+                }
+                assert!(
+                    start.elapsed() < deadline,
+                    "{} did not log `listening on {scheme}://` within {deadline:?}:\n{text}",
+                    self.name
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     impl Drop for ProcessGuard {
         fn drop(&mut self) {
             if let Ok(None) = self.child.try_wait() {
@@ -614,17 +659,13 @@ pub mod e2e {
             })
     }
 
-    /// An external tool the test needs: its path, or `None` (test skipped, with a message) when it
-    /// is missing outside CI. With `CI=true` a missing tool fails the test with `hint`.
-    pub fn require_tool(name: &str, hint: &str) -> Option<PathBuf> {
-        if let Some(p) = find_on_path(name) {
-            return Some(p);
-        }
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("`{name}` is not on PATH and CI=true: {hint}");
-        }
-        eprintln!("SKIPPED: `{name}` is not on PATH ({hint}); set CI=true to make this a failure");
-        None
+    /// An external tool the test needs: its path on `PATH`. A missing tool fails the test with
+    /// `hint` (`make test` runs `scripts/install-deps.sh` first, which installs every tool the
+    /// tests use): a test never passes by skipping what it checks.
+    pub fn require_tool(name: &str, hint: &str) -> PathBuf {
+        find_on_path(name).unwrap_or_else(|| {
+            panic!("`{name}` is not on PATH: {hint} (or run `make deps`, which installs it)")
+        })
     }
 
     /// Starts the adapter in process in cluster mode against the cluster in `kubeconfig`

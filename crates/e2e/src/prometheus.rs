@@ -41,8 +41,8 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// The `prometheus` binary, or `None` with a SKIPPED message (a failure with `CI=true`).
-    pub fn binary() -> Option<PathBuf> {
+    /// The `prometheus` binary; a missing one fails the test with how to install it.
+    pub fn binary() -> PathBuf {
         require_tool(
             "prometheus",
             "install Debian's `prometheus` package (scripts/install-deps.sh does)",
@@ -87,13 +87,37 @@ impl Prometheus {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Polls `/-/ready` until 200.
-    pub async fn wait_ready(&self, deadline: Duration) {
-        let addr = self.addr();
-        eventually(deadline, "prometheus /-/ready", || async move {
-            matches!(plain_get(addr, "/-/ready").await, Ok((200, _))).then_some(())
-        })
-        .await;
+    /// Polls `/-/ready` until 200. Prometheus cannot listen on port 0 and report its port, so
+    /// [`Self::start`] takes a port that was free a moment ago; if another process took it in
+    /// between, Prometheus exits with "address already in use" and is started again on a new
+    /// free port (a few times).
+    pub async fn wait_ready(&mut self, deadline: Duration) {
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            loop {
+                if matches!(plain_get(self.addr(), "/-/ready").await, Ok((200, _))) {
+                    return;
+                }
+                let process = self.process.as_mut().expect("spawned by start");
+                if let Some(status) = process.try_wait() {
+                    assert!(
+                        process.stderr().contains("address already in use"),
+                        "prometheus exited ({status}) before it was ready:\n{}",
+                        process.stderr()
+                    );
+                    break;
+                }
+                assert!(
+                    started.elapsed() < deadline,
+                    "prometheus not ready within {deadline:?}:\n{}",
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            self.port = free_port();
+            self.spawn();
+        }
+        panic!("prometheus: its port was taken three times in a row");
     }
 
     /// Runs an instant query and returns the `data.result` array.

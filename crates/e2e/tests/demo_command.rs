@@ -12,11 +12,12 @@ use support::e2e::ProcessGuard;
 #[tokio::test]
 async fn the_demo_shows_api_values_equal_to_live_connections_and_ends_by_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(support::e2e::bin("ws-metrics-adapter"));
+    // `demo` moved to the ws-demo binary with the workspace split.
+    let mut cmd = Command::new(support::e2e::bin("ws-demo"));
     cmd.args([
         "demo",
         "--duration",
-        "12s",
+        "30s",
         "--plain",
         "--port",
         "0",
@@ -25,13 +26,14 @@ async fn the_demo_shows_api_values_equal_to_live_connections_and_ends_by_itself(
         "--dir",
     ])
     .arg(dir.path());
-    let mut demo = ProcessGuard::spawn(cmd, "ws-metrics-adapter demo");
+    let mut demo = ProcessGuard::spawn(cmd, "ws-demo demo");
 
     // While it runs, the printed kubectl line works: the kubeconfig trusts the generated CA.
     let kubeconfig = dir.path().join("kubeconfig");
     let raw = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/websocket_connections?labelSelector=app%3Dws-demo";
+    // Within the demo's 30 s: the kubectl line must work while it runs.
     let items = support::eventually(
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         "kubectl reads three demo pods",
         || {
             let kubeconfig = kubeconfig.clone();
@@ -59,7 +61,7 @@ async fn the_demo_shows_api_values_equal_to_live_connections_and_ends_by_itself(
     );
 
     let status = demo
-        .wait(Duration::from_secs(40))
+        .wait(Duration::from_secs(300))
         .await
         .expect("demo ends after --duration");
     let out = demo.stdout();

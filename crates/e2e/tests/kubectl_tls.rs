@@ -181,9 +181,7 @@ fn expected(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_raw_reads_each_pods_connections_in_both_versions_over_the_real_tls_listener() {
-    let Some(kubectl_bin) = e2e::require_tool("kubectl", KUBECTL_HINT) else {
-        return;
-    };
+    let kubectl_bin = e2e::require_tool("kubectl", KUBECTL_HINT);
     let (adapter, _pods) = adapter_over_fake_pods(&[], None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kc = kubeconfig_for(&adapter, dir.path());
@@ -300,9 +298,7 @@ async fn kubectl_get_raw_reads_each_pods_connections_in_both_versions_over_the_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reports_our_not_found_status_for_an_unknown_metric() {
-    let Some(kubectl_bin) = e2e::require_tool("kubectl", KUBECTL_HINT) else {
-        return;
-    };
+    let kubectl_bin = e2e::require_tool("kubectl", KUBECTL_HINT);
     let (adapter, _pods) = adapter_over_fake_pods(&[], None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kc = kubeconfig_for(&adapter, dir.path());
@@ -343,9 +339,7 @@ async fn kubectl_reports_our_not_found_status_for_an_unknown_metric() {
 /// checked with `get --raw` instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_discovery_against_the_adapter_succeeds_and_lists_our_resources() {
-    let Some(kubectl_bin) = e2e::require_tool("kubectl", KUBECTL_HINT) else {
-        return;
-    };
+    let kubectl_bin = e2e::require_tool("kubectl", KUBECTL_HINT);
     let (adapter, _pods) = adapter_over_fake_pods(&[], None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kc = kubeconfig_for(&adapter, dir.path());

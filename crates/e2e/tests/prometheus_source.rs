@@ -92,8 +92,8 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-async fn world(counts: &[(&'static str, usize)]) -> Option<World> {
-    let binary = Prometheus::binary()?;
+async fn world(counts: &[(&'static str, usize)]) -> World {
+    let binary = Prometheus::binary();
     let mut pods = Vec::new();
     for (name, n) in counts {
         pods.push(DemoPod::start(name, *n).await);
@@ -107,7 +107,7 @@ async fn world(counts: &[(&'static str, usize)]) -> Option<World> {
             pod: p.name,
         })
         .collect();
-    let prometheus = Prometheus::start(binary, dir.path(), &scrape_config(&targets));
+    let mut prometheus = Prometheus::start(binary, dir.path(), &scrape_config(&targets));
     prometheus.wait_ready(Duration::from_secs(30)).await;
     prometheus
         .wait_series(
@@ -116,11 +116,11 @@ async fn world(counts: &[(&'static str, usize)]) -> Option<World> {
             Duration::from_secs(30),
         )
         .await;
-    Some(World {
+    World {
         pods,
         prometheus,
         _dir: dir,
-    })
+    }
 }
 
 fn pods_yaml(pods: &[DemoPod]) -> String {
@@ -177,9 +177,7 @@ fn items(body: &serde_json::Value) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_equal_the_demo_pods_real_counts_and_a_dead_pod_disappears() {
-    let Some(mut w) = world(&[("ws-0", 2), ("ws-1", 5), ("ws-2", 1)]).await else {
-        return;
-    };
+    let mut w = world(&[("ws-0", 2), ("ws-1", 5), ("ws-2", 1)]).await;
     let adapter = prometheus_adapter(&w, &[]).await;
     adapter.wait_ready(Duration::from_secs(20)).await;
     let client = adapter.client();
@@ -254,9 +252,7 @@ async fn values_equal_the_demo_pods_real_counts_and_a_dead_pod_disappears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_stopped_mid_run_answers_500_never_zero_and_recovers() {
-    let Some(mut w) = world(&[("ws-0", 3), ("ws-1", 4)]).await else {
-        return;
-    };
+    let mut w = world(&[("ws-0", 3), ("ws-1", 4)]).await;
     let adapter = prometheus_adapter(&w, &[]).await;
     adapter.wait_ready(Duration::from_secs(20)).await;
     let client = adapter.client();
@@ -329,9 +325,7 @@ async fn prometheus_stopped_mid_run_answers_500_never_zero_and_recovers() {
 /// Asserts the load target: one query per metric per interval, whatever the number of readers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_query_per_metric_per_interval_whatever_the_number_of_readers() {
-    let Some(w) = world(&[("ws-0", 2), ("ws-1", 3), ("ws-2", 4)]).await else {
-        return;
-    };
+    let w = world(&[("ws-0", 2), ("ws-1", 3), ("ws-2", 4)]).await;
     let prom = prometheus_adapter(&w, &[]).await;
     let scrape = Adapter::start_static(
         &pods_yaml(&w.pods),

@@ -59,6 +59,12 @@ pub struct LoadPlan {
     pub steps: Vec<Step>,
     /// Fraction of open connections closed (and reopened) each second while holding.
     pub churn_per_sec: f64,
+    /// Time each step has, from its start, to reach its connection count. `Some`: the hold
+    /// starts only once the count is reached (a count-ended ramp), and a step still short of it
+    /// at the deadline ends the run, reported in [`Summary::unreached`]. `None`: a step that
+    /// has not reached its count after its ramp time (`|change| / rate × 1.5 + 10 s`) holds
+    /// anyway, with a warning.
+    pub deadline: Option<Duration>,
 }
 
 /// Why a plan cannot run.
@@ -126,6 +132,13 @@ pub struct LoadArgs {
     #[arg(long, env = "WS_DEMO_CHURN", default_value_t = 0.0)]
     pub churn: f64,
 
+    /// Each step must reach its connection count within this time of its start (e.g. 5m): the
+    /// hold starts only once the count is reached, and a step short of it at the deadline ends
+    /// the run with exit status 1. Without it, a step that falls short holds anyway after its
+    /// ramp time (change / rate × 1.5 + 10 s).
+    #[arg(long, env = "WS_DEMO_DEADLINE", value_parser = super::parse_duration)]
+    pub deadline: Option<Duration>,
+
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -153,6 +166,7 @@ impl LoadArgs {
             targets: self.targets,
             steps,
             churn_per_sec: self.churn,
+            deadline: self.deadline,
         };
         plan.validate()?;
         Ok(plan)
@@ -258,6 +272,9 @@ impl LoadPlan {
                 ));
             }
         }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            problems.push("--deadline 0s: must be positive".into());
+        }
         if !(0.0..=1.0).contains(&self.churn_per_sec) {
             problems.push(format!(
                 "--churn {}: must be between 0 and 1 (a fraction of open connections per second)",
@@ -342,6 +359,36 @@ pub struct Summary {
     pub dropped: u64,
     /// Length of the run. Unit: seconds.
     pub duration_secs: f64,
+    /// Steps whose connection count was reached, from the first, in order.
+    pub steps_reached: usize,
+    /// The step that missed [`LoadPlan::deadline`] (the run ended there), if one did.
+    pub unreached: Option<Unreached>,
+}
+
+/// A step that did not reach its connection count within [`LoadPlan::deadline`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreached {
+    /// The step, from 1.
+    pub step: usize,
+    /// Connections open at the deadline.
+    pub open: usize,
+    /// Connections the step wanted open.
+    pub want: usize,
+    /// The deadline. Unit: milliseconds.
+    pub deadline_ms: u64,
+}
+
+impl fmt::Display for Unreached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "step {} reached {} of {} connections within its deadline of {:?}",
+            self.step,
+            self.open,
+            self.want,
+            Duration::from_millis(self.deadline_ms)
+        )
+    }
 }
 
 fn per_target_objects<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
@@ -372,6 +419,10 @@ impl fmt::Display for Summary {
             self.achieved_rate
         )?;
         writeln!(f, "duration         {:.1} s", self.duration_secs)?;
+        writeln!(f, "steps reached    {}", self.steps_reached)?;
+        if let Some(u) = &self.unreached {
+            writeln!(f, "UNREACHED        {u}")?;
+        }
         writeln!(f, "per target (established):")?;
         for (target, n) in &self.per_target {
             writeln!(f, "  {n:>8}  {target}")?;
@@ -503,8 +554,9 @@ impl LoadGenerator {
     /// Runs the plan: each step reaches its connection count at its rate (least-loaded target
     /// first; failed attempts are counted and retried, a failing target backs off), holds it
     /// (replacing connections the servers close, churning if asked), then moves on. Ends after
-    /// the last step or when `shutdown` resolves, closing every connection with a close frame.
-    /// Meant to be called once per generator.
+    /// the last step, when `shutdown` resolves, or when a step misses [`LoadPlan::deadline`]
+    /// ([`Summary::unreached`]), closing every connection with a close frame. Meant to be called
+    /// once per generator.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Summary {
         let started = Instant::now();
         let mut shutdown = pin!(shutdown);
@@ -516,6 +568,8 @@ impl LoadGenerator {
             .collect();
         let mut opening_time = Duration::ZERO;
         let mut last_prune = Instant::now();
+        let mut steps_reached = 0;
+        let mut unreached = None;
         'steps: for (i, step) in self.shared.plan.steps.iter().enumerate() {
             self.shared.step.store(i + 1, Ordering::Relaxed);
             self.shared
@@ -523,10 +577,16 @@ impl LoadGenerator {
                 .store(step.connections, Ordering::Relaxed);
             let step_start = Instant::now();
             let delta = step.connections.abs_diff(self.live());
-            // A step that cannot reach its count (targets down) still ends: hold from here.
-            let ramp_limit = step_start
-                + Duration::from_secs_f64(delta as f64 / step.rate * 1.5)
-                + Duration::from_secs(10);
+            // Without a deadline, a step that cannot reach its count (targets down) still ends:
+            // hold from here. With one, the count ends the ramp, and the deadline the run.
+            let ramp_limit = match self.shared.plan.deadline {
+                Some(d) => step_start + d,
+                None => {
+                    step_start
+                        + Duration::from_secs_f64(delta as f64 / step.rate * 1.5)
+                        + Duration::from_secs(10)
+                }
+            };
             let mut open_pacer = Pacer::new(step.rate);
             let mut close_pacer = Pacer::new(step.rate);
             let mut hold_until: Option<Instant> = None;
@@ -552,6 +612,20 @@ impl LoadGenerator {
                     && self.live() == step.connections
                     && self.pending() == 0;
                 if hold_until.is_none() && (settled || now >= ramp_limit) {
+                    if settled && steps_reached == i {
+                        steps_reached = i + 1;
+                    }
+                    if !settled && let Some(d) = self.shared.plan.deadline {
+                        let u = Unreached {
+                            step: i + 1,
+                            open,
+                            want: step.connections,
+                            deadline_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                        };
+                        tracing::error!(failed = self.failed(), "{u}: stopping");
+                        unreached = Some(u);
+                        break 'steps;
+                    }
                     if !settled {
                         tracing::warn!(
                             step = i + 1,
@@ -635,7 +709,18 @@ impl LoadGenerator {
             }
         }
         self.close_all(&mut conns).await;
-        self.summary(opening_time, started.elapsed())
+        let mut summary = self.summary(opening_time, started.elapsed());
+        summary.steps_reached = steps_reached;
+        summary.unreached = unreached;
+        summary
+    }
+
+    fn failed(&self) -> u64 {
+        self.shared
+            .targets
+            .iter()
+            .map(|t| t.failed.load(Ordering::SeqCst))
+            .sum()
     }
 
     /// Connections open or being opened, minus those asked to close.
@@ -762,11 +847,7 @@ impl LoadGenerator {
         };
         Summary {
             established,
-            failed: s
-                .targets
-                .iter()
-                .map(|t| t.failed.load(Ordering::SeqCst))
-                .sum(),
+            failed: self.failed(),
             connect_p50_ms: percentile_ms(&times, 0.50),
             connect_p99_ms: percentile_ms(&times, 0.99),
             achieved_rate,
@@ -777,6 +858,8 @@ impl LoadGenerator {
                 .collect(),
             dropped: s.dropped.load(Ordering::SeqCst),
             duration_secs: duration.as_secs_f64(),
+            steps_reached: 0,
+            unreached: None,
         }
     }
 }
@@ -1083,6 +1166,7 @@ mod tests {
             targets: targets.iter().map(|s| s.to_string()).collect(),
             steps,
             churn_per_sec: churn,
+            deadline: None,
         }
     }
 
@@ -1160,6 +1244,10 @@ mod tests {
             .to_string();
         assert!(err.contains("no target"), "{err}");
         assert!(err.contains("no step"), "{err}");
+        let mut zero_deadline = plan(&["ws://127.0.0.1:9000/ws/echo"], vec![step(1)], 0.0);
+        zero_deadline.deadline = Some(Duration::ZERO);
+        let err = zero_deadline.validate().expect_err("invalid").to_string();
+        assert!(err.contains("--deadline 0s"), "{err}");
         assert!(
             plan(&["ws://127.0.0.1:9000/ws/echo"], vec![step(1)], 0.01)
                 .validate()
@@ -1213,6 +1301,13 @@ mod tests {
             per_target: vec![("ws://a/ws".into(), 2), ("ws://b/ws".into(), 1)],
             dropped: 0,
             duration_secs: 1.0,
+            steps_reached: 1,
+            unreached: Some(Unreached {
+                step: 2,
+                open: 18_859,
+                want: 20_000,
+                deadline_ms: 300_000,
+            }),
         };
         let v = serde_json::to_value(&s).expect("serializes");
         assert_eq!(
@@ -1223,6 +1318,16 @@ mod tests {
             ])
         );
         assert_eq!(v["established"], 3);
+        assert_eq!(
+            v["unreached"],
+            serde_json::json!({"step": 2, "open": 18859, "want": 20000, "deadline_ms": 300000})
+        );
+        assert!(
+            s.to_string().contains(
+                "UNREACHED        step 2 reached 18859 of 20000 connections within its deadline of 300s"
+            ),
+            "{s}"
+        );
         assert!(
             s.to_string()
                 .contains("achieved rate    30.0 connections/s")

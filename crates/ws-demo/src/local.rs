@@ -100,6 +100,7 @@ fn ramp(target: u32, targets: Vec<String>) -> LoadPlan {
             step(1.5, 10),
         ],
         churn_per_sec: 0.02,
+        deadline: None,
     }
 }
 

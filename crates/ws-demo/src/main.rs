@@ -87,6 +87,10 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print!("{summary}");
             }
+            if let Some(unreached) = &summary.unreached {
+                eprintln!("ws-demo: {unreached} (--deadline)");
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The real `ws-demo load --json` against demo servers running in this process: least-loaded
 //! spreading with a dead target, scenario steps up and down, churn, the summary's consistency,
-//! and exit code 2 on bad input.
+//! count-ended steps (`--deadline`: exit 1 when a count is not reached), and exit code 2 on bad
+//! input. Every wait is a poll with a generous give-up deadline ([`PATIENCE`]).
 
 use ws_e2e as support;
 
@@ -16,6 +17,13 @@ use tokio::sync::oneshot;
 use ws_demo::server::{CloseReason, DemoServer, Route, ServerConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-demo");
+
+/// When a poll gives up: a loaded 2-core machine can be 5-10x slower than an idle one, so this
+/// bounds a hang, not a speed.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// `--deadline` of the count-ended plans below (the hold starts when the count is reached).
+const DEADLINE: &str = "120s";
 
 /// A `DemoServer` serving on 127.0.0.1:0 in this process; stopped on drop.
 struct Running {
@@ -130,28 +138,30 @@ async fn least_loaded_spreading_puts_51_and_50_on_two_live_targets_and_counts_a_
             "500",
             "--hold",
             "2s",
+            "--deadline",
+            DEADLINE,
             "--json",
         ]),
         "ws-demo load",
     );
-    eventually(
-        Duration::from_secs(10),
-        "51 + 50 open on the servers",
-        || async { (a.server.active() == 51 && b.server.active() == 50).then_some(()) },
-    )
+    eventually(PATIENCE, "51 + 50 open on the servers", || async {
+        (a.server.active() == 51 && b.server.active() == 50).then_some(())
+    })
     .await;
-    let s = summary(load, Duration::from_secs(30)).await;
+    let s = summary(load, PATIENCE).await;
     assert_consistent(&s);
     assert_eq!(per_target(&s), [51, 50, 0], "{s}");
     assert_eq!(num(&s, "established"), 101.0, "{s}");
     assert!(num(&s, "failed") >= 1.0, "the dead target's failures: {s}");
     assert_eq!(num(&s, "dropped"), 0.0, "{s}");
+    assert_eq!(s["steps_reached"], 1, "{s}");
+    // A pacing claim (never faster than --rate), which a slow machine cannot break.
     assert!(
         num(&s, "achieved_rate") <= 500.0 * 1.2,
         "faster than --rate: {s}"
     );
     // Every connection was closed with a close frame at the end.
-    eventually(Duration::from_secs(5), "servers back to 0", || async {
+    eventually(PATIENCE, "servers back to 0", || async {
         (a.server.active() == 0 && b.server.active() == 0).then_some(())
     })
     .await;
@@ -179,27 +189,30 @@ async fn scenario_file_steps_up_then_down_and_the_servers_follow() {
             &scenario.display().to_string(),
             "--rate",
             "100",
+            "--deadline",
+            DEADLINE,
             "--json",
         ]),
         "ws-demo load",
     );
     let total = || a.server.active() + b.server.active();
-    eventually(Duration::from_secs(10), "step 1: 60 open", || async {
+    eventually(PATIENCE, "step 1: 60 open", || async {
         (total() == 60).then_some(())
     })
     .await;
     assert_eq!((a.server.active(), b.server.active()), (30, 30));
-    eventually(Duration::from_secs(10), "step 2: 20 open", || async {
+    eventually(PATIENCE, "step 2: 20 open", || async {
         (total() == 20).then_some(())
     })
     .await;
     // Going down closes from the most-loaded target, so the spread stays even.
     assert_eq!((a.server.active(), b.server.active()), (10, 10));
-    let s = summary(load, Duration::from_secs(30)).await;
+    let s = summary(load, PATIENCE).await;
     assert_consistent(&s);
     assert_eq!(per_target(&s), [30, 30], "{s}");
     assert_eq!(num(&s, "failed"), 0.0, "{s}");
-    eventually(Duration::from_secs(5), "servers back to 0", || async {
+    assert_eq!(s["steps_reached"], 2, "{s}");
+    eventually(PATIENCE, "servers back to 0", || async {
         (total() == 0).then_some(())
     })
     .await;
@@ -208,7 +221,8 @@ async fn scenario_file_steps_up_then_down_and_the_servers_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_keeps_the_total_constant_while_opened_total_grows() {
     let a = Running::start().await;
-    let load = ProcessGuard::spawn(
+    // Held until the test has seen enough churn (then SIGTERM): ended on a count, not a time.
+    let mut load = ProcessGuard::spawn(
         load_command(&[
             "--target",
             &a.echo_url(),
@@ -217,25 +231,38 @@ async fn churn_keeps_the_total_constant_while_opened_total_grows() {
             "--rate",
             "500",
             "--hold",
-            "4s",
+            "24h",
+            "--deadline",
+            DEADLINE,
             "--churn",
             "0.1",
             "--json",
         ]),
         "ws-demo load",
     );
-    eventually(Duration::from_secs(10), "100 open", || async {
+    eventually(PATIENCE, "100 open", || async {
         (a.server.active() == 100).then_some(())
     })
     .await;
     let opened_at_start = a.server.opened(Route::Echo);
-    // Sample the total for 2.5 s: 10 connections are replaced each second.
+    // Sample the total every 50 ms (the sampling period, not a wait) until 25 connections were
+    // replaced (10 a second are).
     let mut samples = Vec::new();
-    for _ in 0..50 {
+    let started = std::time::Instant::now();
+    while a.server.opened(Route::Echo) - opened_at_start < 25 {
         samples.push(a.server.active());
+        assert!(
+            load.try_wait().is_none(),
+            "the load exited while holding:\n{}",
+            load.stderr()
+        );
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {} connections replaced in {PATIENCE:?} of 10/s churn",
+            a.server.opened(Route::Echo) - opened_at_start
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let grown = a.server.opened(Route::Echo) - opened_at_start;
     let (lo, hi) = (
         samples.iter().min().copied().unwrap_or(0),
         samples.iter().max().copied().unwrap_or(0),
@@ -246,15 +273,59 @@ async fn churn_keeps_the_total_constant_while_opened_total_grows() {
     );
     let at_100 = samples.iter().filter(|&&n| n == 100).count();
     assert!(at_100 * 2 >= samples.len(), "mostly at 100: {samples:?}");
-    assert!(
-        grown >= 15,
-        "only {grown} new connections in 2.5 s of 10/s churn"
-    );
-    let s = summary(load, Duration::from_secs(30)).await;
+    load.signal("TERM");
+    let s = summary(load, PATIENCE).await;
     assert_consistent(&s);
-    assert!(num(&s, "established") >= 120.0, "{s}");
+    assert!(num(&s, "established") >= 125.0, "{s}");
     assert_eq!(num(&s, "established") as u64, a.server.opened(Route::Echo));
     assert_eq!(num(&s, "dropped"), 0.0, "{s}");
+    assert_eq!(s["steps_reached"], 1, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_short_of_its_count_at_the_deadline_fails_the_run_naming_the_step() {
+    // Only a dead target: no connection can open.
+    let dead = format!("ws://127.0.0.1:{}/ws/echo", e2e::free_port());
+    let out = e2e::run(
+        load_command(&[
+            "--target",
+            &dead,
+            "--connections",
+            "20",
+            "--rate",
+            "10000",
+            "--hold",
+            "24h",
+            "--deadline",
+            "2s",
+            "--json",
+        ]),
+        "ws-demo load",
+        PATIENCE,
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("ws-demo: step 1 reached 0 of 20 connections within its deadline of 2s"),
+        "{stderr}"
+    );
+    let s: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(s["steps_reached"], 0, "{s}");
+    assert_eq!(s["unreached"]["step"], 1, "{s}");
+    assert_eq!(s["unreached"]["want"], 20, "{s}");
+    assert_eq!(s["unreached"]["deadline_ms"], 2000, "{s}");
+    assert_eq!(s["unreached"]["open"], 0, "{s}");
+    assert!(num(&s, "failed") >= 1.0, "{s}");
+    // The deadline is a lower bound on the run's length.
+    assert!(num(&s, "duration_secs") >= 2.0, "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

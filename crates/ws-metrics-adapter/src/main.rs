@@ -29,6 +29,14 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| {
                     format!("binding --metrics-bind-address {}", config.metrics_addr)
                 })?;
+            // One line per listener with the bound address, so that a parent that passed port 0
+            // (the end-to-end tests) learns the port without a free-port race.
+            if let Ok(addr) = secure.local_addr() {
+                tracing::info!("listening on https://{addr} (custom metrics API)");
+            }
+            if let Ok(addr) = metrics.local_addr() {
+                tracing::info!("listening on http://{addr} (metrics and health)");
+            }
             let (trigger, shutdown) = Shutdown::new();
             tokio::spawn(async move {
                 app::shutdown_signal().await;

@@ -97,12 +97,13 @@ pub struct Pki {
 }
 
 /// Where the control-plane binaries are: builds them on first use (about 10 minutes on 2 cores;
-/// cached outside git afterwards). `None` when Go is missing outside CI (the test is skipped).
-pub fn binaries() -> Option<PathBuf> {
+/// cached outside git afterwards). Go missing fails the test with how to get it: a
+/// control-plane test never passes by skipping.
+pub fn binaries() -> PathBuf {
     require_tool(
         "go",
         "install Go 1.26+ to build kube-apiserver, kube-controller-manager and etcd",
-    )?;
+    );
     let script = crate::support::e2e::workspace_root().join("scripts/build-control-plane.sh");
     // stderr passes through: the first build reports its progress there.
     let out = Command::new(&script)
@@ -116,7 +117,7 @@ pub fn binaries() -> Option<PathBuf> {
         out.status
     );
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Some(PathBuf::from(dir))
+    PathBuf::from(dir)
 }
 
 fn spawn(dir: &Path, name: &'static str, program: &Path, args: &[String]) -> Daemon {
@@ -142,12 +143,12 @@ pub fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
 }
 
 impl Cluster {
-    /// Starts everything and waits until the APIService objects are Available. `None` when the
-    /// control-plane binaries cannot be had (Go missing outside CI).
-    pub async fn start(options: Options) -> Option<Self> {
+    /// Starts everything and waits until the APIService objects are Available. Panics when the
+    /// control-plane binaries cannot be had (Go missing), with how to get them.
+    pub async fn start(options: Options) -> Self {
         let bin = tokio::task::spawn_blocking(binaries)
             .await
-            .expect("build task")?;
+            .expect("build task");
         ws_metrics_adapter::server::tls::install_provider();
         let started = Instant::now();
         let dir = tempfile::Builder::new()
@@ -398,7 +399,7 @@ impl Cluster {
             cluster.started.elapsed().as_secs_f64(),
             cluster.dir().join("logs").display()
         );
-        Some(cluster)
+        cluster
     }
 
     /// The temp dir holding certificates, kubeconfigs and logs.

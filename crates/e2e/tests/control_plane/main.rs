@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::{Api, Client};
-use ws_demo::load::{LoadGenerator, LoadPlan, Step};
+use ws_demo::load::{LoadGenerator, LoadPlan, Step, Summary};
 
 use cluster::{Cluster, Options};
 use service_proxy::ServiceProxy;
@@ -174,20 +174,25 @@ async fn hpa_replicas(client: &Client) -> (i32, i32) {
     }
 }
 
-/// Starts a load generator (the library behind `ws-demo load`) through `proxy`.
+/// Time a load step has to open (or close) its connections: the hold starts when the count is
+/// reached, not after a fixed ramp, and a step short of it after this long ends the run with
+/// [`ws_demo::load::Summary::unreached`]. Generous: a loaded 2-core machine is 5-10x slower.
+const LOAD_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Starts a load generator (the library behind `ws-demo load`) through `proxy`, with count-ended
+/// steps ([`LOAD_DEADLINE`]).
 fn start_load(
     proxy: &ServiceProxy,
     steps: Vec<Step>,
-) -> (Arc<LoadGenerator>, tokio::task::JoinHandle<()>) {
+) -> (Arc<LoadGenerator>, tokio::task::JoinHandle<Summary>) {
     let load = Arc::new(LoadGenerator::new(LoadPlan {
         targets: vec![format!("ws://{}/ws/echo", proxy.addr)],
         steps,
         churn_per_sec: 0.0,
+        deadline: Some(LOAD_DEADLINE),
     }));
     let runner = load.clone();
-    let task = tokio::spawn(async move {
-        runner.run(std::future::pending()).await;
-    });
+    let task = tokio::spawn(async move { runner.run(std::future::pending()).await });
     (load, task)
 }
 
@@ -209,9 +214,7 @@ fn out_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiservice_available_and_exact_counts_through_kube_apiserver() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(cluster) = Cluster::start(Options::default()).await else {
-        return;
-    };
+    let cluster = Cluster::start(Options::default()).await;
     cluster.kubectl_apply(&deployment(3)).await;
     let pods = cluster.agent.pods.clone();
     cluster
@@ -231,6 +234,7 @@ async fn apiservice_available_and_exact_counts_through_kube_apiserver() {
             targets: vec![format!("ws://{addr}/ws/echo")],
             steps: vec![step(count, Duration::from_secs(600))],
             churn_per_sec: 0.0,
+            deadline: Some(LOAD_DEADLINE),
         }));
         let runner = load.clone();
         loads.push(tokio::spawn(async move {
@@ -370,15 +374,12 @@ struct Lags {
 /// exactly 2, and writes the timeline.
 async fn scale_up_then_down(sync: Duration, hold_up: Duration, hold_down: Duration) {
     const SCALE_DOWN_WINDOW: u32 = 10;
-    let Some(cluster) = Cluster::start(Options {
+    let cluster = Cluster::start(Options {
         hpa_sync_period: sync,
         adapter_args: vec!["--scrape-interval=1s".into()],
         ..Options::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let client = cluster.client.clone();
     let pods = cluster.agent.pods.clone();
     cluster.kubectl_apply(&deployment(1)).await;
@@ -435,6 +436,11 @@ async fn scale_up_then_down(sync: Duration, hold_up: Duration, hold_down: Durati
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(proxy);
+    let summary = load_task.await.expect("the load task did not panic");
+    assert!(
+        summary.unreached.is_none() && summary.steps_reached == 2,
+        "the load did not reach both steps' counts: {summary}"
+    );
 
     // The CSV and plot keep one row a second; lags are read from every sample.
     let mut rows: Vec<Row> = Vec::new();
@@ -559,15 +565,12 @@ async fn hpa_scales_up_to_6_and_down_to_2_with_default_15s_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hpa_does_not_scale_down_when_a_pods_metrics_stop_answering() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(cluster) = Cluster::start(Options {
+    let cluster = Cluster::start(Options {
         hpa_sync_period: Duration::from_secs(1),
         adapter_args: vec!["--scrape-interval=1s".into(), "--max-age=3s".into()],
         ..Options::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let client = cluster.client.clone();
     let pods = cluster.agent.pods.clone();
     cluster.kubectl_apply(&deployment(3)).await;
