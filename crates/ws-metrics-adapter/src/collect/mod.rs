@@ -31,7 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::clock::{Moment, SampleTime};
 use crate::config::CollectConfig;
 use crate::exposition;
-use crate::server::Health;
+use crate::health::{self, Health};
 use crate::store::{PodKey, Reading, ScrapeJob, Store, readings_from_samples};
 use crate::telemetry::{ScrapeOutcome, Telemetry};
 
@@ -327,10 +327,10 @@ impl Collector {
     /// Runs rounds every interval until `shutdown` resolves. Marks `health` as ticking at the
     /// start of each round and collected after the first.
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
-        every_interval(
+        health::every_interval(
             self.config.interval,
-            &self.store,
             &health,
+            || self.store.is_synced(),
             shutdown,
             || async {
                 let report = self.tick().await;
@@ -338,40 +338,5 @@ impl Collector {
             },
         )
         .await;
-    }
-}
-
-/// The loop of a background source: a round every `interval` until `shutdown` resolves. Marks
-/// `health` as ticking at the start of each round and collected after each finished one; skips
-/// rounds until the pod inventory is synced, so "collected" means something. Shared by the scrape
-/// loop and the Prometheus source.
-pub(crate) async fn every_interval<F, Fut>(
-    interval: Duration,
-    store: &Store,
-    health: &Health,
-    shutdown: impl std::future::Future<Output = ()>,
-    mut round: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut ticker = tokio::time::interval(interval);
-    // A round that overran is followed by one right away, then the cadence resumes.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = ticker.tick() => {}
-        }
-        health.tick_started();
-        if !store.is_synced() {
-            continue;
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = round() => {}
-        }
-        health.round_finished();
     }
 }

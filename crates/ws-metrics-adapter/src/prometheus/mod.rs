@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_http_query::response::Data;
 
-use crate::server::Health;
+use crate::health::{self, Health};
 use crate::store::Store;
 use crate::telemetry::{QueryOutcome, Telemetry};
 use results::{Outcome, Plan, QuerySpec, Results, Snapshot, Table};
@@ -484,10 +484,16 @@ impl Source {
     /// loop does (ticking at the start of a round, collected after the first).
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
         let store = &self.store;
-        crate::collect::every_interval(self.config.interval, store, &health, shutdown, || async {
-            let report = self.tick().await;
-            tracing::debug!(?report, "prometheus round");
-        })
+        health::every_interval(
+            self.config.interval,
+            &health,
+            || store.is_synced(),
+            shutdown,
+            || async {
+                let report = self.tick().await;
+                tracing::debug!(?report, "prometheus round");
+            },
+        )
         .await;
     }
 }
