@@ -1,6 +1,6 @@
 //! Liveness and readiness: the latches the background loops flip (pods known, first round done,
 //! authentication config loaded) and the interval loop that flips them, read by `/livez` and
-//! `/readyz` in [`crate::server`]. Knows nothing of the store or of auth: they are wired in `app`.
+//! `/readyz` in the server module. Knows nothing of the store or of auth: `app` wires them.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
