@@ -32,9 +32,30 @@ pub enum Error {
     /// The static pods file could not be used.
     #[error(transparent)]
     StaticPods(#[from] static_file::Error),
-    /// No Kubernetes client could be configured.
+    /// The kubeconfig file given could not be read.
+    #[error("reading kubeconfig {path}: {source}")]
+    KubeconfigUnreadable {
+        /// Path given.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The kubeconfig file does not make a client configuration (context, cluster, credentials).
+    #[error("using kubeconfig {path}: {source}")]
+    KubeconfigUnusable {
+        /// Path given.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither the in-cluster environment nor a default kubeconfig gave a client configuration.
     #[error("configuring the Kubernetes client: {0}")]
-    KubeConfig(String),
+    KubeConfigInferFailed(#[source] kube::config::InferConfigError),
+    /// The client configuration was refused when building the client (TLS, proxy).
+    #[error("building the Kubernetes client: {0}")]
+    KubeClientFailed(#[source] kube::Error),
     /// The authentication config given by flags could not be read.
     #[error("authentication config: {0}")]
     AuthConfig(#[from] crate::auth::authn::ConfigError),
@@ -128,17 +149,24 @@ pub async fn shutdown_signal() {
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::KubeConfig(e.to_string()))?;
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                Error::KubeconfigUnreadable {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| Error::KubeConfig(e.to_string()))?
+                .map_err(|source| Error::KubeconfigUnusable {
+                    path: path.to_owned(),
+                    source,
+                })?
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+            .map_err(Error::KubeConfigInferFailed)?,
     };
-    kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+    kube::Client::try_from(config).map_err(Error::KubeClientFailed)
 }
 
 /// Builds the authenticator (its own clients when --authentication-kubeconfig /
