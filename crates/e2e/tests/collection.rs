@@ -15,7 +15,7 @@ use ws_metrics_adapter::collect::{Collector, RoundReport};
 use ws_metrics_adapter::config::CollectConfig;
 use ws_metrics_adapter::selector::Selector;
 use ws_metrics_adapter::store::{MetricCatalog, MetricMapping, PodKey, PodTarget, PodValue, Store};
-use ws_metrics_adapter::telemetry::{ScrapeOutcome, Telemetry};
+use ws_metrics_adapter::telemetry::Telemetry;
 
 const NS: &str = "chat";
 
@@ -117,7 +117,8 @@ impl Rig {
         self.served_at(Moment::now())
     }
 
-    fn count(&self, outcome: ScrapeOutcome) -> u64 {
+    /// Scrapes counted under this `outcome` label.
+    fn count(&self, outcome: &'static str) -> u64 {
         self.telemetry.scrape_count(outcome)
     }
 }
@@ -154,7 +155,7 @@ async fn a_good_pod_is_recorded_with_the_sum_of_its_series_and_the_time_of_the_s
         before.wall <= v.time.wall && v.time.wall <= after.wall,
         "sample time is the scrape's"
     );
-    assert_eq!(rig.count(ScrapeOutcome::Success), 1);
+    assert_eq!(rig.count("success"), 1);
     assert_eq!(pod.requests(), 1);
 }
 
@@ -301,7 +302,7 @@ async fn a_pod_answering_an_error_status_keeps_its_last_good_value_until_max_age
     for (i, code) in [500u16, 503, 404].into_iter().enumerate() {
         let r = good_then(&rig, &pod, Behavior::Status(code)).await;
         assert_eq!(r, report(1, 0, &[("bad_status", 1)]), "{code}");
-        assert_eq!(rig.count(ScrapeOutcome::BadStatus), i as u64 + 1, "{code}");
+        assert_eq!(rig.count("bad_status"), i as u64 + 1, "{code}");
     }
 }
 
@@ -361,11 +362,7 @@ async fn garbage_bodies_are_unparseable_and_keep_the_last_good_value_until_max_a
     for (i, (what, body)) in bodies.into_iter().enumerate() {
         let r = good_then(&rig, &pod, body).await;
         assert_eq!(r, report(1, 0, &[("unparseable", 1)]), "{what}");
-        assert_eq!(
-            rig.count(ScrapeOutcome::Unparseable),
-            i as u64 + 1,
-            "{what}"
-        );
+        assert_eq!(rig.count("unparseable"), i as u64 + 1, "{what}");
     }
 }
 
@@ -398,7 +395,7 @@ async fn a_body_larger_than_the_cap_is_too_large_while_a_small_one_is_recorded()
     rig.track("ws-small", small.url());
     let r = rig.collector.tick().await;
     assert_eq!(r, report(2, 1, &[("body_too_large", 1)]));
-    assert_eq!(rig.count(ScrapeOutcome::BodyTooLarge), 1);
+    assert_eq!(rig.count("body_too_large"), 1);
     assert_eq!(rig.served(), ["ws-small"]);
 }
 
@@ -418,7 +415,7 @@ async fn a_stopped_pod_is_a_connect_error() {
     rig.track("ws-0", pod.url());
     let r = rig.collector.tick().await;
     assert_eq!(r, report(1, 0, &[("connect_error", 1)]));
-    assert_eq!(rig.count(ScrapeOutcome::ConnectError), 1);
+    assert_eq!(rig.count("connect_error"), 1);
     assert!(rig.served().is_empty());
 }
 
@@ -449,7 +446,7 @@ async fn a_hung_pod_costs_one_timeout_and_the_other_pods_of_the_round_are_record
     );
     // How soon after the timeout the round ends is a figure of the machine, not asserted.
     eprintln!("round with a hung pod took {took:?} (scrape timeout {timeout:?})");
-    assert_eq!(rig.count(ScrapeOutcome::Timeout), 1);
+    assert_eq!(rig.count("timeout"), 1);
     assert_eq!(rig.served(), ["ws-a", "ws-b"]);
     assert_eq!(hung.requests(), 1, "the hung pod did receive the request");
 }
@@ -565,7 +562,7 @@ async fn a_scrape_in_flight_when_the_pod_is_recreated_is_discarded() {
     };
     let (r, ()) = tokio::join!(rig.collector.tick(), recreate);
     assert_eq!(r, report(1, 0, &[("discarded", 1)]));
-    assert_eq!(rig.count(ScrapeOutcome::Discarded), 1);
+    assert_eq!(rig.count("discarded"), 1);
     assert_eq!(
         rig.milli("ws-0"),
         None,

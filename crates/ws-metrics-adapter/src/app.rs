@@ -15,7 +15,8 @@ use crate::auth::flags::AuthOptions;
 use crate::collect::{self, Collector};
 use crate::config::{Config, PodSource, Source, TlsSource};
 use crate::discovery::{cluster, static_file};
-use crate::server::{self, Health, serving_ca, tls};
+use crate::health::{Health, Latch};
+use crate::server::{self, serving_ca, tls};
 use crate::store::{MetricCatalog, Store};
 use crate::telemetry::Telemetry;
 
@@ -31,9 +32,30 @@ pub enum Error {
     /// The static pods file could not be used.
     #[error(transparent)]
     StaticPods(#[from] static_file::Error),
-    /// No Kubernetes client could be configured.
+    /// The kubeconfig file given could not be read.
+    #[error("reading kubeconfig {path}: {source}")]
+    KubeconfigUnreadable {
+        /// Path given.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The kubeconfig file does not make a client configuration (context, cluster, credentials).
+    #[error("using kubeconfig {path}: {source}")]
+    KubeconfigUnusable {
+        /// Path given.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither the in-cluster environment nor a default kubeconfig gave a client configuration.
     #[error("configuring the Kubernetes client: {0}")]
-    KubeConfig(String),
+    KubeConfigInferFailed(#[source] kube::config::InferConfigError),
+    /// The client configuration was refused when building the client (TLS, proxy).
+    #[error("building the Kubernetes client: {0}")]
+    KubeClientFailed(#[source] kube::Error),
     /// The authentication config given by flags could not be read.
     #[error("authentication config: {0}")]
     AuthConfig(#[from] crate::auth::authn::ConfigError),
@@ -127,24 +149,33 @@ pub async fn shutdown_signal() {
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::KubeConfig(e.to_string()))?;
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                Error::KubeconfigUnreadable {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| Error::KubeConfig(e.to_string()))?
+                .map_err(|source| Error::KubeconfigUnusable {
+                    path: path.to_owned(),
+                    source,
+                })?
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+            .map_err(Error::KubeConfigInferFailed)?,
     };
-    kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+    kube::Client::try_from(config).map_err(Error::KubeClientFailed)
 }
 
 /// Builds the authenticator (its own clients when --authentication-kubeconfig /
-/// --authorization-kubeconfig are given) and starts keeping its config in step with the cluster.
+/// --authorization-kubeconfig are given) and starts keeping its config in step with the cluster;
+/// `loaded` is set once a config is in force.
 async fn start_auth(
     options: &AuthOptions,
     client: &kube::Client,
+    loaded: Latch,
     shutdown: &Shutdown,
 ) -> Result<Arc<Auth>> {
     let flags = options.flag_sources()?;
@@ -161,6 +192,7 @@ async fn start_auth(
         authn,
         auth.clone(),
         flags,
+        loaded,
         shutdown.wait(),
     ));
     Ok(auth)
@@ -230,6 +262,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         ));
     }
 
+    // Health: live while the collection (or query) loop ticks on time.
+    let health = Arc::new(match &config.source {
+        Source::Scrape => Health::new(config.collect.interval, config.collect.timeout),
+        Source::Prometheus(prom) => Health::new(prom.interval, prom.timeout),
+    });
+
     // Pod inventory, and in cluster mode delegated authentication.
     let mut auth: Option<Arc<Auth>> = None;
     match &config.pods {
@@ -253,7 +291,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             let client = kube_client(kubeconfig.as_deref()).await?;
             match &config.auth {
                 Some(options) => {
-                    auth = Some(start_auth(options, &client, &shutdown).await?);
+                    let loaded = health.require_auth_config();
+                    auth = Some(start_auth(options, &client, loaded, &shutdown).await?);
                 }
                 None => tracing::warn!(
                     address = %config.secure_addr,
@@ -275,26 +314,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     }
 
     // Collection: scrape the pods, or query Prometheus.
-    let (health, collecting, api_state) = match &config.source {
+    let (collecting, api_state) = match &config.source {
         Source::Scrape => {
-            let health = Arc::new(Health::new(
-                store.clone(),
-                config.collect.interval,
-                config.collect.timeout,
-            ));
             let collector =
                 Collector::new(store.clone(), telemetry.clone(), config.collect.clone())?;
             let h = health.clone();
             let stop = shutdown.wait();
             let task = tokio::spawn(async move { collector.run(h, stop).await });
-            (
-                health,
-                task,
-                ApiState::new(store.clone(), telemetry.clone()),
-            )
+            (task, ApiState::new(store.clone(), telemetry.clone()))
         }
         Source::Prometheus(prom) => {
-            let health = Arc::new(Health::new(store.clone(), prom.interval, prom.timeout));
             tracing::info!(
                 url = %prom.url,
                 interval = %humantime::format_duration(prom.interval),
@@ -311,7 +340,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             let stop = shutdown.wait();
             let task = tokio::spawn(async move { source.run(h, stop).await });
             (
-                health,
                 task,
                 ApiState::new(store.clone(), telemetry.clone()),
             )
@@ -321,7 +349,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     // Listeners. Health routes are merged after the auth layer: probes need no credentials.
     let mut api_app = api::router(api_state);
     if let Some(auth) = auth {
-        health.require_auth_config(auth.clone());
         let layer = crate::auth::layer::AuthLayer {
             auth,
             telemetry: telemetry.clone(),

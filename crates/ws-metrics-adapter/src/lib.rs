@@ -27,6 +27,7 @@
 //! - [`api`]: the custom metrics API: path parsing, discovery documents, bodies, `Status` errors.
 //! - [`auth`]: delegated authentication (front proxy, client certificates, TokenReview) and
 //!   authorization (SubjectAccessReview), cached.
+//! - [`health`]: liveness and readiness latches the loops flip, and the interval loop itself.
 //! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates), health and metrics listener,
 //!   both behind one accept loop with connections, heads, idle time and HTTP/2 streams bounded.
 //! - [`telemetry`]: the adapter's own Prometheus metrics and logging set-up.
@@ -44,6 +45,7 @@ pub mod collect;
 pub mod config;
 pub mod discovery;
 pub mod exposition;
+pub mod health;
 pub mod prometheus;
 pub mod quantity;
 pub mod selector;

@@ -18,41 +18,6 @@ pub const SERVED_AGE_BUCKETS: [f64; 14] = [
     0.1, 0.25, 0.5, 0.75, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Outcome of one pod scrape, by kind.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum ScrapeOutcome {
-    /// Parsed and recorded.
-    Success,
-    /// No response within `--scrape-timeout`.
-    Timeout,
-    /// Connection refused, reset, DNS or TLS failure.
-    ConnectError,
-    /// A non-2xx HTTP status.
-    BadStatus,
-    /// Body larger than `--scrape-max-body-bytes`.
-    BodyTooLarge,
-    /// A malformed HTTP response, a body not in the text format or not UTF-8, or a value that
-    /// cannot be served (NaN, Inf).
-    Unparseable,
-    /// Parsed, but the pod disappeared or was re-created during the scrape.
-    Discarded,
-}
-
-impl ScrapeOutcome {
-    /// The label value used in `ws_metrics_adapter_scrapes_total{outcome=…}`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Timeout => "timeout",
-            Self::ConnectError => "connect_error",
-            Self::BadStatus => "bad_status",
-            Self::BodyTooLarge => "body_too_large",
-            Self::Unparseable => "unparseable",
-            Self::Discarded => "discarded",
-        }
-    }
-}
-
 /// Outcome of one request to Prometheus (`--source=prometheus`), by kind.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum QueryOutcome {
@@ -295,13 +260,10 @@ impl Telemetry {
         }
     }
 
-    /// Counts one scrape. Unit of `secs`: seconds.
-    pub fn observe_scrape(&self, outcome: ScrapeOutcome, secs: f64) {
-        self.scrapes
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
-            })
-            .inc();
+    /// Counts one scrape under its `outcome` label (`collect::outcome_label`). Unit of `secs`:
+    /// seconds.
+    pub fn observe_scrape(&self, outcome: &'static str, secs: f64) {
+        self.scrapes.get_or_create(&OutcomeLabels { outcome }).inc();
         self.scrape_duration.observe(secs);
     }
 
@@ -357,13 +319,10 @@ impl Telemetry {
         }
     }
 
-    /// Number of scrapes with this outcome so far.
-    pub fn scrape_count(&self, outcome: ScrapeOutcome) -> u64 {
-        self.scrapes
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
-            })
-            .get()
+    /// Number of scrapes counted under this `outcome` label so far (one of
+    /// `collect::OUTCOME_LABELS`).
+    pub fn scrape_count(&self, outcome: &'static str) -> u64 {
+        self.scrapes.get_or_create(&OutcomeLabels { outcome }).get()
     }
 
     /// Records a finished round. Unit of `secs` and `end_unix`: seconds.

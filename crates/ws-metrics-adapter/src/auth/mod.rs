@@ -41,18 +41,22 @@ use authn::{AuthnConfig, CertVerdict, User};
 use cache::TtlCache;
 
 /// Errors of the review calls. Every one fails the request closed (401 for authentication, 500 for
-/// authorization), never open.
+/// authorization), never open. `Clone` because the caches hand one call's answer to every request
+/// waiting on it; the sources are shared behind `Arc` for that.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The TokenReview call failed.
     #[error("TokenReview failed: {0}")]
-    TokenReviewFailed(String),
+    TokenReviewFailed(#[source] Arc<kube::Error>),
     /// The TokenReview call did not answer in time.
     #[error("TokenReview timed out after {0:?}")]
     TokenReviewTimedOut(Duration),
+    /// The SubjectAccessReview spec could not be encoded as its cache key.
+    #[error("encoding the SubjectAccessReview: {0}")]
+    AccessReviewUnencodable(#[source] Arc<serde_json::Error>),
     /// The SubjectAccessReview call failed.
     #[error("SubjectAccessReview failed: {0}")]
-    AccessReviewFailed(String),
+    AccessReviewFailed(#[source] Arc<kube::Error>),
     /// The SubjectAccessReview call did not answer in time.
     #[error("SubjectAccessReview timed out after {0:?}")]
     AccessReviewTimedOut(Duration),
@@ -315,7 +319,7 @@ impl Auth {
                     tokio::time::timeout(timeout, api.create(&PostParams::default(), &review))
                         .await
                         .map_err(|_| Error::TokenReviewTimedOut(timeout))?
-                        .map_err(|e| Error::TokenReviewFailed(e.to_string()))?;
+                        .map_err(|e| Error::TokenReviewFailed(Arc::new(e)))?;
                 let status = answer.status.unwrap_or_default();
                 let user = match (status.authenticated, status.user) {
                     (Some(true), Some(info))
@@ -352,8 +356,8 @@ impl Auth {
         // The whole spec is the key, as in the Go webhook authorizer
         // [apiserver: plugin/pkg/authorizer/webhook/webhook.go]. Serializing it cannot fail (plain
         // strings and string maps); if it ever did, fail closed rather than share a key.
-        let key =
-            serde_json::to_string(&spec).map_err(|e| Error::AccessReviewFailed(e.to_string()))?;
+        let key = serde_json::to_string(&spec)
+            .map_err(|e| Error::AccessReviewUnencodable(Arc::new(e)))?;
         self.decisions
             .get_or_fill(&key, || async {
                 self.access_reviews.fetch_add(1, Ordering::Relaxed);
@@ -367,7 +371,7 @@ impl Auth {
                     tokio::time::timeout(timeout, api.create(&PostParams::default(), &review))
                         .await
                         .map_err(|_| Error::AccessReviewTimedOut(timeout))?
-                        .map_err(|e| Error::AccessReviewFailed(e.to_string()))?;
+                        .map_err(|e| Error::AccessReviewFailed(Arc::new(e)))?;
                 let status = answer.status.unwrap_or_default();
                 Ok(if status.allowed && status.denied != Some(true) {
                     (Decision::Allow, self.settings.allow_ttl)

@@ -12,6 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::Auth;
 use super::authn::{AuthnConfig, FlagSources};
+use crate::health::Latch;
 
 /// Namespace of the ConfigMap.
 pub const NAMESPACE: &str = "kube-system";
@@ -44,16 +45,19 @@ pub fn apply(auth: &Auth, data: &BTreeMap<String, String>, flags: &FlagSources) 
 }
 
 /// Keeps `auth` in step with the ConfigMap until `shutdown`. When the flags give every CA, the
-/// ConfigMap is not read at all. Until the first good load, readiness stays false and each
-/// failure is logged with its likely cause.
+/// ConfigMap is not read at all. `loaded` is set at the first good load; until then readiness
+/// stays false and each failure is logged with its likely cause.
 pub async fn watch(
     client: kube::Client,
     auth: Arc<Auth>,
     flags: FlagSources,
+    loaded: Latch,
     shutdown: impl Future<Output = ()>,
 ) {
     if flags.complete() {
-        apply(&auth, &BTreeMap::new(), &flags);
+        if apply(&auth, &BTreeMap::new(), &flags) {
+            loaded.set();
+        }
         return;
     }
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, NAMESPACE);
@@ -72,7 +76,9 @@ pub async fn watch(
             None => return,
             Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
                 found = true;
-                apply(&auth, &cm.data.unwrap_or_default(), &flags);
+                if apply(&auth, &cm.data.unwrap_or_default(), &flags) {
+                    loaded.set();
+                }
             }
             Some(Ok(watcher::Event::InitDone)) if !found => {
                 tracing::warn!(

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::ScrapeError;
 use super::{ACCEPT, USER_AGENT};
-use crate::telemetry::ScrapeOutcome;
 
 /// Largest response head we read: status line and header fields, plus any skipped 1xx heads.
 /// The same cap applies to the trailer section of a chunked body. Unit: bytes.
@@ -72,7 +72,7 @@ pub(crate) enum Progress {
 
 /// Why a response could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ParseError {
+pub enum ResponseError {
     /// The stream ended before the first byte of a response.
     #[error("connection closed before any response byte")]
     Closed,
@@ -85,7 +85,7 @@ pub(crate) enum ParseError {
     Incomplete,
     /// The status line or a header field is not HTTP/1.x.
     #[error("malformed response head: {0}")]
-    Head(httparse::Error),
+    Head(#[source] httparse::Error),
     /// The body framing is broken or unsupported.
     #[error("malformed response: {0}")]
     Framing(&'static str),
@@ -202,7 +202,7 @@ fn head_facts(
     status: u16,
     version: u8,
     headers: &[httparse::Header<'_>],
-) -> Result<HeadFacts, ParseError> {
+) -> Result<HeadFacts, ResponseError> {
     let mut facts = HeadFacts {
         status,
         http10: version == 0,
@@ -220,19 +220,19 @@ fn head_facts(
             for v in list(h.value) {
                 any = true;
                 if !v.iter().all(u8::is_ascii_digit) {
-                    return Err(ParseError::Framing("invalid Content-Length"));
+                    return Err(ResponseError::Framing("invalid Content-Length"));
                 }
                 // Saturate: anything beyond usize is over the cap anyway.
                 let n = v.iter().fold(0usize, |n, d| {
                     n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
                 });
                 if facts.content_length.is_some_and(|c| c != n) {
-                    return Err(ParseError::Framing("conflicting Content-Length values"));
+                    return Err(ResponseError::Framing("conflicting Content-Length values"));
                 }
                 facts.content_length = Some(n);
             }
             if !any {
-                return Err(ParseError::Framing("empty Content-Length"));
+                return Err(ResponseError::Framing("empty Content-Length"));
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             for coding in list(h.value) {
@@ -241,7 +241,7 @@ fn head_facts(
                 facts.chunked = Some(only_chunked);
             }
             if codings == 0 {
-                return Err(ParseError::Framing("empty Transfer-Encoding"));
+                return Err(ResponseError::Framing("empty Transfer-Encoding"));
             }
         } else if name.eq_ignore_ascii_case(b"content-type") {
             facts.openmetrics = super::body::is_openmetrics(h.value);
@@ -254,11 +254,11 @@ fn head_facts(
     }
     match facts.chunked {
         // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-        Some(_) if facts.http10 => Err(ParseError::Framing(
+        Some(_) if facts.http10 => Err(ResponseError::Framing(
             "Transfer-Encoding in an HTTP/1.0 response",
         )),
         // We cannot undo gzip & co. (we never ask for them).
-        Some(false) => Err(ParseError::Framing("unsupported Transfer-Encoding")),
+        Some(false) => Err(ResponseError::Framing("unsupported Transfer-Encoding")),
         Some(true) | None => Ok(facts),
     }
 }
@@ -306,15 +306,19 @@ impl ResponseReader {
     /// appending bytes to `buf`. Once `Done`, the body is at `Response::body` in `buf`.
     ///
     /// # Errors
-    /// [`ParseError`] when the response is malformed, over a cap, or cut short by `eof`.
-    pub(crate) fn advance(&mut self, buf: &mut Vec<u8>, eof: bool) -> Result<Progress, ParseError> {
+    /// [`ResponseError`] when the response is malformed, over a cap, or cut short by `eof`.
+    pub(crate) fn advance(
+        &mut self,
+        buf: &mut Vec<u8>,
+        eof: bool,
+    ) -> Result<Progress, ResponseError> {
         if let State::Head { skipped } = &mut self.state {
             let head = read_head(buf, skipped, self.limits)?;
             let skipped = *skipped;
             match head {
                 Some(state) => self.state = state,
-                None if eof && buf.is_empty() && skipped == 0 => return Err(ParseError::Closed),
-                None if eof => return Err(ParseError::Truncated),
+                None if eof && buf.is_empty() && skipped == 0 => return Err(ResponseError::Closed),
+                None if eof => return Err(ResponseError::Truncated),
                 None => return Ok(Progress::NeedMore),
             }
         }
@@ -326,7 +330,7 @@ impl ResponseReader {
         } = &mut self.state
         else {
             // NB: the head branch above either moved to `Body` or returned.
-            return Err(ParseError::Framing("internal: head not read"));
+            return Err(ResponseError::Framing("internal: head not read"));
         };
         let (status, start) = (*status, *start);
         let done = |end: usize, reusable: bool| {
@@ -339,26 +343,26 @@ impl ResponseReader {
         match framing {
             Framing::Empty => done(start, *keep_alive && buf.len() == start),
             // Refused before reading it; after the head, so an error status still shows.
-            Framing::Length(n) if *n > self.limits.max_body => Err(ParseError::BodyTooLarge),
+            Framing::Length(n) if *n > self.limits.max_body => Err(ResponseError::BodyTooLarge),
             Framing::Length(n) => {
                 let end = start + *n;
                 if buf.len() >= end {
                     done(end, *keep_alive && buf.len() == end)
                 } else if eof {
-                    Err(ParseError::Truncated)
+                    Err(ResponseError::Truncated)
                 } else {
                     Ok(Progress::NeedMore)
                 }
             }
             Framing::Close { openmetrics } => {
                 if buf.len() - start > self.limits.max_body {
-                    Err(ParseError::BodyTooLarge)
+                    Err(ResponseError::BodyTooLarge)
                 } else if eof
                     && (200..300).contains(&status)
                     && !super::body::close_delimited_body_is_complete(&buf[start..], *openmetrics)
                 {
                     // Only a clean EOF gets here: a reset or read error fails in the caller.
-                    Err(ParseError::Incomplete)
+                    Err(ResponseError::Incomplete)
                 } else if eof {
                     done(buf.len(), false)
                 } else {
@@ -370,7 +374,7 @@ impl ResponseReader {
                     let end = chunked.decoded_end;
                     done(end, *keep_alive && buf.len() == end)
                 } else if eof {
-                    Err(ParseError::Truncated)
+                    Err(ResponseError::Truncated)
                 } else {
                     Ok(Progress::NeedMore)
                 }
@@ -416,7 +420,7 @@ fn decode_pieces(
     input: &[u8],
     read_sizes: &[usize],
     limits: Limits,
-) -> Result<DecodedResponse, ParseError> {
+) -> Result<DecodedResponse, ResponseError> {
     let mut reader = ResponseReader::new(limits);
     let mut buf = Vec::new();
     let mut rest = input;
@@ -435,7 +439,9 @@ fn decode_pieces(
                 });
             }
             Progress::NeedMore if eof => {
-                return Err(ParseError::Framing("internal: more wanted after the end"));
+                return Err(ResponseError::Framing(
+                    "internal: more wanted after the end",
+                ));
             }
             Progress::NeedMore => {}
         }
@@ -455,25 +461,25 @@ fn read_head(
     buf: &mut Vec<u8>,
     skipped: &mut usize,
     limits: Limits,
-) -> Result<Option<State>, ParseError> {
+) -> Result<Option<State>, ResponseError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
         let len = match response.parse(&buf[..]) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if *skipped + buf.len() > limits.max_head => {
-                return Err(ParseError::HeadTooLarge);
+                return Err(ResponseError::HeadTooLarge);
             }
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
-            Err(e) => return Err(ParseError::Head(e)),
+            Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::HeadTooLarge),
+            Err(e) => return Err(ResponseError::Head(e)),
         };
         if *skipped + len > limits.max_head {
-            return Err(ParseError::HeadTooLarge);
+            return Err(ResponseError::HeadTooLarge);
         }
         let (Some(status), Some(version)) = (response.code, response.version) else {
             // NB: httparse sets both before it reports a complete head.
-            return Err(ParseError::Framing("head without status"));
+            return Err(ResponseError::Framing("head without status"));
         };
         // 1xx interim responses (100 Continue, 103 Early Hints) precede the real one: skip them.
         // 101 Switching Protocols is final and was never asked for: reported as a bad status.
@@ -528,7 +534,7 @@ impl Chunked {
         buf: &mut Vec<u8>,
         start: usize,
         limits: Limits,
-    ) -> Result<bool, ParseError> {
+    ) -> Result<bool, ResponseError> {
         // Invariant: undecoded bytes start right at `decoded_end` on entry (see the end).
         let mut i = self.decoded_end;
         while i < buf.len() && self.step != ChunkStep::Done {
@@ -559,9 +565,9 @@ impl Chunked {
     }
 
     /// One framing byte; `decoded` is the body length so far.
-    fn byte(&mut self, b: u8, decoded: usize, limits: Limits) -> Result<ChunkStep, ParseError> {
+    fn byte(&mut self, b: u8, decoded: usize, limits: Limits) -> Result<ChunkStep, ResponseError> {
         use ChunkStep as S;
-        let malformed = |what| Err(ParseError::Framing(what));
+        let malformed = |what| Err(ResponseError::Framing(what));
         Ok(match (self.step, b) {
             (S::Size { digits }, b) if b.is_ascii_hexdigit() => {
                 if digits >= MAX_CHUNK_SIZE_DIGITS {
@@ -573,7 +579,7 @@ impl Chunked {
                 });
                 self.size = self.size.saturating_mul(16).saturating_add(digit);
                 if decoded.saturating_add(self.size) > limits.max_body {
-                    return Err(ParseError::BodyTooLarge);
+                    return Err(ResponseError::BodyTooLarge);
                 }
                 S::Size { digits: digits + 1 }
             }
@@ -598,7 +604,7 @@ impl Chunked {
             (S::DataCr | S::DataLf, b'\n') => S::Size { digits: 0 },
             (S::DataCr | S::DataLf, _) => return malformed("chunk data not followed by CRLF"),
             (S::Trailer | S::TrailerLf, _) if self.trailers >= limits.max_head => {
-                return Err(ParseError::HeadTooLarge);
+                return Err(ResponseError::HeadTooLarge);
             }
             (S::Trailer, b'\r') => {
                 self.trailers += 1;
@@ -769,8 +775,8 @@ impl Target {
 enum Failure {
     /// A reused connection turned out closed before answering: try a fresh one.
     Stale(io::Error),
-    /// The scrape's outcome.
-    Outcome(ScrapeOutcome),
+    /// The scrape failed.
+    Failed(ScrapeError),
 }
 
 /// Keep-alive HTTP/1.1 client for `http://` pods: at most one idle connection per URL.
@@ -811,19 +817,18 @@ impl Client {
     /// `GET url`; the 2xx body, read in full. The caller bounds the time taken.
     ///
     /// # Errors
-    /// The scrape's outcome: `ConnectError` (connect, reset, early close, bad URL),
-    /// `BadStatus` (non-2xx), `BodyTooLarge`, `Unparseable` (not HTTP/1.x, broken framing,
-    /// head over the cap).
-    pub(crate) async fn get(&self, url: &Arc<str>) -> Result<Body<'_>, ScrapeOutcome> {
+    /// Why the scrape failed: the URL, the connection (connect, reset, early close), a non-2xx
+    /// status, the body cap, or a response that is not HTTP/1.x (broken framing, head over the
+    /// cap).
+    pub(crate) async fn get(&self, url: &Arc<str>) -> Result<Body<'_>, ScrapeError> {
         let Some(target) = Target::parse(url) else {
-            tracing::debug!(url = &**url, "scrape URL cannot be used");
-            return Err(ScrapeOutcome::ConnectError);
+            return Err(ScrapeError::BadUrl);
         };
         let mut buf = self.buffers.take();
         if let Some(stream) = self.take_idle(url) {
             match self.exchange(stream, &target, &mut buf, true).await {
                 Ok(done) => return self.finish(url, done, buf),
-                Err(Failure::Outcome(outcome)) => return Err(outcome),
+                Err(Failure::Failed(error)) => return Err(error),
                 Err(Failure::Stale(e)) => {
                     let url = &**url;
                     tracing::debug!(url, error = %e, "idle connection closed by the pod; reconnecting");
@@ -831,17 +836,12 @@ impl Client {
                 }
             }
         }
-        let stream = connect(&target).await.map_err(|e| {
-            tracing::debug!(url = &**url, error = %e, "scrape connect failed");
-            ScrapeOutcome::ConnectError
-        })?;
+        let stream = connect(&target).await.map_err(ScrapeError::ConnectFailed)?;
         match self.exchange(stream, &target, &mut buf, false).await {
             Ok(done) => self.finish(url, done, buf),
-            Err(Failure::Outcome(outcome)) => Err(outcome),
-            Err(Failure::Stale(e)) => {
-                tracing::debug!(url = &**url, error = %e, "scrape request failed");
-                Err(ScrapeOutcome::ConnectError)
-            }
+            Err(Failure::Failed(error)) => Err(error),
+            // NB: a fresh connection is never stale; `exchange` reports its failures as such.
+            Err(Failure::Stale(e)) => Err(ScrapeError::ConnectionFailed(e)),
         }
     }
 
@@ -862,7 +862,7 @@ impl Client {
         url: &Arc<str>,
         (response, stream): (Response, TcpStream),
         buf: PooledBuf<'a>,
-    ) -> Result<Body<'a>, ScrapeOutcome> {
+    ) -> Result<Body<'a>, ScrapeError> {
         if response.reusable {
             // At most one per URL: a connection already parked there (same URL scraped twice in
             // a round) is dropped.
@@ -870,7 +870,9 @@ impl Client {
             drop(previous);
         }
         if !(200..300).contains(&response.status) {
-            return Err(ScrapeOutcome::BadStatus);
+            return Err(ScrapeError::BadStatus {
+                status: response.status,
+            });
         }
         Ok(Body {
             buf,
@@ -894,7 +896,7 @@ impl Client {
             return Err(if reused {
                 Failure::Stale(e)
             } else {
-                connect_error(target, &e)
+                Failure::Failed(ScrapeError::ConnectionFailed(e))
             });
         }
         let mut reader = ResponseReader::new(self.limits);
@@ -906,29 +908,26 @@ impl Client {
                 // An error status: the body does not matter. It is drained only when it came
                 // with the head, so the connection can be reused; otherwise it is dropped.
                 (_, Some(status)) if !(200..300).contains(&status) => {
-                    return Err(Failure::Outcome(ScrapeOutcome::BadStatus));
+                    return Err(Failure::Failed(ScrapeError::BadStatus { status }));
                 }
                 (Ok(Progress::NeedMore), _) if !eof => {}
                 (Ok(Progress::NeedMore), _) => {
                     // NB: unreachable, `advance` ends the response or fails at EOF.
-                    return Err(Failure::Outcome(ScrapeOutcome::ConnectError));
+                    return Err(Failure::Failed(ScrapeError::ResponseCut(
+                        ResponseError::Truncated,
+                    )));
                 }
-                (Err(ParseError::Closed), _) if reused => {
+                (Err(ResponseError::Closed), _) if reused => {
                     return Err(Failure::Stale(io::ErrorKind::UnexpectedEof.into()));
                 }
                 (Err(e), _) => {
-                    tracing::debug!(host = target.host(), error = %e, "scrape response unusable");
-                    return Err(Failure::Outcome(match e {
-                        // The connection ended before the response did (see `collect::body` for
-                        // why an incomplete close-delimited body is counted here too).
-                        ParseError::Closed | ParseError::Truncated | ParseError::Incomplete => {
-                            ScrapeOutcome::ConnectError
-                        }
-                        ParseError::BodyTooLarge => ScrapeOutcome::BodyTooLarge,
-                        ParseError::Head(_) | ParseError::Framing(_) | ParseError::HeadTooLarge => {
-                            ScrapeOutcome::Unparseable
-                        }
-                    }));
+                    // The connection ended before the response did (see `collect::body` for why
+                    // an incomplete close-delimited body is counted there too), or the response
+                    // is not one.
+                    return Err(Failure::Failed(ScrapeError::from_response(
+                        e,
+                        self.limits.max_body,
+                    )));
                 }
             }
             buf.reserve(reader.read_hint(buf));
@@ -938,7 +937,7 @@ impl Client {
                 Err(e) if reused && reader.nothing_received(buf) && is_reset(&e) => {
                     return Err(Failure::Stale(e));
                 }
-                Err(e) => return Err(connect_error(target, &e)),
+                Err(e) => return Err(Failure::Failed(ScrapeError::ConnectionFailed(e))),
             }
         }
     }
@@ -952,11 +951,6 @@ fn is_reset(e: &io::Error) -> bool {
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::UnexpectedEof
     )
-}
-
-fn connect_error(target: &Target, e: &io::Error) -> Failure {
-    tracing::debug!(host = target.host(), error = %e, "scrape connection failed");
-    Failure::Outcome(ScrapeOutcome::ConnectError)
 }
 
 /// A fresh connection to the target. Any connect deadline is the caller's scrape deadline.
@@ -980,7 +974,7 @@ mod tests {
     };
 
     /// What a response decodes to: (status, reusable, body).
-    type Decoded = Result<(u16, bool, Vec<u8>), ParseError>;
+    type Decoded = Result<(u16, bool, Vec<u8>), ResponseError>;
 
     /// Feeds `input` to a reader in pieces of the given sizes (the last piece takes the rest),
     /// then signals EOF if the response is not complete yet.
@@ -999,7 +993,7 @@ mod tests {
 
     /// (what, raw response, expected)
     fn table() -> Vec<(&'static str, &'static str, Decoded)> {
-        use ParseError as E;
+        use ResponseError as E;
         vec![
             (
                 "content-length",
@@ -1322,31 +1316,34 @@ mod tests {
             "HTTP/1.1 200 OK\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
             "a".repeat(1100)
         );
-        assert_eq!(decode(big.as_bytes()), Err(ParseError::HeadTooLarge));
+        assert_eq!(decode(big.as_bytes()), Err(ResponseError::HeadTooLarge));
         // Incomplete but already over the cap: refused without waiting for the rest.
         let mut reader = ResponseReader::new(LIMITS);
         let mut buf = big.as_bytes()[..1050].to_vec();
         assert_eq!(
             reader.advance(&mut buf, false),
-            Err(ParseError::HeadTooLarge)
+            Err(ResponseError::HeadTooLarge)
         );
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("X-{i}: 1\r\n"))
             .collect();
         let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
-        assert_eq!(decode(many.as_bytes()), Err(ParseError::HeadTooLarge));
+        assert_eq!(decode(many.as_bytes()), Err(ResponseError::HeadTooLarge));
         let trailers = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Pad: {}\r\n\r\n",
             "a".repeat(1100)
         );
-        assert_eq!(decode(trailers.as_bytes()), Err(ParseError::HeadTooLarge));
+        assert_eq!(
+            decode(trailers.as_bytes()),
+            Err(ResponseError::HeadTooLarge)
+        );
         let ext = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}\r\nx\r\n0\r\n\r\n",
             "a".repeat(MAX_CHUNK_LINE)
         );
         assert_eq!(
             decode(ext.as_bytes()),
-            Err(ParseError::Framing("chunk extension too long"))
+            Err(ResponseError::Framing("chunk extension too long"))
         );
     }
 
@@ -1472,7 +1469,7 @@ mod tests {
             let want = if crate::collect::body::close_delimited_body_is_complete(&body, false) {
                 Ok((200, false, body))
             } else {
-                Err(ParseError::Incomplete)
+                Err(ResponseError::Incomplete)
             };
             prop_assert_eq!(decode_split(&close, &read_sizes, LIMITS), want);
         }
@@ -1574,8 +1571,9 @@ mod tests {
         Client::new(1024, 4)
     }
 
-    async fn get_text(client: &Client, url: &Arc<str>) -> Result<String, ScrapeOutcome> {
-        let body = client.get(url).await?;
+    /// The body, or the `outcome` label of the failure.
+    async fn get_text(client: &Client, url: &Arc<str>) -> Result<String, &'static str> {
+        let body = client.get(url).await.map_err(|e| e.metric_label())?;
         Ok(String::from_utf8_lossy(body.bytes()).into_owned())
     }
 
@@ -1639,13 +1637,13 @@ mod tests {
         let cases = [
             (
                 "HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy",
-                ScrapeOutcome::BadStatus,
+                "bad_status",
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n",
-                ScrapeOutcome::BodyTooLarge,
+                "body_too_large",
             ),
-            ("garbage\r\n\r\n", ScrapeOutcome::Unparseable),
+            ("garbage\r\n\r\n", "unparseable"),
         ];
         for (response, outcome) in cases {
             let server = serve(Script::Answer(response)).await;
@@ -1660,10 +1658,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok",
         ))
         .await;
-        assert_eq!(
-            get_text(&client(), &server.url).await,
-            Err(ScrapeOutcome::ConnectError)
-        );
+        assert_eq!(get_text(&client(), &server.url).await, Err("connect_error"));
         // Close-delimited bodies cut short, then a clean close (FIN) or a reset: never a body.
         for response in [
             // Cut after the TYPE line: before issue 11 this was served as an explicit 0.
@@ -1675,13 +1670,13 @@ mod tests {
             let server = serve(Script::AnswerThenClose(response)).await;
             assert_eq!(
                 get_text(&client(), &server.url).await,
-                Err(ScrapeOutcome::ConnectError),
+                Err("connect_error"),
                 "FIN after {response:?}"
             );
             let server = serve(Script::AnswerThenAbort(response)).await;
             assert_eq!(
                 get_text(&client(), &server.url).await,
-                Err(ScrapeOutcome::ConnectError),
+                Err("connect_error"),
                 "RST after {response:?}"
             );
         }
@@ -1690,10 +1685,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\n\r\nwebsocket_connections_active 12\n",
         ))
         .await;
-        assert_eq!(
-            get_text(&client(), &server.url).await,
-            Err(ScrapeOutcome::ConnectError)
-        );
+        assert_eq!(get_text(&client(), &server.url).await, Err("connect_error"));
         // The same body closed cleanly is whole.
         let server = serve(Script::AnswerThenClose(
             "HTTP/1.1 200 OK\r\n\r\nwebsocket_connections_active 12\n",
@@ -1708,10 +1700,7 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             format!("http://{}/metrics", l.local_addr().unwrap()).into()
         };
-        assert_eq!(
-            get_text(&client(), &gone).await,
-            Err(ScrapeOutcome::ConnectError)
-        );
+        assert_eq!(get_text(&client(), &gone).await, Err("connect_error"));
     }
 
     #[tokio::test]
@@ -1722,10 +1711,7 @@ mod tests {
         .await;
         let client = client();
         for _ in 0..3 {
-            assert_eq!(
-                get_text(&client, &server.url).await,
-                Err(ScrapeOutcome::BadStatus)
-            );
+            assert_eq!(get_text(&client, &server.url).await, Err("bad_status"));
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
     }

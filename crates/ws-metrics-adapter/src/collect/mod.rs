@@ -12,8 +12,11 @@
 //! `body`: never a false zero or a cut number from a truncated body).
 
 mod body;
+mod error;
 mod http1;
 
+pub use error::{OUTCOME_LABELS, SUCCESS, ScrapeError, outcome_label};
+pub use http1::ResponseError;
 #[doc(hidden)]
 pub use http1::{DecodedResponse, decode_response};
 
@@ -31,9 +34,9 @@ use hyper_util::rt::TokioExecutor;
 use crate::clock::{Moment, SampleTime};
 use crate::config::CollectConfig;
 use crate::exposition;
-use crate::server::Health;
+use crate::health::{self, Health};
 use crate::store::{PodKey, Reading, ScrapeJob, Store, readings_from_samples};
-use crate::telemetry::{ScrapeOutcome, Telemetry};
+use crate::telemetry::Telemetry;
 
 /// Errors of building the collector.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,7 @@ pub struct RoundReport {
     pub attempted: usize,
     /// Scrapes recorded in the store.
     pub recorded: usize,
-    /// Scrapes that failed, by outcome.
+    /// Scrapes that failed, by `outcome` label ([`ScrapeError::metric_label`]).
     pub failed: HashMap<&'static str, usize>,
 }
 
@@ -79,8 +82,8 @@ pub struct Collector {
     client: HttpsClient,
     /// For `http://` pods.
     http1: http1::Client,
-    /// Last outcome per pod, to log transitions rather than every failure.
-    last_outcome: Mutex<HashMap<PodKey, ScrapeOutcome>>,
+    /// Last `outcome` label per pod, to log transitions rather than every failure.
+    last_outcome: Mutex<HashMap<PodKey, &'static str>>,
 }
 
 /// A rustls client config trusting the PEM bundle `ca_file`, or the webpki roots without one.
@@ -158,29 +161,32 @@ impl Collector {
         })
     }
 
-    async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Reading, ScrapeOutcome> {
+    async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Reading, ScrapeError> {
         if http1::is_plain_http(url) {
             let body = self.http1.get(url).await?;
-            self.reading(url, body.bytes(), Moment::now())
+            self.reading(body.bytes(), Moment::now())
         } else {
             let body = self.fetch_hyper(url).await?;
-            self.reading(url, &body, Moment::now())
+            self.reading(&body, Moment::now())
         }
     }
 
     /// The body of `url` through hyper (used for `https://`).
-    async fn fetch_hyper(&self, url: &str) -> std::result::Result<Bytes, ScrapeOutcome> {
+    async fn fetch_hyper(&self, url: &str) -> std::result::Result<Bytes, ScrapeError> {
         let req = http::Request::get(url)
             .header(http::header::ACCEPT, ACCEPT)
             .header(http::header::USER_AGENT, USER_AGENT)
             .body(Empty::<Bytes>::new())
-            .map_err(|_| ScrapeOutcome::ConnectError)?;
-        let resp = self.client.request(req).await.map_err(|e| {
-            tracing::debug!(url, error = %e, "scrape request failed");
-            ScrapeOutcome::ConnectError
-        })?;
+            .map_err(ScrapeError::InvalidRequest)?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(ScrapeError::RequestFailed)?;
         if !resp.status().is_success() {
-            return Err(ScrapeOutcome::BadStatus);
+            return Err(ScrapeError::BadStatus {
+                status: resp.status().as_u16(),
+            });
         }
         // hyper fails a short `Content-Length` body or a chunked one without its last chunk, and
         // a close-delimited one on a reset or a TCP close without TLS `close_notify`; a
@@ -197,78 +203,74 @@ impl Collector {
             .await
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
-                    ScrapeOutcome::BodyTooLarge
+                    ScrapeError::BodyTooLarge {
+                        limit: self.config.max_body_bytes,
+                    }
                 } else {
-                    tracing::debug!(url, error = %e, "scrape body failed");
-                    ScrapeOutcome::ConnectError
+                    ScrapeError::BodyFailed(e)
                 }
             })?
             .to_bytes();
         if close_delimited && !body::close_delimited_body_is_complete(&bytes, openmetrics) {
-            tracing::debug!(url, "close-delimited body cut short");
-            return Err(ScrapeOutcome::ConnectError);
+            return Err(ScrapeError::BodyCut);
         }
         Ok(bytes)
     }
 
     /// The reading in a scrape's body, read at `at`. Exposition timestamps on the kept samples
     /// are honoured: the reading is as old as its oldest stamped sample.
-    fn reading(
-        &self,
-        url: &str,
-        body: &[u8],
-        at: Moment,
-    ) -> std::result::Result<Reading, ScrapeOutcome> {
-        let text = std::str::from_utf8(body).map_err(|_| ScrapeOutcome::Unparseable)?;
+    fn reading(&self, body: &[u8], at: Moment) -> std::result::Result<Reading, ScrapeError> {
+        let text = std::str::from_utf8(body).map_err(ScrapeError::NotUtf8)?;
         let families = self.store.catalog().families();
         let samples = exposition::parse_selected(text, |name| families.iter().any(|f| f == name))
-            .map_err(|e| {
-            tracing::debug!(url, error = %e, "unparsable metrics body");
-            ScrapeOutcome::Unparseable
-        })?;
+            .map_err(ScrapeError::Unparseable)?;
         let declared = |family: &str| declares_family(text, family);
-        let families =
-            readings_from_samples(self.store.catalog(), &samples, declared).map_err(|e| {
-                tracing::debug!(url, error = %e, "metrics body not servable");
-                ScrapeOutcome::Unparseable
-            })?;
+        let families = readings_from_samples(self.store.catalog(), &samples, declared)
+            .map_err(ScrapeError::NotServable)?;
         // Families whose series carry timestamps are aged by them (`FamilyReading::stamped_ms`).
         let time = SampleTime::read_at(at);
         Ok(Reading { time, families })
     }
 
-    async fn scrape(&self, job: &ScrapeJob) -> ScrapeOutcome {
+    /// Scrapes one pod and records its reading; counts the outcome.
+    async fn scrape(&self, job: &ScrapeJob) -> std::result::Result<(), ScrapeError> {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(self.config.timeout, self.fetch(&job.url)).await {
-            Err(_) => ScrapeOutcome::Timeout,
-            Ok(Err(outcome)) => outcome,
+        let result = match tokio::time::timeout(self.config.timeout, self.fetch(&job.url)).await {
+            Err(_) => Err(ScrapeError::Timeout(self.config.timeout)),
+            Ok(Err(error)) => Err(error),
             Ok(Ok(reading)) => {
                 if self.store.record(&job.key, &job.uid, reading) {
-                    ScrapeOutcome::Success
+                    Ok(())
                 } else {
-                    ScrapeOutcome::Discarded
+                    Err(ScrapeError::Discarded)
                 }
             }
         };
         self.telemetry
-            .observe_scrape(outcome, started.elapsed().as_secs_f64());
-        outcome
+            .observe_scrape(outcome_label(&result), started.elapsed().as_secs_f64());
+        result
     }
 
-    fn note_outcome(&self, job: &ScrapeJob, outcome: ScrapeOutcome) {
+    /// Logs the cause once, when a pod's outcome changes (not on every failed round).
+    fn note_outcome(&self, job: &ScrapeJob, result: &std::result::Result<(), ScrapeError>) {
+        let label = outcome_label(result);
         let mut last = self.last_outcome.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = last.insert(job.key.clone(), outcome);
-        if previous == Some(outcome) {
+        let previous = last.insert(job.key.clone(), label);
+        drop(last);
+        if previous == Some(label) {
             return;
         }
         let (ns, pod, url) = (&job.key.namespace, &job.key.name, &*job.url);
-        match outcome {
-            ScrapeOutcome::Success if previous.is_some() => {
+        match result {
+            Ok(()) if previous.is_some() => {
                 tracing::info!(namespace = %ns, pod = %pod, url, "scrapes succeed again");
             }
-            ScrapeOutcome::Success | ScrapeOutcome::Discarded => {}
-            failure => tracing::warn!(
-                namespace = %ns, pod = %pod, url, outcome = ?failure,
+            Ok(()) => {}
+            Err(error) if !error.is_warning() => {
+                tracing::debug!(namespace = %ns, pod = %pod, url, error = %error, "scrape discarded");
+            }
+            Err(error) => tracing::warn!(
+                namespace = %ns, pod = %pod, url, outcome = label, error = %error,
                 "scrape failed; the last good value is served until --max-age, then the pod is left out"
             ),
         }
@@ -287,16 +289,15 @@ impl Collector {
         let live_urls: HashSet<Arc<str>> = jobs.iter().map(|j| j.url.clone()).collect();
         let mut results = futures::stream::iter(jobs)
             .map(|job| async move {
-                let outcome = self.scrape(&job).await;
-                (job, outcome)
+                let result = self.scrape(&job).await;
+                (job, result)
             })
             .buffer_unordered(self.config.concurrency);
-        while let Some((job, outcome)) = results.next().await {
-            self.note_outcome(&job, outcome);
-            if outcome == ScrapeOutcome::Success {
-                report.recorded += 1;
-            } else {
-                *report.failed.entry(outcome.as_str()).or_default() += 1;
+        while let Some((job, result)) = results.next().await {
+            self.note_outcome(&job, &result);
+            match result {
+                Ok(()) => report.recorded += 1,
+                Err(error) => *report.failed.entry(error.metric_label()).or_default() += 1,
             }
         }
         drop(results);
@@ -327,10 +328,10 @@ impl Collector {
     /// Runs rounds every interval until `shutdown` resolves. Marks `health` as ticking at the
     /// start of each round and collected after the first.
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
-        every_interval(
+        health::every_interval(
             self.config.interval,
-            &self.store,
             &health,
+            || self.store.is_synced(),
             shutdown,
             || async {
                 let report = self.tick().await;
@@ -338,40 +339,5 @@ impl Collector {
             },
         )
         .await;
-    }
-}
-
-/// The loop of a background source: a round every `interval` until `shutdown` resolves. Marks
-/// `health` as ticking at the start of each round and collected after each finished one; skips
-/// rounds until the pod inventory is synced, so "collected" means something. Shared by the scrape
-/// loop and the Prometheus source.
-pub(crate) async fn every_interval<F, Fut>(
-    interval: Duration,
-    store: &Store,
-    health: &Health,
-    shutdown: impl std::future::Future<Output = ()>,
-    mut round: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut ticker = tokio::time::interval(interval);
-    // A round that overran is followed by one right away, then the cadence resumes.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = ticker.tick() => {}
-        }
-        health.tick_started();
-        if !store.is_synced() {
-            continue;
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = round() => {}
-        }
-        health.round_finished();
     }
 }

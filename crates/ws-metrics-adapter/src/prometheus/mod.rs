@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_http_query::response::Data;
 
-use crate::server::Health;
+use crate::health::{self, Health};
 use crate::store::Store;
 use crate::store::read::{Outcome, Snapshot};
 use crate::telemetry::{QueryOutcome, Telemetry};
@@ -144,31 +144,62 @@ pub fn tls_config(config: &PrometheusConfig) -> Result<rustls::ClientConfig> {
     })
 }
 
-/// Why one query failed, for logs and the adapter's own metrics.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why one query failed, for logs and the adapter's own metrics. `Clone` because a bearer-token
+/// failure fails every query of the round; the sources are shared behind `Arc` for that.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueryError {
     /// No answer within `--prometheus-timeout`.
     #[error("timed out")]
     Timeout,
-    /// Connection refused, reset, TLS failure, or an HTTP error status.
+    /// The query request failed: connection refused, reset, TLS failure, or an HTTP error status.
     #[error("request failed: {0}")]
-    RequestFailed(String),
-    /// Prometheus answered with an error (bad PromQL, its own timeout).
+    RequestFailed(#[source] Arc<prometheus_http_query::Error>),
+    /// The series request (`/api/v1/series`) failed: connection, TLS, or HTTP.
+    #[error("request failed: {0}")]
+    SeriesRequestFailed(#[source] Arc<reqwest::Error>),
+    /// The URL of the series endpoint could not be formed from `--prometheus-url`. The cause is
+    /// a `url::ParseError`, boxed: this crate does not depend on `url` by name.
+    #[error("request failed: {0}")]
+    SeriesUrl(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The answer to the series request was not its JSON (an HTTP error page, a cut body).
+    #[error("request failed: HTTP {status}: {source}")]
+    SeriesAnswerUnreadable {
+        /// HTTP status of the answer.
+        status: http::StatusCode,
+        /// Cause.
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+    /// Prometheus answered with an error (bad PromQL, its own timeout); its message.
     #[error("prometheus error: {0}")]
     PrometheusError(String),
     /// The answer was not an instant vector.
     #[error("unexpected result type: {0}")]
     Unexpected(&'static str),
     /// The bearer token file could not be read.
-    #[error("reading bearer token file: {0}")]
-    TokenUnreadable(String),
+    #[error("reading bearer token file: {path}: {source}")]
+    TokenUnreadable {
+        /// Path given.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The bearer token cannot be sent in an HTTP header (a control character in it).
+    #[error("reading bearer token file: token is not a valid header value")]
+    TokenNotAHeader(#[source] Arc<http::header::InvalidHeaderValue>),
 }
 
 impl QueryError {
     fn outcome(&self) -> QueryOutcome {
         match self {
             Self::Timeout => QueryOutcome::Timeout,
-            Self::RequestFailed(_) | Self::TokenUnreadable(_) => QueryOutcome::RequestFailed,
+            Self::RequestFailed(_)
+            | Self::SeriesRequestFailed(_)
+            | Self::SeriesUrl(_)
+            | Self::SeriesAnswerUnreadable { .. }
+            | Self::TokenUnreadable { .. }
+            | Self::TokenNotAHeader(_) => QueryOutcome::RequestFailed,
             Self::PrometheusError(_) | Self::Unexpected(_) => QueryOutcome::PrometheusError,
         }
     }
@@ -185,10 +216,10 @@ fn classify(e: prometheus_http_query::Error) -> QueryError {
             if timeout {
                 QueryError::Timeout
             } else {
-                QueryError::RequestFailed(c.to_string())
+                QueryError::RequestFailed(Arc::new(E::Client(c)))
             }
         }
-        other => QueryError::RequestFailed(other.to_string()),
+        other => QueryError::RequestFailed(Arc::new(other)),
     }
 }
 
@@ -214,8 +245,8 @@ pub struct Source {
     /// The plan of the `--metric` mappings alone; the rules' discoveries are added to it.
     base: Plan,
     last_relist: Mutex<Option<Instant>>,
-    /// Last error per query, to log changes rather than every failure.
-    last_error: Mutex<HashMap<String, Option<QueryError>>>,
+    /// Last error message per query, to log changes rather than every failure.
+    last_error: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Source {
@@ -270,7 +301,10 @@ impl Source {
             None => Ok(None),
             Some(path) => std::fs::read_to_string(path)
                 .map(|t| Some(format!("Bearer {}", t.trim())))
-                .map_err(|e| QueryError::TokenUnreadable(format!("{}: {e}", path.display()))),
+                .map_err(|e| QueryError::TokenUnreadable {
+                    path: path.clone(),
+                    source: Arc::new(e),
+                }),
         }
     }
 
@@ -285,9 +319,8 @@ impl Source {
             .query(promql)
             .timeout(i64::try_from(self.config.timeout.as_millis()).unwrap_or(i64::MAX));
         if let Some(a) = auth {
-            let value = http::HeaderValue::from_str(a).map_err(|_| {
-                QueryError::TokenUnreadable("token is not a valid header value".into())
-            })?;
+            let value = http::HeaderValue::from_str(a)
+                .map_err(|e| QueryError::TokenNotAHeader(Arc::new(e)))?;
             q = q.header(http::header::AUTHORIZATION, value);
         }
         // POST: rendered rule queries can be long, and POST keeps them out of access logs' URLs.
@@ -331,7 +364,7 @@ impl Source {
             .client
             .base_url()
             .join("api/v1/series")
-            .map_err(|e| QueryError::RequestFailed(e.to_string()))?;
+            .map_err(|e| QueryError::SeriesUrl(Arc::new(e)))?;
         let mut req = self.client.inner().post(url).form(&[
             ("match[]", selector.to_owned()),
             ("start", format!("{start:.3}")),
@@ -344,14 +377,17 @@ impl Source {
             if e.is_timeout() {
                 QueryError::Timeout
             } else {
-                QueryError::RequestFailed(e.to_string())
+                QueryError::SeriesRequestFailed(Arc::new(e))
             }
         })?;
         let status = resp.status();
         let body: Answer = resp
             .json()
             .await
-            .map_err(|e| QueryError::RequestFailed(format!("HTTP {status}: {e}")))?;
+            .map_err(|e| QueryError::SeriesAnswerUnreadable {
+                status,
+                source: Arc::new(e),
+            })?;
         if body.status != "success" {
             return Err(QueryError::PrometheusError(
                 body.error.unwrap_or_else(|| format!("HTTP {status}")),
@@ -466,9 +502,12 @@ impl Source {
     }
 
     fn note(&self, spec: &QuerySpec, error: Option<QueryError>) {
+        let message = error.as_ref().map(ToString::to_string);
         let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = last.insert(spec.promql.clone(), error.clone());
-        if previous.as_ref() == Some(&error) {
+        let previous = last.insert(spec.promql.clone(), message.clone());
+        drop(last);
+        // The same message is the same failure: only a change is logged.
+        if previous.as_ref() == Some(&message) {
             return;
         }
         match error {
@@ -487,10 +526,16 @@ impl Source {
     /// loop does (ticking at the start of a round, collected after the first).
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
         let store = &self.store;
-        crate::collect::every_interval(self.config.interval, store, &health, shutdown, || async {
-            let report = self.tick().await;
-            tracing::debug!(?report, "prometheus round");
-        })
+        health::every_interval(
+            self.config.interval,
+            &health,
+            || store.is_synced(),
+            shutdown,
+            || async {
+                let report = self.tick().await;
+                tracing::debug!(?report, "prometheus round");
+            },
+        )
         .await;
     }
 }

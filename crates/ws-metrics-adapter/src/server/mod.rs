@@ -1,6 +1,6 @@
 //! Serving: the HTTPS listener for the API (rustls; a failed handshake drops one connection, never
-//! the server), the plain-HTTP listener for `/livez`, `/readyz` and the adapter's own `/metrics`,
-//! and the health state both report.
+//! the server), and the plain-HTTP listener for `/livez`, `/readyz` (answered from
+//! [`crate::health`]) and the adapter's own `/metrics`.
 //!
 //! - [`tls`]: certificates (files re-read on change, or a generated CA plus leaf).
 //! - [`client_cert`]: client certificates requested at the handshake, handed to each request.
@@ -17,8 +17,7 @@ pub use listener::{Limits, ListenerArgs};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -28,98 +27,8 @@ use http::{StatusCode, header};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::store::Store;
+use crate::health::Health;
 use crate::telemetry::Telemetry;
-
-/// Liveness and readiness, written by the loops and read by the probes.
-#[derive(Debug)]
-pub struct Health {
-    origin: Instant,
-    /// Milliseconds since `origin` at which the last collection tick started; 0 = none yet.
-    last_tick_ms: AtomicU64,
-    collected: AtomicBool,
-    ready_latch: AtomicBool,
-    max_tick_gap: Duration,
-    store: Arc<Store>,
-    auth: std::sync::OnceLock<Arc<crate::auth::Auth>>,
-}
-
-impl Health {
-    /// Health for a collector ticking every `interval` with per-scrape `timeout`: live while a tick
-    /// started within 1.5 × interval + timeout (metrics-server uses 1.5 × resolution).
-    pub fn new(store: Arc<Store>, interval: Duration, timeout: Duration) -> Self {
-        Self {
-            origin: Instant::now(),
-            last_tick_ms: AtomicU64::new(0),
-            collected: AtomicBool::new(false),
-            ready_latch: AtomicBool::new(false),
-            max_tick_gap: interval.mul_f64(1.5) + timeout,
-            store,
-            auth: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Makes readiness also wait for `auth` to have loaded its authentication config (spec §5.6:
-    /// serving before it would turn the aggregator's calls into 401s).
-    pub fn require_auth_config(&self, auth: Arc<crate::auth::Auth>) {
-        let _ = self.auth.set(auth);
-    }
-
-    fn auth_pending(&self) -> bool {
-        self.auth.get().is_some_and(|a| !a.is_loaded())
-    }
-
-    /// Called when a collection tick starts.
-    pub fn tick_started(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.last_tick_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Called when a collection round has finished.
-    pub fn round_finished(&self) {
-        self.collected.store(true, Ordering::Relaxed);
-    }
-
-    /// Live: the collection loop is ticking on time. Before its first tick (start-up, a slow
-    /// first watch sync) the gap is counted from start-up, with 5 s of extra allowance.
-    pub fn is_live(&self) -> bool {
-        let last = self.last_tick_ms.load(Ordering::Relaxed);
-        let since_start = self.origin.elapsed();
-        if last == 0 {
-            return since_start <= self.max_tick_gap + Duration::from_secs(5);
-        }
-        since_start.saturating_sub(Duration::from_millis(last)) <= self.max_tick_gap
-    }
-
-    /// Ready once pods are known (watch synced or static file read) and the first round finished.
-    /// A latch: once ready, stays ready, so that a data-source problem never takes the
-    /// APIService down (spec §5.2); failures show as missing values instead.
-    pub fn is_ready(&self) -> bool {
-        if self.ready_latch.load(Ordering::Relaxed) {
-            return true;
-        }
-        let ready = self.store.is_synced()
-            && self.collected.load(Ordering::Relaxed)
-            && !self.auth_pending();
-        if ready {
-            self.ready_latch.store(true, Ordering::Relaxed);
-        }
-        ready
-    }
-
-    /// Why not ready, for the `/readyz` body.
-    fn not_ready_reason(&self) -> &'static str {
-        if self.auth_pending() {
-            "authentication config (ConfigMap kube-system/extension-apiserver-authentication) not loaded yet; see the log"
-        } else if !self.store.is_synced() {
-            "pod inventory not loaded yet (watch not synced or static file not read)"
-        } else {
-            "first collection round not finished yet"
-        }
-    }
-}
 
 fn text(code: StatusCode, body: &'static str) -> Response {
     (
@@ -142,15 +51,14 @@ async fn livez(State(health): State<Arc<Health>>) -> Response {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
-    if health.is_ready() {
-        text(StatusCode::OK, "ok")
-    } else {
-        (
+    match health.not_ready_reason() {
+        None => text(StatusCode::OK, "ok"),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("not ready: {}\n", health.not_ready_reason()),
+            format!("not ready: {reason}\n"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
