@@ -117,9 +117,13 @@ fn write_kubeconfig(dir: &Path, port: u16) -> Result<PathBuf, Error> {
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn https_client(ca: &Path) -> Result<HttpsClient, Error> {
-    let cfg = ws_metrics_adapter::collect::tls_config(Some(ca)).map_err(|e| Error::Io {
-        what: format!("reading {}", ca.display()),
-        source: std::io::Error::other(e.to_string()),
+    let cfg = ws_metrics_adapter::tls::client::config(ws_metrics_adapter::tls::client::ClientTls {
+        ca_file: Some(ca),
+        identity: None,
+    })
+    .map_err(|e| Error::Io {
+        what: format!("trusting {}", ca.display()),
+        source: std::io::Error::other(e),
     })?;
     let conn = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)
