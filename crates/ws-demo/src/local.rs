@@ -24,6 +24,7 @@ use crate::server::{DemoServer, ServerConfig};
 use ws_metrics_adapter::app::{self, Listeners, Shutdown};
 use ws_metrics_adapter::config::{Cli, Command};
 use ws_metrics_adapter::server::tls;
+use ws_metrics_adapter::tls::client::{self as client_tls, ClientTls};
 
 /// Flags of `ws-demo demo`.
 #[derive(Debug, Clone, Args)]
@@ -117,7 +118,7 @@ fn write_kubeconfig(dir: &Path, port: u16) -> Result<PathBuf, Error> {
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn https_client(ca: &Path) -> Result<HttpsClient, Error> {
-    let cfg = ws_metrics_adapter::tls::client::config(ws_metrics_adapter::tls::client::ClientTls {
+    let cfg = client_tls::config(ClientTls {
         ca_file: Some(ca),
         identity: None,
     })
