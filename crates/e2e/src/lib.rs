@@ -303,8 +303,7 @@ pub mod reqwest_like {
     use hyper_util::client::legacy::Client as HyperClient;
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::TokioExecutor;
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
+    use ws_metrics_adapter::tls::client::{self, ClientTls};
 
     pub struct Client {
         inner: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
@@ -326,14 +325,13 @@ pub mod reqwest_like {
 
     impl Client {
         pub fn new(ca: &std::path::Path) -> Self {
-            ws_metrics_adapter::server::tls::install_provider();
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).expect("read CA") {
-                roots.add(c.expect("CA cert")).expect("add CA");
-            }
-            let cfg = rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            ws_metrics_adapter::tls::install_provider();
+            // Test set-up: the adapter wrote this CA file before the client is built.
+            let cfg = client::config(ClientTls {
+                ca_file: Some(ca),
+                identity: None,
+            })
+            .expect("client TLS trusting the adapter's CA");
             let conn = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(cfg)
                 .https_only()

@@ -24,6 +24,7 @@ use crate::server::{DemoServer, ServerConfig};
 use ws_metrics_adapter::app::{self, Listeners, Shutdown};
 use ws_metrics_adapter::config::{Cli, Command};
 use ws_metrics_adapter::server::tls;
+use ws_metrics_adapter::tls::client::{self as client_tls, ClientTls};
 
 /// Flags of `ws-demo demo`.
 #[derive(Debug, Clone, Args)]
@@ -118,9 +119,13 @@ fn write_kubeconfig(dir: &Path, port: u16) -> Result<PathBuf, Error> {
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn https_client(ca: &Path) -> Result<HttpsClient, Error> {
-    let cfg = ws_metrics_adapter::collect::tls_config(Some(ca)).map_err(|e| Error::Io {
-        what: format!("reading {}", ca.display()),
-        source: std::io::Error::other(e.to_string()),
+    let cfg = client_tls::config(ClientTls {
+        ca_file: Some(ca),
+        identity: None,
+    })
+    .map_err(|e| Error::Io {
+        what: format!("trusting {}", ca.display()),
+        source: std::io::Error::other(e),
     })?;
     let conn = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)

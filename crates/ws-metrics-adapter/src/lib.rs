@@ -28,6 +28,8 @@
 //! - [`auth`]: delegated authentication (front proxy, client certificates, TokenReview) and
 //!   authorization (SubjectAccessReview), cached.
 //! - [`health`]: liveness and readiness latches the loops flip, and the interval loop itself.
+//! - [`tls`]: PEM reading, the rustls client configs (pods, Prometheus), and certificate
+//!   generation over rcgen (a CA, serving leaves, a CA read back from PEM).
 //! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates), health and metrics listener,
 //!   both behind one accept loop with connections, heads, idle time and HTTP/2 streams bounded.
 //! - [`telemetry`]: the adapter's own Prometheus metrics and logging set-up.
@@ -52,3 +54,4 @@ pub mod selector;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

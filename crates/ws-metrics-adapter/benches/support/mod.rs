@@ -267,13 +267,11 @@ pub fn count(hay: &[u8], needle: &[u8]) -> usize {
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 pub fn tls_client_config(ca_pem: &str) -> rustls::ClientConfig {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.expect("CA certificate")).expect("add CA");
-    }
-    rustls::ClientConfig::builder()
+    let roots = ws_metrics_adapter::tls::pem::roots_from_pem("the adapter's CA", ca_pem.as_bytes())
+        .expect("the adapter's CA certificate");
+    rustls::ClientConfig::builder_with_provider(ws_metrics_adapter::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
         .with_root_certificates(roots)
         .with_no_client_auth()
 }

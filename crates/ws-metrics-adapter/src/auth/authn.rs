@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use percent_encoding::percent_decode_str;
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 
-use crate::server::tls::provider;
+use crate::tls::{pem, provider};
 
 /// Errors of reading the authentication config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -211,19 +209,8 @@ pub fn verifier_from_pem(
         key: key.to_owned(),
         reason,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| unusable(format!("not a PEM certificate bundle: {e}")))?;
-    if certs.is_empty() {
-        return Err(unusable("no PEM CERTIFICATE block".into()));
-    }
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(unusable(
-            "no certificate in the bundle could be parsed".into(),
-        ));
-    }
+    // `key` already names the source in the error, so the PEM error says "the bundle".
+    let roots = pem::roots_from_pem("the bundle", pem).map_err(|e| unusable(e.to_string()))?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .map_err(|e| unusable(e.to_string()))

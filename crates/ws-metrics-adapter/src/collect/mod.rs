@@ -41,14 +41,10 @@ use crate::telemetry::Telemetry;
 /// Errors of building the collector.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The `--scrape-ca-file` could not be read or holds no certificate.
-    #[error("reading scrape CA file {path}: {reason}")]
-    CaFileUnreadable {
-        /// Path given.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
+    /// The TLS client for `https://` pods could not be built (`--scrape-ca-file` unreadable or
+    /// holding no usable certificate).
+    #[error("scrape TLS client: {0}")]
+    TlsClientUnusable(#[source] crate::tls::client::Error),
 }
 
 /// Result of this module.
@@ -86,36 +82,6 @@ pub struct Collector {
     last_outcome: Mutex<HashMap<PodKey, &'static str>>,
 }
 
-/// A rustls client config trusting the PEM bundle `ca_file`, or the webpki roots without one.
-///
-/// # Errors
-/// [`Error::CaFileUnreadable`] when the file cannot be read or holds no usable certificate.
-pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let err = |reason: String| Error::CaFileUnreadable {
-                path: path.display().to_string(),
-                reason,
-            };
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| err(e.to_string()))?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| err(e.to_string()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(err("no usable certificate in it".into()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    Ok(rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Whether a (parsed, valid) body has a `# TYPE <family> …` line: a family declared with no
 /// samples is served as 0, a family never mentioned as absent. Token-wise, so `# HELP` text that
 /// quotes a TYPE line does not count. Label values cannot hold a raw newline, so every line that
@@ -131,7 +97,7 @@ impl Collector {
     /// Builds the HTTP clients (keep-alive, connect deadline) and the collector.
     ///
     /// # Errors
-    /// [`Error::CaFileUnreadable`] when `--scrape-ca-file` cannot be used.
+    /// [`Error::TlsClientUnusable`] when `--scrape-ca-file` cannot be used.
     pub fn new(
         store: Arc<Store>,
         telemetry: Arc<Telemetry>,
@@ -142,7 +108,13 @@ impl Collector {
         http.set_connect_timeout(Some(config.timeout));
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(config.ca_file.as_deref())?)
+            .with_tls_config(
+                crate::tls::client::config(crate::tls::client::ClientTls {
+                    ca_file: config.ca_file.as_deref(),
+                    identity: None,
+                })
+                .map_err(Error::TlsClientUnusable)?,
+            )
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

@@ -26,19 +26,10 @@ use plan::{Plan, QuerySpec};
 /// Errors of setting the source up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A CA, client certificate or key file could not be used.
-    #[error("reading {what} {path}: {reason}")]
-    TlsFileUnusable {
-        /// Which file.
-        what: &'static str,
-        /// Path given.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// rustls refused the client configuration (e.g. a key that does not match the certificate).
+    /// The TLS client configuration could not be built: a CA, client certificate or key file
+    /// that cannot be used, or a key that does not match the certificate.
     #[error("building the TLS client configuration: {0}")]
-    TlsConfig(#[from] rustls::Error),
+    TlsConfig(#[source] crate::tls::client::Error),
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
     ClientBuild(#[source] reqwest::Error),
@@ -82,66 +73,16 @@ pub struct PrometheusConfig {
     pub relist_interval: Duration,
 }
 
-fn pem_certs(
-    what: &'static str,
-    path: &std::path::Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let err = |reason: String| Error::TlsFileUnusable {
-        what,
-        path: path.display().to_string(),
-        reason,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no certificate in it".into()));
-    }
-    Ok(certs)
-}
-
-/// The rustls client configuration towards Prometheus, on the ring provider (the only one this
-/// binary links).
-///
-/// # Errors
-/// [`Error::TlsFileUnusable`] or [`Error::TlsConfig`].
-pub fn tls_config(config: &PrometheusConfig) -> Result<rustls::ClientConfig> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca_file {
-        Some(path) => {
-            let (added, _) = roots.add_parsable_certificates(pem_certs("CA file", path)?);
-            if added == 0 {
-                return Err(Error::TlsFileUnusable {
-                    what: "CA file",
-                    path: path.display().to_string(),
-                    reason: "no usable certificate in it".into(),
-                });
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
-    Ok(match &config.client_cert {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = pem_certs("client certificate", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::TlsFileUnusable {
-                what: "client key",
-                path: key.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            builder.with_client_auth_cert(chain, key)?
-        }
+/// The rustls client configuration towards Prometheus (CA, optional client certificate).
+fn tls_config(config: &PrometheusConfig) -> Result<rustls::ClientConfig> {
+    crate::tls::client::config(crate::tls::client::ClientTls {
+        ca_file: config.ca_file.as_deref(),
+        identity: config
+            .client_cert
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path())),
     })
+    .map_err(Error::TlsConfig)
 }
 
 /// Why one query failed, for logs and the adapter's own metrics. `Clone` because a bearer-token

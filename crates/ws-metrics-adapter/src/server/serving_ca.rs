@@ -14,15 +14,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::tls::{CertResolver, provider};
+use super::tls::CertResolver;
+use crate::tls::{pem, pki};
 
 /// Errors of managing the serving CA.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +30,18 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
-    /// Generating or signing a certificate failed.
+    /// The CA stored in the Secret cannot sign (not a CA, expired, key of another certificate).
+    #[error("CA Secret {secret}: {source}")]
+    StoredCaUnusable {
+        /// `namespace/name`.
+        secret: String,
+        /// Which check failed.
+        #[source]
+        source: pki::Error,
+    },
+    /// Generating the CA or issuing the serving certificate failed.
     #[error("issuing a certificate: {0}")]
-    IssueFailed(String),
+    IssueFailed(#[source] pki::Error),
     /// Patching an APIService failed.
     #[error("setting caBundle of APIService {name}: {reason}")]
     PatchFailed {
@@ -126,71 +130,52 @@ impl ServingCaArgs {
     }
 }
 
-/// The CA: its certificate (PEM) and what signs with it.
+/// The managed serving CA: a [`pki::Ca`] with this module's policy (ten years; leaves named
+/// `ws-metrics-adapter`, for the Service names plus localhost).
+#[derive(Debug)]
 pub struct Ca {
-    /// PEM certificate (the caBundle).
-    pub pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl std::fmt::Debug for Ca {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
-            .field("pem", &self.pem)
-            .finish_non_exhaustive()
-    }
+    inner: pki::Ca,
 }
 
 const CA_CERT_KEY: &str = "ca.crt";
 const CA_KEY_KEY: &str = "ca.key";
 
-fn issue_err(e: impl std::fmt::Display) -> Error {
-    Error::IssueFailed(e.to_string())
-}
+/// Lifetime of a generated CA (ten years; the serving certificates rotate, the CA does not).
+const CA_LIFETIME: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// Back-dating of the CA, for clients whose clock is behind ours.
+const CA_BACKDATE: Duration = Duration::from_secs(3600);
+/// Back-dating of a serving certificate; its lifetime counts from now.
+const LEAF_BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 impl Ca {
-    /// A new CA valid for ten years.
+    /// A new CA valid for ten years, and its private key (PEM) to store.
     ///
     /// # Errors
     /// [`Error::IssueFailed`].
     pub fn generate() -> Result<(Self, String)> {
-        let key = KeyPair::generate().map_err(issue_err)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(issue_err)?;
-        let now = time::OffsetDateTime::now_utc();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("ws-metrics-adapter-ca@{}", now.unix_timestamp()),
+        let name = format!(
+            "ws-metrics-adapter-ca@{}",
+            time::OffsetDateTime::now_utc().unix_timestamp()
         );
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(3650);
-        let cert = params.self_signed(&key).map_err(issue_err)?;
-        let key_pem = key.serialize_pem();
-        Ok((
-            Self {
-                pem: cert.pem(),
-                issuer: Issuer::new(params, key),
-            },
-            key_pem,
-        ))
+        let inner = pki::Ca::generate(&name, pki::Validity::from_now(CA_BACKDATE, CA_LIFETIME))
+            .map_err(Error::IssueFailed)?;
+        let key_pem = inner.key_pem().to_owned();
+        Ok((Self { inner }, key_pem))
     }
 
-    /// The CA stored as `cert_pem` and `key_pem`.
+    /// The CA stored as `cert_pem` and `key_pem`, checked by [`pki::Ca::from_pem`].
     ///
     /// # Errors
-    /// [`Error::IssueFailed`] when they do not parse.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
-        let key = KeyPair::from_pem(key_pem).map_err(issue_err)?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(issue_err)?;
+    /// The [`pki::Error`] of the check that failed.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, pki::Error> {
         Ok(Self {
-            pem: cert_pem.to_owned(),
-            issuer,
+            inner: pki::Ca::from_pem(cert_pem, key_pem)?,
         })
+    }
+
+    /// The CA certificate, PEM (the caBundle).
+    pub fn pem(&self) -> &str {
+        self.inner.cert_pem()
     }
 
     /// Issues a serving certificate for `dns_names` (plus localhost) valid for `validity`.
@@ -198,27 +183,16 @@ impl Ca {
     /// # Errors
     /// [`Error::IssueFailed`].
     pub fn issue(&self, dns_names: &[String], validity: Duration) -> Result<CertifiedKey> {
-        let key = KeyPair::generate().map_err(issue_err)?;
         let mut names = dns_names.to_vec();
         names.push("localhost".into());
-        let mut params = CertificateParams::new(names).map_err(issue_err)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ws-metrics-adapter");
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let now = time::OffsetDateTime::now_utc();
-        // Back-dated a little for clock skew; the lifetime counts from now.
-        params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + validity;
-        let cert = params.signed_by(&key, &self.issuer).map_err(issue_err)?;
-        let chain = vec![cert.der().clone()];
-        let private =
-            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(issue_err)?;
-        CertifiedKey::from_der(chain, private, &provider()).map_err(issue_err)
+        self.inner
+            .issue_serving(
+                "ws-metrics-adapter",
+                &names,
+                pki::Validity::from_now(LEAF_BACKDATE, validity),
+            )
+            .and_then(|leaf| leaf.certified_key())
+            .map_err(Error::IssueFailed)
     }
 }
 
@@ -243,7 +217,12 @@ pub async fn load_or_create(client: &kube::Client, cfg: &ServingCa) -> Result<Ca
                         .and_then(|b| String::from_utf8(b.0.clone()).ok())
                         .ok_or_else(|| unusable(format!("no {k}")))
                 };
-                return Ca::from_pem(&field(CA_CERT_KEY)?, &field(CA_KEY_KEY)?);
+                return Ca::from_pem(&field(CA_CERT_KEY)?, &field(CA_KEY_KEY)?).map_err(|source| {
+                    Error::StoredCaUnusable {
+                        secret: secret_name.clone(),
+                        source,
+                    }
+                });
             }
             Ok(None) => {
                 let (ca, key_pem) = Ca::generate()?;
@@ -256,7 +235,7 @@ pub async fn load_or_create(client: &kube::Client, cfg: &ServingCa) -> Result<Ca
                     data: Some(BTreeMap::from([
                         (
                             CA_CERT_KEY.to_owned(),
-                            ByteString(ca.pem.clone().into_bytes()),
+                            ByteString(ca.pem().as_bytes().to_vec()),
                         ),
                         (CA_KEY_KEY.to_owned(), ByteString(key_pem.into_bytes())),
                     ])),
@@ -358,7 +337,7 @@ pub async fn maintain(
         }
         let now = tokio::time::Instant::now();
         if now >= next_patch {
-            if let Err(e) = patch_apiservices(&client, &cfg, &ca.pem).await {
+            if let Err(e) = patch_apiservices(&client, &cfg, ca.pem()).await {
                 tracing::warn!(error = %e, "caBundle not applied; retrying");
             }
             next_patch = now + CA_BUNDLE_CHECK;
@@ -381,9 +360,7 @@ pub async fn maintain(
 
 /// Whether `pem` parses as at least one certificate (for tests and checks).
 pub fn is_certificate_pem(pem: &str) -> bool {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .is_some_and(|c| c.is_ok())
+    pem::certs_from_pem("", pem.as_bytes()).is_ok()
 }
 
 #[cfg(test)]
@@ -394,8 +371,8 @@ mod tests {
     fn a_stored_ca_issues_certificates_that_chain_to_it() {
         crate::server::tls::install_provider();
         let (ca, key_pem) = Ca::generate().expect("CA");
-        assert!(is_certificate_pem(&ca.pem));
-        let reloaded = Ca::from_pem(&ca.pem, &key_pem).expect("reload");
+        assert!(is_certificate_pem(ca.pem()));
+        let reloaded = Ca::from_pem(ca.pem(), &key_pem).expect("reload");
         let leaf = reloaded
             .issue(
                 &["ws-metrics-adapter.ws-metrics.svc".into()],
@@ -403,13 +380,10 @@ mod tests {
             )
             .expect("issue");
         // The leaf verifies as a server certificate for the service name against the CA.
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("ca der"))
-            .expect("root");
+        let roots = pem::roots_from_pem("ca", ca.pem().as_bytes()).expect("root");
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
-            provider(),
+            crate::tls::provider(),
         )
         .build()
         .expect("verifier");

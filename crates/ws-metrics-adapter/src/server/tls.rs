@@ -7,44 +7,40 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::tls::{pem, pki};
+// Re-exported: they were first defined here, and tests and benches reach them through this path.
+pub use crate::tls::{install_provider, provider};
 
 /// Errors of loading or generating certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A certificate file could not be read or holds no certificate.
-    #[error("reading certificate {path}: {reason}")]
-    CertUnreadable {
-        /// File.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The key file could not be read or parsed.
-    #[error("reading private key {path}: {reason}")]
-    KeyUnreadable {
-        /// File.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
+    /// The certificate file could not be read or holds no certificate.
+    #[error("serving certificate: {0}")]
+    CertUnreadable(#[source] pem::Error),
+    /// The key file could not be read or holds no private key.
+    #[error("serving key: {0}")]
+    KeyUnreadable(#[source] pem::Error),
     /// The key does not belong to the certificate, or is of an unsupported type.
-    #[error("certificate {cert} and key {key} do not form a usable pair: {reason}")]
+    #[error(
+        "certificate {} and key {} do not form a usable pair: {source}",
+        cert.display(),
+        key.display()
+    )]
     PairUnusable {
         /// Certificate file.
         cert: PathBuf,
         /// Key file.
         key: PathBuf,
         /// What rustls said.
-        reason: String,
+        #[source]
+        source: rustls::Error,
     },
-    /// Generating the self-signed pair failed.
+    /// Generating the CA and serving certificate failed.
     #[error("generating a self-signed certificate: {0}")]
-    GenerateFailed(String),
+    GenerateFailed(#[source] pki::Error),
     /// Writing the generated files failed.
     #[error("writing {path}: {source}")]
     WriteFailed {
@@ -59,42 +55,17 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The crypto provider used everywhere in the process (ring).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Installs ring as the process-wide rustls provider. Safe to call more than once.
-pub fn install_provider() {
-    // Err only means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Loads a PEM certificate chain and key, checking that they match.
 ///
 /// # Errors
-/// Any of the [`Error`] read variants, or [`Error::PairUnusable`].
+/// [`Error::CertUnreadable`], [`Error::KeyUnreadable`] or [`Error::PairUnusable`].
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| Error::CertUnreadable {
-            path: cert.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(Error::CertUnreadable {
-            path: cert.to_owned(),
-            reason: "no PEM CERTIFICATE block".into(),
-        });
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::KeyUnreadable {
-        path: key.to_owned(),
-        reason: e.to_string(),
-    })?;
-    CertifiedKey::from_der(chain, private, &provider()).map_err(|e| Error::PairUnusable {
+    let chain = pem::certs_from_file(cert).map_err(Error::CertUnreadable)?;
+    let private = pem::key_from_file(key).map_err(Error::KeyUnreadable)?;
+    CertifiedKey::from_der(chain, private, &provider()).map_err(|source| Error::PairUnusable {
         cert: cert.to_owned(),
         key: key.to_owned(),
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -112,62 +83,33 @@ pub struct GeneratedPair {
     pub key_pem: String,
 }
 
-/// Generates a CA and a serving certificate valid for `sans` (DNS names or IP addresses) for one
-/// year.
+/// Lifetime of the generated CA and leaf. Unit: seconds (one year).
+const GENERATED_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far the generated certificates are back-dated, for clients whose clock is behind ours.
+const GENERATED_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Generates a CA (`{common_name}-ca@{unix time}`) and a serving certificate valid for `sans`
+/// (DNS names or IP addresses) for one year.
 ///
 /// # Errors
 /// [`Error::GenerateFailed`] when a name is not valid in a certificate.
 pub fn generate_pair(common_name: &str, sans: &[String]) -> Result<GeneratedPair> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let fail = |e: rcgen::Error| Error::GenerateFailed(e.to_string());
-    let now = time_now();
-    let ca_key = KeyPair::generate().map_err(fail)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("{common_name}-ca@{}", now.0));
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = now.1;
-    ca.not_after = now.1 + time::Duration::days(365);
-    let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
-    let issuer = Issuer::new(ca, &ca_key);
-
-    let leaf_key = KeyPair::generate().map_err(fail)?;
-    let mut leaf = CertificateParams::new(sans.to_vec()).map_err(fail)?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, common_name);
-    leaf.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.not_before = now.1;
-    leaf.not_after = now.1 + time::Duration::days(365);
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(fail)?;
-    Ok(GeneratedPair {
-        ca_pem: ca_cert.pem(),
-        ca_key_pem: ca_key.serialize_pem(),
-        cert_pem: leaf_cert.pem(),
-        key_pem: leaf_key.serialize_pem(),
-    })
-}
-
-fn time_now() -> (u64, time::OffsetDateTime) {
+    let validity = pki::Validity::from_now(GENERATED_BACKDATE, GENERATED_LIFETIME);
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    // Back-date by an hour to tolerate clock skew between us and our clients.
-    let start = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0) - 3600)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    (secs, start)
+    let ca = pki::Ca::generate(&format!("{common_name}-ca@{secs}"), validity)
+        .map_err(Error::GenerateFailed)?;
+    let leaf = ca
+        .issue_serving(common_name, sans, validity)
+        .map_err(Error::GenerateFailed)?;
+    Ok(GeneratedPair {
+        ca_pem: ca.cert_pem().to_owned(),
+        ca_key_pem: ca.key_pem().to_owned(),
+        cert_pem: leaf.cert_pem,
+        key_pem: leaf.key_pem,
+    })
 }
 
 /// File names used under `--cert-dir`.
@@ -350,7 +292,7 @@ mod tests {
         std::fs::write(&cert, "garbage").expect("write");
         assert!(matches!(
             load_pair(&cert, &key),
-            Err(Error::CertUnreadable { .. })
+            Err(Error::CertUnreadable(pem::Error::NoCertificate { .. }))
         ));
     }
 }
