@@ -183,7 +183,8 @@ pub fn parse_scenario(yaml: &str, default_rate: f64, path: &Path) -> Result<Vec<
         path: path.to_owned(),
         message,
     };
-    let file: ScenarioFile = serde_yaml::from_str(yaml).map_err(|e| unparseable(e.to_string()))?;
+    let file: ScenarioFile =
+        ws_metrics_adapter::config::from_yaml(yaml).map_err(|e| unparseable(e.to_string()))?;
     file.steps
         .into_iter()
         .enumerate()
