@@ -413,13 +413,59 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Checks the flags of `cmd` and of all its subcommands (clap's introspection), help and
+/// version aside: each must have the environment fallback `PREFIX` + the long flag in upper
+/// snake case (`--scrape-interval` → `WS_METRICS_ADAPTER_SCRAPE_INTERVAL`), lists must take
+/// comma-separated values, and none may be short or positional (what [`load`] relies on to
+/// drop a refused flag). Returns how many flags were checked and one message per failure; the
+/// tests of `ws-metrics-adapter` and `ws-demo` assert it is empty, so a new flag without a
+/// fallback fails them.
+pub fn env_fallback_problems(cmd: &clap::Command, prefix: &str) -> (usize, Vec<String>) {
+    fn walk(cmd: &clap::Command, path: &str, prefix: &str, out: &mut (usize, Vec<String>)) {
+        for a in cmd.get_arguments() {
+            if matches!(a.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            out.0 += 1;
+            let Some(long) = a.get_long() else {
+                out.1
+                    .push(format!("{path}: {} has no long flag", a.get_id()));
+                continue;
+            };
+            let want = format!("{prefix}{}", long.replace('-', "_").to_uppercase());
+            let got = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            if got.as_deref() != Some(want.as_str()) {
+                out.1
+                    .push(format!("{path} --{long}: env {got:?}, want {want}"));
+            }
+            if a.get_short().is_some() || a.is_positional() {
+                out.1.push(format!("{path} --{long}: short or positional"));
+            }
+            if matches!(a.get_action(), clap::ArgAction::Append)
+                && a.get_value_delimiter() != Some(',')
+            {
+                out.1
+                    .push(format!("{path} --{long}: a list must split on ','"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), prefix, out);
+        }
+    }
+    let mut out = (0, Vec::new());
+    walk(cmd, cmd.get_name(), prefix, &mut out);
+    out
+}
+
 /// Why [`load`] returned no [`Config`].
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// What clap prints itself: `--help`, `--version`, or a usage error before any flag value
     /// (no subcommand). Print it with [`clap::Error::exit`].
+    #[error("{0}")]
     Clap(clap::Error),
     /// Every bad flag or environment value, then every validation problem. Exit code 2.
+    #[error(transparent)]
     Invalid(ConfigError),
 }
 
@@ -1174,53 +1220,11 @@ mod tests {
         assert!(bad_url.to_string().contains("absolute http"), "{bad_url}");
     }
 
-    /// `WS_METRICS_ADAPTER_` + the long flag in upper snake case.
-    fn env_name(prefix: &str, long: &str) -> String {
-        format!("{prefix}{}", long.replace('-', "_").to_uppercase())
-    }
-
-    /// Every argument of every subcommand, with the path of subcommands leading to it.
-    pub(crate) fn every_arg(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
-        for a in cmd.get_arguments() {
-            out.push((path.to_owned(), a.clone()));
-        }
-        for sub in cmd.get_subcommands() {
-            every_arg(sub, &format!("{path} {}", sub.get_name()), out);
-        }
-    }
-
     #[test]
     fn every_flag_has_its_environment_variable_and_is_long_only() {
         use clap::CommandFactory;
-        let mut all = Vec::new();
-        every_arg(&Cli::command(), "ws-metrics-adapter", &mut all);
-        let mut checked = 0;
-        for (path, a) in all {
-            if matches!(a.get_id().as_str(), "help" | "version") {
-                continue;
-            }
-            let long = a
-                .get_long()
-                .unwrap_or_else(|| panic!("{path}: {} has no long flag", a.get_id()));
-            assert_eq!(
-                a.get_env().map(|e| e.to_string_lossy().into_owned()),
-                Some(env_name("WS_METRICS_ADAPTER_", long)),
-                "{path} --{long}"
-            );
-            // What `drop_flag` relies on: no short flag, no positional.
-            assert!(
-                a.get_short().is_none() && !a.is_positional(),
-                "{path} --{long}"
-            );
-            if matches!(a.get_action(), clap::ArgAction::Append) {
-                assert_eq!(
-                    a.get_value_delimiter(),
-                    Some(','),
-                    "{path} --{long}: a list from the environment is comma-separated"
-                );
-            }
-            checked += 1;
-        }
+        let (checked, problems) = env_fallback_problems(&Cli::command(), "WS_METRICS_ADAPTER_");
+        assert!(problems.is_empty(), "{problems:#?}");
         assert!(checked > 50, "only {checked} flags walked");
     }
 
