@@ -120,16 +120,32 @@ async fn cluster_mode_authenticates_by_default_and_names_an_unreadable_ca_file()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_variables_stand_in_for_flags_and_are_checked_like_them() {
-    // Unparseable: clap names the flag the variable stands for.
-    let mut cmd = adapter_command(&["serve", "--static-pods", "pods.yaml"]);
-    cmd.env("WS_METRICS_ADAPTER_SCRAPE_INTERVAL", "bogus");
+    // Unparseable values in two variables and a validation problem in a flag: all three
+    // reported together, each variable named with the flag it stands for.
+    let mut cmd = adapter_command(&[
+        "serve",
+        "--static-pods",
+        "pods.yaml",
+        "--scrape-concurrency",
+        "0",
+    ]);
+    cmd.env("WS_METRICS_ADAPTER_SCRAPE_INTERVAL", "bogus")
+        .env("WS_METRICS_ADAPTER_SERVING_CERT_VALIDITY", "a fortnight");
     let out = e2e::run(cmd, "ws-metrics-adapter", Duration::from_secs(30)).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("'bogus'") && stderr.contains("--scrape-interval"),
-        "{stderr}"
-    );
+    let listed = problems(&stderr);
+    assert_eq!(listed.len(), 3, "{stderr}");
+    for (problem, start) in listed.iter().zip([
+        "WS_METRICS_ADAPTER_SCRAPE_INTERVAL=\"bogus\" (for --scrape-interval): ",
+        "WS_METRICS_ADAPTER_SERVING_CERT_VALIDITY=\"a fortnight\" (for --serving-cert-validity): ",
+        "--scrape-concurrency: must be at least 1",
+    ]) {
+        assert!(
+            problem.starts_with(start),
+            "{problem:?} should start with {start:?}"
+        );
+    }
 
     // Parseable but invalid: the value is used, then rejected by validation.
     let mut cmd = adapter_command(&[

@@ -48,8 +48,3 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
         .max_message_size(Some(MAX_MESSAGE_SIZE))
         .max_frame_size(Some(MAX_FRAME_SIZE))
 }
-
-/// Parses a duration flag with units (`500ms`, `10s`, `2m`).
-pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 1s, 2m)"))
-}

@@ -103,7 +103,7 @@ pub enum PlanError {
 pub struct LoadArgs {
     /// WebSocket URL to connect to (ws://HOST:PORT/PATH). Repeat to spread connections over
     /// several targets, each new one to the target with the fewest open from here.
-    #[arg(long = "target", env = "WS_DEMO_TARGETS", value_delimiter = ',')]
+    #[arg(long = "target", env = "WS_DEMO_TARGET", value_delimiter = ',')]
     pub targets: Vec<String>,
 
     /// Connections to open and hold (a one-step scenario).
@@ -120,7 +120,7 @@ pub struct LoadArgs {
     pub rate: f64,
 
     /// How long to hold the connections once open (e.g. 30s, 2m).
-    #[arg(long, env = "WS_DEMO_HOLD", default_value = "30s", value_parser = super::parse_duration, conflicts_with = "scenario")]
+    #[arg(long, env = "WS_DEMO_HOLD", default_value = "30s", value_parser = ws_metrics_adapter::config::parse_duration, conflicts_with = "scenario")]
     pub hold: Duration,
 
     /// YAML scenario instead of --connections/--hold:
@@ -136,15 +136,15 @@ pub struct LoadArgs {
     /// hold starts only once the count is reached, and a step short of it at the deadline ends
     /// the run with exit status 1. Without it, a step that falls short holds anyway after its
     /// ramp time (change / rate × 1.5 + 10 s).
-    #[arg(long, env = "WS_DEMO_DEADLINE", value_parser = super::parse_duration)]
+    #[arg(long, env = "WS_DEMO_DEADLINE", value_parser = ws_metrics_adapter::config::parse_duration)]
     pub deadline: Option<Duration>,
 
     /// Print the summary as one JSON object.
-    #[arg(long)]
+    #[arg(long, env = "WS_DEMO_JSON")]
     pub json: bool,
 
     /// Draw progress bars on stderr even when it is not a terminal.
-    #[arg(long)]
+    #[arg(long, env = "WS_DEMO_PROGRESS")]
     pub progress: bool,
 }
 
@@ -197,12 +197,13 @@ pub fn parse_scenario(yaml: &str, default_rate: f64, path: &Path) -> Result<Vec<
         path: path.to_owned(),
         message,
     };
-    let file: ScenarioFile = serde_yaml::from_str(yaml).map_err(|e| unparseable(e.to_string()))?;
+    let file: ScenarioFile =
+        ws_metrics_adapter::config::from_yaml(yaml).map_err(|e| unparseable(e.to_string()))?;
     file.steps
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            let hold = super::parse_duration(&s.hold)
+            let hold = ws_metrics_adapter::config::parse_duration(&s.hold)
                 .map_err(|e| unparseable(format!("step {}: hold {:?}: {e}", i + 1, s.hold)))?;
             Ok(Step {
                 connections: s.connections,

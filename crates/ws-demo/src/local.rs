@@ -22,7 +22,6 @@ use crate::hpa::{self, Phase, PodView, Target};
 use crate::load::{LoadGenerator, LoadPlan, Step};
 use crate::server::{DemoServer, ServerConfig};
 use ws_metrics_adapter::app::{self, Listeners, Shutdown};
-use ws_metrics_adapter::config::{Cli, Command};
 use ws_metrics_adapter::server::tls;
 use ws_metrics_adapter::tls::client::{self as client_tls, ClientTls};
 
@@ -30,31 +29,27 @@ use ws_metrics_adapter::tls::client::{self as client_tls, ClientTls};
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// How long to run (Ctrl-C ends it earlier).
-    #[arg(long, env = "WS_METRICS_ADAPTER_DEMO_DURATION", default_value = "75s", value_parser = parse_duration)]
+    #[arg(long, env = "WS_DEMO_DURATION", default_value = "75s", value_parser = ws_metrics_adapter::config::parse_duration)]
     pub duration: Duration,
     /// The HPA's target average connections per pod (`averageValue`).
-    #[arg(long, env = "WS_METRICS_ADAPTER_DEMO_TARGET", default_value_t = 100)]
+    #[arg(long, env = "WS_DEMO_TARGET", default_value_t = 100)]
     pub target: u32,
     /// Number of demo WebSocket servers ("pods").
-    #[arg(long, env = "WS_METRICS_ADAPTER_DEMO_PODS", default_value_t = 3)]
+    #[arg(long, env = "WS_DEMO_PODS", default_value_t = 3)]
     pub pods: usize,
     /// HTTPS port of the adapter (0 picks a free one).
-    #[arg(long, env = "WS_METRICS_ADAPTER_DEMO_PORT", default_value_t = 18443)]
+    #[arg(long, env = "WS_DEMO_PORT", default_value_t = 18443)]
     pub port: u16,
     /// Directory for the generated certificates, pods file and kubeconfig.
     #[arg(
         long,
-        env = "WS_METRICS_ADAPTER_DEMO_DIR",
+        env = "WS_DEMO_DIR",
         default_value = "/tmp/ws-metrics-adapter-demo"
     )]
     pub dir: PathBuf,
     /// Print one plain line per second instead of redrawing the screen.
-    #[arg(long)]
+    #[arg(long, env = "WS_DEMO_PLAIN")]
     pub plain: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 30s, 2m)"))
 }
 
 /// Errors that stop the demo.
@@ -239,12 +234,8 @@ pub async fn run(
         "--scrape-interval".into(),
         "1s".into(),
     ];
-    let config = {
-        use clap::Parser;
-        let cli = Cli::try_parse_from(argv).map_err(|e| Error::Config(e.to_string()))?;
-        let Command::Serve(serve) = cli.command;
-        serve.validate().map_err(|e| Error::Config(e.to_string()))?
-    };
+    let config =
+        ws_metrics_adapter::config::load(argv).map_err(|e| Error::Config(e.to_string()))?;
     let secure = TcpListener::bind(("127.0.0.1", args.port))
         .await
         .map_err(io(format!(

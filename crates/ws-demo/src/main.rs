@@ -95,3 +95,17 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_has_its_ws_demo_environment_variable() {
+        use clap::CommandFactory;
+        let (checked, problems) =
+            ws_metrics_adapter::config::env_fallback_problems(&Cli::command(), "WS_DEMO_");
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert!(checked >= 18, "only {checked} flags walked");
+    }
+}

@@ -146,15 +146,15 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// How often every connection is pinged (e.g. 10s, 500ms).
-    #[arg(long, env = "WS_DEMO_PING_INTERVAL", default_value = "10s", value_parser = super::parse_duration)]
+    #[arg(long, env = "WS_DEMO_PING_INTERVAL", default_value = "10s", value_parser = ws_metrics_adapter::config::parse_duration)]
     pub ping_interval: Duration,
 
     /// A connection silent this long after a ping is closed as ping_timeout.
-    #[arg(long, env = "WS_DEMO_PONG_TIMEOUT", default_value = "10s", value_parser = super::parse_duration)]
+    #[arg(long, env = "WS_DEMO_PONG_TIMEOUT", default_value = "10s", value_parser = ws_metrics_adapter::config::parse_duration)]
     pub pong_timeout: Duration,
 
     /// On SIGTERM, time given to clients to answer the 1001 close frame.
-    #[arg(long, env = "WS_DEMO_DRAIN_GRACE", default_value = "10s", value_parser = super::parse_duration)]
+    #[arg(long, env = "WS_DEMO_DRAIN_GRACE", default_value = "10s", value_parser = ws_metrics_adapter::config::parse_duration)]
     pub drain_grace: Duration,
 }
 

@@ -339,10 +339,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             let h = health.clone();
             let stop = shutdown.wait();
             let task = tokio::spawn(async move { source.run(h, stop).await });
-            (
-                task,
-                ApiState::new(store.clone(), telemetry.clone()),
-            )
+            (task, ApiState::new(store.clone(), telemetry.clone()))
         }
     };
 

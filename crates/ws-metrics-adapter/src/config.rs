@@ -91,11 +91,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub scrape_interval: Duration,
 
-    /// Deadline of one pod's scrape, connect to last byte; must not exceed --scrape-interval.
-    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
-    pub scrape_timeout: Duration,
+    /// Deadline of one pod's scrape, connect to last byte; must not exceed --scrape-interval
+    /// [default: 80% of --scrape-interval, so 800ms at 1s].
+    #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_TIMEOUT", value_parser = parse_duration)]
+    pub scrape_timeout: Option<Duration>,
 
-    /// Age after which a pod's last good value is no longer served [default: 3 × --scrape-interval].
+    /// Age after which a pod's last good value is no longer served [default: 3 ×
+    /// --scrape-interval; with --source=prometheus, 60s or 2 × --prometheus-interval if longer].
     #[arg(long, env = "WS_METRICS_ADAPTER_MAX_AGE", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
 
@@ -119,7 +121,7 @@ pub struct ServeArgs {
     /// Repeatable; replaces the default websocket_connections=websocket_connections_active.
     #[arg(
         long = "metric",
-        env = "WS_METRICS_ADAPTER_METRICS",
+        env = "WS_METRICS_ADAPTER_METRIC",
         value_delimiter = ','
     )]
     pub metrics: Vec<String>,
@@ -181,9 +183,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_CLIENT_KEY_FILE")]
     pub prometheus_client_key_file: Option<PathBuf>,
 
-    /// Deadline of one Prometheus query; must not exceed --prometheus-interval.
-    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
-    pub prometheus_timeout: Duration,
+    /// Deadline of one Prometheus query; must not exceed --prometheus-interval [default: 80% of
+    /// --prometheus-interval, so 4s at 5s].
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_TIMEOUT", value_parser = parse_duration)]
+    pub prometheus_timeout: Option<Duration>,
 
     /// How often each served metric is queried (one query per metric and resource per interval,
     /// whatever the number of HPA reads).
@@ -226,8 +229,27 @@ pub struct ServeArgs {
 pub const DEFAULT_PROMETHEUS_QUERY: &str =
     "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})";
 
-/// Default `--max-age` with `--source=prometheus`: one missed 30 s Prometheus scrape.
+/// Default `--max-age` with `--source=prometheus`: one missed 30 s Prometheus scrape (or two
+/// --prometheus-interval when that is longer, see [`default_max_age`]).
 pub const DEFAULT_PROMETHEUS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The default of a timeout flag given only its interval: 80% of it, so that a round's deadline
+/// leaves a fifth of the period before the next round (800ms at the 1s --scrape-interval, 4s at
+/// the 5s --prometheus-interval). Deriving it is what lets `--scrape-interval 500ms` stand alone:
+/// a fixed default would exceed a short interval and be refused.
+pub fn default_timeout(interval: Duration) -> Duration {
+    interval * 4 / 5
+}
+
+/// The default `--max-age`: three scrape intervals (two missed scrapes); with
+/// `--source=prometheus`, [`DEFAULT_PROMETHEUS_MAX_AGE`], or two --prometheus-interval when
+/// that is longer (a fixed 60s would be refused for a `--prometheus-interval` above it).
+pub fn default_max_age(source: SourceKind, scrape: Duration, prometheus: Duration) -> Duration {
+    match source {
+        SourceKind::Scrape => scrape * 3,
+        SourceKind::Prometheus => DEFAULT_PROMETHEUS_MAX_AGE.max(prometheus * 2),
+    }
+}
 
 /// Where values come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -247,8 +269,43 @@ pub enum Source {
     Prometheus(Box<crate::prometheus::PrometheusConfig>),
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 1s, 2m)"))
+/// Parses a duration with units (`500ms`, `10s`, `2m`, `720h`, `1h 30m`): the value parser of
+/// every duration flag of this crate and of `ws-demo`, so they all take the same spellings.
+///
+/// # Errors
+/// A message with what is wrong and examples of what is accepted.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 10s, 2m, 720h)"))
+}
+
+/// Deserializes a YAML file's text with the limits every YAML file read here gets: alias
+/// expansion, nesting depth and event counts bounded (a file swapped under us may be hostile;
+/// a billion-laughs file must not take the process down), and plain one-line errors with line
+/// and column (no source snippets: the message goes into one log line or one flag error).
+///
+/// The budgets are sized for the largest pods file read, [`MAX_FILE_BYTES`](
+/// crate::discovery::static_file::MAX_FILE_BYTES) (about 100,000 entries of a dozen events
+/// each). Alias replay, the amplifier of a bomb, is held to 500,000 events: a generated file
+/// uses no aliases, and 100,000 entries sharing one anchored `{app: ws}` label map (4 events
+/// each) fit; a small file aliasing a large map thousands of times does not.
+///
+/// # Errors
+/// The YAML error, naming the line and column.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: 8_000_000,
+            max_nodes: 4_000_000,
+            max_depth: 64,
+            max_aliases: 1_000_000,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: 500_000,
+            max_replay_stack_depth: 16,
+        },
+        with_snippet: false,
+    };
+    serde_saphyr::from_str_with_options(text, options)
 }
 
 /// Where the pods to scrape come from.
@@ -340,6 +397,259 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// Deserializes `T`, taking an explicit YAML null (`pods:` with nothing after it) as
+/// `T::default()`, as serde_yaml did for sequences and maps; serde-saphyr refuses a null there.
+/// With `#[serde(deserialize_with = ...)]` alone, a missing field is still an error; add
+/// `default` to allow that too.
+///
+/// # Errors
+/// Those of `T`'s deserializer.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    use serde::Deserialize as _;
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Checks the flags of `cmd` and of all its subcommands (clap's introspection), help and
+/// version aside: each must have the environment fallback `PREFIX` + the long flag in upper
+/// snake case (`--scrape-interval` → `WS_METRICS_ADAPTER_SCRAPE_INTERVAL`), lists must take
+/// comma-separated values, and none may be short or positional (what [`load`] relies on to
+/// drop a refused flag). Returns how many flags were checked and one message per failure; the
+/// tests of `ws-metrics-adapter` and `ws-demo` assert it is empty, so a new flag without a
+/// fallback fails them.
+pub fn env_fallback_problems(cmd: &clap::Command, prefix: &str) -> (usize, Vec<String>) {
+    fn walk(cmd: &clap::Command, path: &str, prefix: &str, out: &mut (usize, Vec<String>)) {
+        for a in cmd.get_arguments() {
+            if matches!(a.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            out.0 += 1;
+            let Some(long) = a.get_long() else {
+                out.1
+                    .push(format!("{path}: {} has no long flag", a.get_id()));
+                continue;
+            };
+            let want = format!("{prefix}{}", long.replace('-', "_").to_uppercase());
+            let got = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            if got.as_deref() != Some(want.as_str()) {
+                out.1
+                    .push(format!("{path} --{long}: env {got:?}, want {want}"));
+            }
+            if a.get_short().is_some() || a.is_positional() {
+                out.1.push(format!("{path} --{long}: short or positional"));
+            }
+            if matches!(a.get_action(), clap::ArgAction::Append)
+                && a.get_value_delimiter() != Some(',')
+            {
+                out.1
+                    .push(format!("{path} --{long}: a list must split on ','"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), prefix, out);
+        }
+    }
+    let mut out = (0, Vec::new());
+    walk(cmd, cmd.get_name(), prefix, &mut out);
+    out
+}
+
+/// Why [`load`] returned no [`Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// What clap prints itself: `--help`, `--version`, or a usage error before any flag value
+    /// (no subcommand). Print it with [`clap::Error::exit`].
+    #[error("{0}")]
+    Clap(clap::Error),
+    /// Every bad flag or environment value, then every validation problem. Exit code 2.
+    #[error(transparent)]
+    Invalid(ConfigError),
+}
+
+/// Parses the command line and the `WS_METRICS_ADAPTER_*` environment, then validates, and
+/// reports every problem at once: bad values of several flags or variables, unknown flags, and
+/// the validation problems of what did parse.
+///
+/// clap stops at the first bad value, so each bad argument is dropped (its command-line
+/// occurrences and its environment fallback) and clap run again, once per bad argument. This
+/// keeps every flag typed in [`ServeArgs`], with clap's own value parsers and `--help`, instead
+/// of a string-typed copy of every flag converted by hand. With a value dropped, its default
+/// stands in, so validation problems that name a flag whose value was refused are left out:
+/// they would judge the default, not what was given.
+///
+/// # Errors
+/// [`LoadError`].
+pub fn load<I, T>(argv: I) -> Result<Config, LoadError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString>,
+{
+    let (cli, mut problems, refused) =
+        parse_collecting(argv.into_iter().map(Into::into).collect())?;
+    let Command::Serve(args) = cli.command;
+    match args.validate() {
+        Ok(config) if problems.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(e) => problems.extend(e.problems.into_iter().filter(|p| {
+            !refused.iter().any(|flag| {
+                p.match_indices(flag.as_str()).any(|(i, _)| {
+                    // A whole flag name, not the prefix of a longer one.
+                    !p[i + flag.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                })
+            })
+        })),
+    }
+    Err(LoadError::Invalid(ConfigError { problems }))
+}
+
+/// Runs clap until it parses, dropping one refused argument per run. Returns the parse, one
+/// message per refused value, and the refused flags (`--name`).
+fn parse_collecting(
+    mut argv: Vec<std::ffi::OsString>,
+) -> Result<(Cli, Vec<String>, Vec<String>), LoadError> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::{CommandFactory, FromArgMatches};
+    let mut problems = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    // Each failed run drops a distinct argument, so this ends within one run per argument.
+    loop {
+        let mut cmd = Cli::command();
+        for flag in &refused {
+            let long = flag.trim_start_matches('-').to_owned();
+            cmd = cmd.mut_subcommand("serve", |s| {
+                let id = s
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(long.as_str()))
+                    .map(|a| a.get_id().clone());
+                match id {
+                    Some(id) => s.mut_arg(id, |a| a.env(None)),
+                    None => s,
+                }
+            });
+        }
+        let e = match cmd.try_get_matches_from_mut(argv.clone()) {
+            Ok(m) => match Cli::from_arg_matches(&m) {
+                Ok(cli) => return Ok((cli, problems, refused)),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let context = |kind| match e.get(kind) {
+            Some(ContextValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        // `--scrape-interval <SCRAPE_INTERVAL>` or `--foo`: the flag is the first word.
+        let flag = context(ContextKind::InvalidArg)
+            .and_then(|a| {
+                let word = a.split_whitespace().next().unwrap_or_default();
+                word.split('=').next().map(str::to_owned)
+            })
+            .filter(|f| f.starts_with("--") && !refused.contains(f));
+        let Some(flag) = flag else {
+            return Err(rest(e, problems));
+        };
+        match e.kind() {
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+                let value = context(ContextKind::InvalidValue).unwrap_or_default();
+                let cause = match (
+                    std::error::Error::source(&e),
+                    e.get(ContextKind::ValidValue),
+                ) {
+                    _ if value.is_empty() && e.kind() == ErrorKind::InvalidValue => {
+                        "a value is required".to_owned()
+                    }
+                    (Some(c), _) => c.to_string(),
+                    (None, Some(ContextValue::Strings(valid))) => {
+                        format!("expected one of {}", valid.join(", "))
+                    }
+                    _ => "invalid value".to_owned(),
+                };
+                let serve = cmd.find_subcommand("serve");
+                let env = serve
+                    .and_then(|s| {
+                        s.get_arguments()
+                            .find(|a| a.get_long() == flag.strip_prefix("--"))
+                    })
+                    .and_then(|a| a.get_env())
+                    .map(|v| v.to_string_lossy().into_owned());
+                if drop_flag(&mut argv, &flag) {
+                    problems.push(format!("{flag} {value:?}: {cause}"));
+                } else {
+                    let var = env.unwrap_or_else(|| "the environment".into());
+                    problems.push(format!("{var}={value:?} (for {flag}): {cause}"));
+                }
+            }
+            ErrorKind::UnknownArgument => {
+                drop_flag(&mut argv, &flag);
+                let hint = match e.get(ContextKind::SuggestedArg) {
+                    Some(ContextValue::String(s)) => format!(" (did you mean {s}?)"),
+                    _ => String::new(),
+                };
+                problems.push(format!("{flag}: unknown flag{hint}"));
+            }
+            _ => return Err(rest(e, problems)),
+        }
+        refused.push(flag);
+    }
+}
+
+/// An error that stops the collection: alone, clap's own; after refused values, one more
+/// problem in the list.
+fn rest(e: clap::Error, mut problems: Vec<String>) -> LoadError {
+    if problems.is_empty() {
+        return LoadError::Clap(e);
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    problems.push(first.to_owned());
+    LoadError::Invalid(ConfigError { problems })
+}
+
+/// Removes every occurrence of `flag` (`--name value` and `--name=value`) from the command line;
+/// whether there was one. Every flag of `serve` is long-only and takes one value per occurrence
+/// or none (a bool switch, which never fails to parse on the command line), and nothing follows
+/// `--`: checked by the tests over `Cli::command()`.
+fn drop_flag(argv: &mut Vec<std::ffi::OsString>, flag: &str) -> bool {
+    let with_value = format!("{flag}=");
+    let mut out = Vec::with_capacity(argv.len());
+    let mut found = false;
+    let mut tokens = std::mem::take(argv).into_iter();
+    while let Some(t) = tokens.next() {
+        let text = t.to_string_lossy();
+        if text == "--" {
+            out.push(t);
+            out.extend(tokens.by_ref());
+            break;
+        }
+        if text == flag {
+            found = true;
+            // Its value: every refused known flag takes one; an unknown flag is taken to have one
+            // unless a flag follows it.
+            if tokens
+                .as_slice()
+                .first()
+                .is_some_and(|v| !v.to_string_lossy().starts_with("--"))
+            {
+                let _ = tokens.next();
+            }
+        } else if text.starts_with(&with_value) {
+            found = true;
+        } else {
+            out.push(t);
+        }
+    }
+    *argv = out;
+    found
+}
+
 fn is_metric_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
@@ -396,18 +706,19 @@ impl ServeArgs {
                 humantime::format_duration(interval)
             ));
         }
-        if self.scrape_timeout.is_zero() || self.scrape_timeout > interval {
+        let scrape_timeout = self
+            .scrape_timeout
+            .unwrap_or_else(|| default_timeout(interval));
+        if scrape_timeout.is_zero() || scrape_timeout > interval {
             problems.push(format!(
                 "--scrape-timeout {}: must be greater than 0 and at most --scrape-interval ({})",
-                humantime::format_duration(self.scrape_timeout),
+                humantime::format_duration(scrape_timeout),
                 humantime::format_duration(interval)
             ));
         }
-        let max_age = match (self.max_age, self.source) {
-            (Some(m), _) => m,
-            (None, SourceKind::Scrape) => interval * 3,
-            (None, SourceKind::Prometheus) => DEFAULT_PROMETHEUS_MAX_AGE,
-        };
+        let max_age = self
+            .max_age
+            .unwrap_or_else(|| default_max_age(self.source, interval, self.prometheus_interval));
         if self.source == SourceKind::Scrape && max_age < interval {
             problems.push(format!(
                 "--max-age {}: must be at least --scrape-interval ({}), or every value would expire before the next scrape",
@@ -509,7 +820,9 @@ impl ServeArgs {
                     ca_file: self.prometheus_ca_file,
                     client_cert_file: self.prometheus_client_cert_file,
                     client_key_file: self.prometheus_client_key_file,
-                    timeout: self.prometheus_timeout,
+                    timeout: self
+                        .prometheus_timeout
+                        .unwrap_or_else(|| default_timeout(self.prometheus_interval)),
                     interval: self.prometheus_interval,
                     query: self.prometheus_query,
                     namespace_label: self.prometheus_namespace_label,
@@ -531,7 +844,7 @@ impl ServeArgs {
             pods,
             collect: CollectConfig {
                 interval,
-                timeout: self.scrape_timeout,
+                timeout: scrape_timeout,
                 concurrency: self.scrape_concurrency,
                 max_body_bytes: self.scrape_max_body_bytes,
                 ca_file: self.scrape_ca_file,
@@ -908,7 +1221,138 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_has_its_environment_variable_and_is_long_only() {
+        use clap::CommandFactory;
+        let (checked, problems) = env_fallback_problems(&Cli::command(), "WS_METRICS_ADAPTER_");
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert!(checked > 50, "only {checked} flags walked");
+    }
+
+    fn load_args(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["ws-metrics-adapter", "serve"];
+        argv.extend_from_slice(extra);
+        match load(argv) {
+            Ok(c) => Ok(c),
+            Err(LoadError::Invalid(e)) => Err(e),
+            Err(LoadError::Clap(e)) => panic!("clap error instead of a list: {e}"),
+        }
+    }
+
+    #[test]
+    fn every_bad_value_and_every_validation_problem_are_reported_at_once() {
+        let err = load_args(&[
+            "--static-pods",
+            "p.yaml",
+            "--scrape-interval",
+            "1 fortnight",
+            "--secure-port=https",
+            "--log-format",
+            "xml",
+            "--serving-cert-validity",
+            "bogus",
+            "--no-such-flag",
+            "1",
+            "--metric",
+            "bad",
+            // Judged against the default interval standing in for the refused one: left out.
+            "--scrape-timeout",
+            "5s",
+            "--scrape-concurrency",
+            "0",
+        ])
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "--scrape-interval \"1 fortnight\": unknown time unit",
+            "(examples: 500ms, 10s, 2m, 720h)",
+            "--secure-port \"https\": invalid digit",
+            "--log-format \"xml\": expected one of text, json",
+            "--serving-cert-validity \"bogus\"",
+            "--no-such-flag: unknown flag",
+            "SERVED=FAMILY",
+            "--scrape-concurrency: must be at least 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        assert_eq!(err.problems.len(), 7, "{text}");
+        assert!(!text.contains("--scrape-timeout"), "{text}");
+    }
+
+    #[test]
+    fn help_and_version_are_left_to_clap() {
+        for flag in ["--help", "--version"] {
+            let argv = ["ws-metrics-adapter", flag];
+            assert!(matches!(load(argv), Err(LoadError::Clap(_))), "{flag}");
+        }
+        let err = load_args(&["--bind-address", "--secure-port", "x"]).expect_err("no value");
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.to_string()
+                .contains("--bind-address \"\": a value is required"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_short_interval_alone_is_valid_its_timeout_derived_from_it() {
+        let cfg =
+            load_args(&["--static-pods", "p.yaml", "--scrape-interval", "500ms"]).expect("valid");
+        assert_eq!(cfg.collect.timeout, Duration::from_millis(400));
+        assert_eq!(cfg.max_age, Duration::from_millis(1500));
+        let cfg = load_args(&["--static-pods", "p.yaml"]).expect("valid");
+        assert_eq!(
+            cfg.collect.timeout,
+            Duration::from_millis(800),
+            "1s keeps 800ms"
+        );
+        let err = load_args(&[
+            "--static-pods",
+            "p.yaml",
+            "--scrape-interval",
+            "500ms",
+            "--scrape-timeout",
+            "600ms",
+        ])
+        .expect_err("explicit timeout longer than the interval");
+        assert!(err.to_string().contains("--scrape-timeout 600ms"), "{err}");
+        let prometheus = |extra: &[&str]| {
+            let mut argv = vec![
+                "--static-pods",
+                "p.yaml",
+                "--source",
+                "prometheus",
+                "--prometheus-url",
+                "http://127.0.0.1:9090",
+            ];
+            argv.extend_from_slice(extra);
+            let cfg = load_args(&argv).expect("valid");
+            let Source::Prometheus(p) = cfg.source else {
+                panic!("prometheus expected");
+            };
+            (p.timeout, cfg.max_age)
+        };
+        assert_eq!(
+            prometheus(&[]),
+            (Duration::from_secs(4), DEFAULT_PROMETHEUS_MAX_AGE),
+            "5s keeps 4s and 60s"
+        );
+        assert_eq!(
+            prometheus(&["--prometheus-interval", "2m"]),
+            (Duration::from_secs(96), Duration::from_secs(240))
+        );
+    }
+
+    #[test]
     fn durations_take_units() {
+        for (s, d) in [
+            ("500ms", Duration::from_millis(500)),
+            (" 10s ", Duration::from_secs(10)),
+            ("720h", Duration::from_secs(720 * 3600)),
+            ("1h 30m", Duration::from_secs(5400)),
+        ] {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        assert!(parse_duration("10").is_err(), "a unit is required");
         assert!(args(&["--scrape-interval", "1 fortnight"]).is_err());
         let a = args(&["--scrape-interval", "2s"]).expect("flags parse");
         assert_eq!(a.scrape_interval, Duration::from_secs(2));

@@ -9,10 +9,6 @@ use clap::Args;
 use super::Settings;
 use super::authn::{ConfigError, FlagSources, HeaderNames};
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 10s, 1m)"))
-}
-
 /// Flags of delegated authentication and authorization (cluster mode).
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
@@ -36,39 +32,68 @@ pub struct AuthArgs {
 
     /// Allowed common names of the front-proxy certificate (comma-separated; empty = any
     /// certificate signed by --requestheader-client-ca-file).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REQUESTHEADER_ALLOWED_NAMES",
+        value_delimiter = ','
+    )]
     pub requestheader_allowed_names: Vec<String>,
 
     /// Headers holding the user name behind the front proxy.
-    #[arg(long, value_delimiter = ',', default_value = "X-Remote-User")]
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REQUESTHEADER_USERNAME_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-User"
+    )]
     pub requestheader_username_headers: Vec<String>,
 
     /// Headers holding the groups behind the front proxy.
-    #[arg(long, value_delimiter = ',', default_value = "X-Remote-Group")]
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REQUESTHEADER_GROUP_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-Group"
+    )]
     pub requestheader_group_headers: Vec<String>,
 
     /// Header prefixes of the extra attributes behind the front proxy.
-    #[arg(long, value_delimiter = ',', default_value = "X-Remote-Extra-")]
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REQUESTHEADER_EXTRA_HEADERS_PREFIX",
+        value_delimiter = ',',
+        default_value = "X-Remote-Extra-"
+    )]
     pub requestheader_extra_headers_prefix: Vec<String>,
 
     /// Headers holding the user's UID behind the front proxy.
-    #[arg(long, value_delimiter = ',', default_value = "X-Remote-Uid")]
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REQUESTHEADER_UID_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-Uid"
+    )]
     pub requestheader_uid_headers: Vec<String>,
 
     /// Paths served without authentication or authorization (a trailing * matches a prefix).
-    #[arg(long, value_delimiter = ',', default_value = "/healthz,/readyz,/livez")]
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_AUTHORIZATION_ALWAYS_ALLOW_PATHS",
+        value_delimiter = ',',
+        default_value = "/healthz,/readyz,/livez"
+    )]
     pub authorization_always_allow_paths: Vec<String>,
 
     /// How long TokenReview answers are cached.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = crate::config::parse_duration)]
     pub authentication_token_webhook_cache_ttl: Duration,
 
     /// How long "allowed" SubjectAccessReview answers are cached.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "10s", value_parser = crate::config::parse_duration)]
     pub authorization_webhook_cache_authorized_ttl: Duration,
 
     /// How long "denied" SubjectAccessReview answers are cached.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "10s", value_parser = crate::config::parse_duration)]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
 }
 

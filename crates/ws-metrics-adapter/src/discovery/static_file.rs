@@ -65,7 +65,9 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    /// Required: a document without it (`{}`, a lone comment) is a mistake, not "no pods".
+    /// Required: a document without it (`{}`, a lone comment) is a mistake, not "no pods"; an
+    /// empty `pods:` is no pods.
+    #[serde(deserialize_with = "crate::config::null_as_default")]
     pods: Vec<Entry>,
 }
 
@@ -74,7 +76,7 @@ struct File {
 struct Entry {
     namespace: String,
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     labels: BTreeMap<String, String>,
     metrics_url: String,
 }
@@ -105,7 +107,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<PodTarget>> {
             reason: "the file has no content (blank or only comments); write `pods: []` to track no pods".into(),
         });
     }
-    let file: File = serde_yaml::from_str(text).map_err(|e| Error::Unparseable {
+    let file: File = crate::config::from_yaml(text).map_err(|e| Error::Unparseable {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
@@ -683,6 +685,64 @@ mod tests {
             matches!(r.on_look(Look::Unusable(None, bad())), Decision::Report(_)),
             "a new occurrence is reported again"
         );
+    }
+
+    /// An alias bomb shaped like a pods file: one entry's labels (a thousand of them) anchored,
+    /// then aliased by thousands of entries, so a small file expands into millions of strings.
+    /// (A billion laughs of nested lists is refused before expansion: the entries are typed.)
+    fn alias_bomb() -> String {
+        let labels: Vec<String> = (0..1000).map(|i| format!("k{i}: v")).collect();
+        let mut s = format!(
+            "pods:\n- {{namespace: d, name: p0, metricsUrl: 'http://x/m', labels: &l {{{}}}}}\n",
+            labels.join(", ")
+        );
+        for i in 1..1000 {
+            s.push_str(&format!(
+                "- {{namespace: d, name: p{i}, metricsUrl: 'http://x/m', labels: *l}}\n"
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_with_a_clear_error_and_keeps_the_pods() {
+        let err = parse(p(), &alias_bomb()).expect_err("bomb");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Unparseable { .. }), "{msg}");
+        assert!(
+            msg.contains("alias replay limit exceeded") && msg.contains("line 2"),
+            "the error names the cause and where: {msg}"
+        );
+        let mut r = Reloader {
+            applied: 4,
+            ..Reloader::default()
+        };
+        assert!(matches!(
+            r.on_look(Look::Changed(fp(1), Err(err))),
+            Decision::Report(Error::Unparseable { .. })
+        ));
+        assert_eq!(r.applied, 4, "the previous pods stay");
+        // Anchors used honestly (shared labels) still work.
+        let t = parse(
+            p(),
+            "pods:\n- {namespace: d, name: a, metricsUrl: 'http://x/m', labels: &l {app: ws}}\n- {namespace: d, name: b, metricsUrl: 'http://x/m', labels: *l}\n",
+        )
+        .expect("anchors");
+        assert_eq!(t[1].labels.get("app").map(String::as_str), Some("ws"));
+    }
+
+    #[test]
+    fn yaml_errors_name_the_line_and_column() {
+        let err = parse(p(), "pods:\n- namespace: d\n  name: [a\n").expect_err("syntax");
+        let msg = err.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("column"), "{msg}");
+        let err = parse(
+            p(),
+            "pods:\n- namespace: d\n  name: a\n  metricsUrl: {x: 1}\n",
+        )
+        .expect_err("shape");
+        assert!(err.to_string().contains("line 4"), "{err}");
     }
 
     #[test]

@@ -31,9 +31,9 @@ pub enum Error {
     Unparseable {
         /// Path given.
         path: String,
-        /// Cause.
+        /// Cause (boxed: serde-saphyr's error is large, and this one is rare).
         #[source]
-        source: serde_yaml::Error,
+        source: Box<serde_saphyr::Error>,
     },
     /// One or more rules are invalid; every problem is listed.
     #[error("invalid rules in {path}:\n  - {}", .problems.join("\n  - "))]
@@ -53,7 +53,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct FileConfig {
     /// Custom-metrics discovery rules.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub rules: Vec<RuleConfig>,
 }
 
@@ -65,7 +65,7 @@ pub struct RuleConfig {
     #[serde(default)]
     pub series_query: String,
     /// `is` / `isNot` filters on the series name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub series_filters: Vec<FilterConfig>,
     /// Label → resource association.
     #[serde(default)]
@@ -92,7 +92,7 @@ pub struct FilterConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ResourcesConfig {
     /// Label name → group-resource.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub overrides: BTreeMap<String, GroupResourceConfig>,
     /// Label pattern with `<<.Group>>` and `<<.Resource>>`, e.g. `kube_<<.Group>>_<<.Resource>>`.
     #[serde(default)]
@@ -459,7 +459,7 @@ pub fn load(path: &std::path::Path) -> Result<Vec<Rule>> {
 #[derive(Debug)]
 pub enum ParseError {
     /// Not YAML of the expected shape.
-    Yaml(serde_yaml::Error),
+    Yaml(Box<serde_saphyr::Error>),
     /// Rules that do not validate, one message each.
     Rules(Vec<String>),
 }
@@ -469,7 +469,8 @@ pub enum ParseError {
 /// # Errors
 /// [`ParseError`].
 pub fn parse(text: &str) -> std::result::Result<Vec<Rule>, ParseError> {
-    let config: FileConfig = serde_yaml::from_str(text).map_err(ParseError::Yaml)?;
+    let config: FileConfig =
+        crate::config::from_yaml(text).map_err(|e| ParseError::Yaml(Box::new(e)))?;
     if config.rules.is_empty() {
         return Err(ParseError::Rules(vec!["no `rules:` entries".into()]));
     }

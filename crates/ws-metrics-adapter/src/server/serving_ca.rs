@@ -55,10 +55,6 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 720h, 30d)"))
-}
-
 /// Flags of the self-managed serving CA.
 #[derive(Debug, Clone, Args)]
 pub struct ServingCaArgs {
@@ -71,6 +67,7 @@ pub struct ServingCaArgs {
     /// DNS names of the serving certificate (the aggregator checks SERVICE.NAMESPACE.svc).
     #[arg(
         long,
+        env = "WS_METRICS_ADAPTER_SERVING_CERT_DNS_NAMES",
         value_delimiter = ',',
         default_value = "ws-metrics-adapter.ws-metrics.svc"
     )]
@@ -79,13 +76,14 @@ pub struct ServingCaArgs {
     /// APIService objects whose caBundle is set to the CA.
     #[arg(
         long,
+        env = "WS_METRICS_ADAPTER_APISERVICES",
         value_delimiter = ',',
         default_value = "v1beta2.custom.metrics.k8s.io,v1beta1.custom.metrics.k8s.io"
     )]
     pub apiservices: Vec<String>,
 
     /// Lifetime of each serving certificate; it is replaced at 2/3 of it.
-    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_SERVING_CERT_VALIDITY", default_value = "720h", value_parser = crate::config::parse_duration)]
     pub serving_cert_validity: Duration,
 }
 
