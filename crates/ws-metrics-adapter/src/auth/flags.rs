@@ -85,15 +85,15 @@ pub struct AuthArgs {
     pub authorization_always_allow_paths: Vec<String>,
 
     /// How long TokenReview answers are cached.
-    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = crate::config::value::parse_duration)]
     pub authentication_token_webhook_cache_ttl: Duration,
 
     /// How long "allowed" SubjectAccessReview answers are cached.
-    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "10s", value_parser = crate::config::value::parse_duration)]
     pub authorization_webhook_cache_authorized_ttl: Duration,
 
     /// How long "denied" SubjectAccessReview answers are cached.
-    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "10s", value_parser = crate::config::value::parse_duration)]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
 }
 

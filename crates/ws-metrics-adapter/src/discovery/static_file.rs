@@ -67,7 +67,7 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 struct File {
     /// Required: a document without it (`{}`, a lone comment) is a mistake, not "no pods"; an
     /// empty `pods:` is no pods.
-    #[serde(deserialize_with = "crate::config::null_as_default")]
+    #[serde(deserialize_with = "crate::config::value::null_as_default")]
     pods: Vec<Entry>,
 }
 
@@ -76,7 +76,7 @@ struct File {
 struct Entry {
     namespace: String,
     name: String,
-    #[serde(default, deserialize_with = "crate::config::null_as_default")]
+    #[serde(default, deserialize_with = "crate::config::value::null_as_default")]
     labels: BTreeMap<String, String>,
     metrics_url: String,
 }
@@ -107,7 +107,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<PodTarget>> {
             reason: "the file has no content (blank or only comments); write `pods: []` to track no pods".into(),
         });
     }
-    let file: File = crate::config::from_yaml(text).map_err(|e| Error::Unparseable {
+    let file: File = crate::config::value::from_yaml(text).map_err(|e| Error::Unparseable {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;

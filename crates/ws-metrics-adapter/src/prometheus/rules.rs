@@ -53,7 +53,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct FileConfig {
     /// Custom-metrics discovery rules.
-    #[serde(default, deserialize_with = "crate::config::null_as_default")]
+    #[serde(default, deserialize_with = "crate::config::value::null_as_default")]
     pub rules: Vec<RuleConfig>,
 }
 
@@ -65,7 +65,7 @@ pub struct RuleConfig {
     #[serde(default)]
     pub series_query: String,
     /// `is` / `isNot` filters on the series name.
-    #[serde(default, deserialize_with = "crate::config::null_as_default")]
+    #[serde(default, deserialize_with = "crate::config::value::null_as_default")]
     pub series_filters: Vec<FilterConfig>,
     /// Label → resource association.
     #[serde(default)]
@@ -92,7 +92,7 @@ pub struct FilterConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ResourcesConfig {
     /// Label name → group-resource.
-    #[serde(default, deserialize_with = "crate::config::null_as_default")]
+    #[serde(default, deserialize_with = "crate::config::value::null_as_default")]
     pub overrides: BTreeMap<String, GroupResourceConfig>,
     /// Label pattern with `<<.Group>>` and `<<.Resource>>`, e.g. `kube_<<.Group>>_<<.Resource>>`.
     #[serde(default)]
@@ -470,7 +470,7 @@ pub enum ParseError {
 /// [`ParseError`].
 pub fn parse(text: &str) -> std::result::Result<Vec<Rule>, ParseError> {
     let config: FileConfig =
-        crate::config::from_yaml(text).map_err(|e| ParseError::Yaml(Box::new(e)))?;
+        crate::config::value::from_yaml(text).map_err(|e| ParseError::Yaml(Box::new(e)))?;
     if config.rules.is_empty() {
         return Err(ParseError::Rules(vec!["no `rules:` entries".into()]));
     }

@@ -48,21 +48,21 @@ pub struct ListenerArgs {
 
     /// Time allowed for the TLS handshake plus the first request's head, and for each later
     /// HTTP/1.1 request head (hyper also counts an idle keep-alive wait against it).
-    #[arg(long, env = "WS_METRICS_ADAPTER_REQUEST_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_REQUEST_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::config::value::parse_duration)]
     pub request_header_timeout: Duration,
 
     /// A connection with no request in flight for this long is closed (Go's http.Server
     /// IdleTimeout in the generic apiserver: 90s).
-    #[arg(long, env = "WS_METRICS_ADAPTER_IDLE_CONNECTION_TIMEOUT", default_value = "90s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_IDLE_CONNECTION_TIMEOUT", default_value = "90s", value_parser = crate::config::value::parse_duration)]
     pub idle_connection_timeout: Duration,
 
     /// Interval of HTTP/2 keep-alive pings; a peer that does not answer one within
     /// --http2-keepalive-timeout is disconnected.
-    #[arg(long, env = "WS_METRICS_ADAPTER_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = crate::config::value::parse_duration)]
     pub http2_keepalive_interval: Duration,
 
     /// See --http2-keepalive-interval.
-    #[arg(long, env = "WS_METRICS_ADAPTER_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = crate::config::value::parse_duration)]
     pub http2_keepalive_timeout: Duration,
 
     /// Concurrent HTTP/2 streams per connection (the generic apiserver's flag; Go's default).

@@ -83,7 +83,7 @@ pub struct ServingCaArgs {
     pub apiservices: Vec<String>,
 
     /// Lifetime of each serving certificate; it is replaced at 2/3 of it.
-    #[arg(long, env = "WS_METRICS_ADAPTER_SERVING_CERT_VALIDITY", default_value = "720h", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "WS_METRICS_ADAPTER_SERVING_CERT_VALIDITY", default_value = "720h", value_parser = crate::config::value::parse_duration)]
     pub serving_cert_validity: Duration,
 }
 

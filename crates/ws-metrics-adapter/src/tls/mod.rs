@@ -1,7 +1,8 @@
 //! TLS material shared by every side of the adapter: reading PEM ([`pem`]), the rustls client
 //! configurations it dials pods and Prometheus with ([`client`]), and certificate generation over
-//! rcgen ([`pki`]). The serving side (hot-reloaded certificate, listener config) is
-//! [`crate::server::tls`]; the managed serving CA is [`crate::server::serving_ca`].
+//! rcgen ([`pki`]). A leaf of the crate: the serving side (hot-reloaded certificate, listener
+//! config: `server::tls`) and the managed serving CA (`server::serving_ca`) use it, never the
+//! reverse.
 
 pub mod client;
 pub mod pem;

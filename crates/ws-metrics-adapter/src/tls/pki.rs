@@ -1,6 +1,6 @@
 //! Certificate generation over rcgen: create a CA, issue serving leaves from it for DNS names and
 //! IP addresses, and read an existing CA back from PEM. Used by `--cert-dir`'s generated pair
-//! ([`crate::server::tls`]) and the managed serving CA ([`crate::server::serving_ca`]).
+//! (`server::tls`) and the managed serving CA (`server::serving_ca`).
 
 use std::time::Duration;
 

@@ -9,6 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::store::MetricMapping;
+pub use crate::telemetry::LogFormat;
+
+pub mod value;
+pub use value::{from_yaml, null_as_default, parse_duration};
 
 /// Default served metric and the family it sums.
 pub const DEFAULT_METRIC: &str = "websocket_connections=websocket_connections_active";
@@ -30,15 +34,6 @@ pub struct Cli {
 pub enum Command {
     /// Serve custom.metrics.k8s.io from live per-pod connection counts.
     Serve(Box<ServeArgs>),
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Flags of `ws-metrics-adapter serve`.
@@ -269,45 +264,6 @@ pub enum Source {
     Prometheus(Box<crate::prometheus::PrometheusConfig>),
 }
 
-/// Parses a duration with units (`500ms`, `10s`, `2m`, `720h`, `1h 30m`): the value parser of
-/// every duration flag of this crate and of `ws-demo`, so they all take the same spellings.
-///
-/// # Errors
-/// A message with what is wrong and examples of what is accepted.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 10s, 2m, 720h)"))
-}
-
-/// Deserializes a YAML file's text with the limits every YAML file read here gets: alias
-/// expansion, nesting depth and event counts bounded (a file swapped under us may be hostile;
-/// a billion-laughs file must not take the process down), and plain one-line errors with line
-/// and column (no source snippets: the message goes into one log line or one flag error).
-///
-/// The budgets are sized for the largest pods file read, [`MAX_FILE_BYTES`](
-/// crate::discovery::static_file::MAX_FILE_BYTES) (about 100,000 entries of a dozen events
-/// each). Alias replay, the amplifier of a bomb, is held to 500,000 events: a generated file
-/// uses no aliases, and 100,000 entries sharing one anchored `{app: ws}` label map (4 events
-/// each) fit; a small file aliasing a large map thousands of times does not.
-///
-/// # Errors
-/// The YAML error, naming the line and column.
-pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_events: 8_000_000,
-            max_nodes: 4_000_000,
-            max_depth: 64,
-            max_aliases: 1_000_000,
-        },
-        alias_limits: serde_saphyr::alias_limits! {
-            max_total_replayed_events: 500_000,
-            max_replay_stack_depth: 16,
-        },
-        with_snippet: false,
-    };
-    serde_saphyr::from_str_with_options(text, options)
-}
-
 /// Where the pods to scrape come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodSource {
@@ -395,22 +351,6 @@ pub struct Config {
 pub struct ConfigError {
     /// One message per problem.
     pub problems: Vec<String>,
-}
-
-/// Deserializes `T`, taking an explicit YAML null (`pods:` with nothing after it) as
-/// `T::default()`, as serde_yaml did for sequences and maps; serde-saphyr refuses a null there.
-/// With `#[serde(deserialize_with = ...)]` alone, a missing field is still an error; add
-/// `default` to allow that too.
-///
-/// # Errors
-/// Those of `T`'s deserializer.
-pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de> + Default,
-{
-    use serde::Deserialize as _;
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Checks the flags of `cmd` and of all its subcommands (clap's introspection), help and
