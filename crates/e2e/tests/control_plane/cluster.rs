@@ -404,27 +404,24 @@ impl Cluster {
             let name = format!("{version}.custom.metrics.k8s.io");
             let client = cluster.client.clone();
             cluster
-                .wait(&format!("APIService {name} Available"), GIVE_UP,
-                    || {
-                        let client = client.clone();
-                        let name = name.clone();
-                        async move { apiservice_available(&client, &name).await }
-                    },
-                )
+                .wait(&format!("APIService {name} Available"), GIVE_UP, || {
+                    let client = client.clone();
+                    let name = name.clone();
+                    async move { apiservice_available(&client, &name).await }
+                })
                 .await;
         }
         // Pods need the namespace's default ServiceAccount (ServiceAccount admission).
         let client = cluster.client.clone();
         cluster
             .wait("ServiceAccount default/default", GIVE_UP, || {
-                    let client = client.clone();
-                    async move {
-                        let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-                            kube::Api::namespaced(client, "default");
-                        api.get_opt("default").await.ok().flatten().is_some()
-                    }
-                },
-            )
+                let client = client.clone();
+                async move {
+                    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                        kube::Api::namespaced(client, "default");
+                    api.get_opt("default").await.ok().flatten().is_some()
+                }
+            })
             .await;
         eprintln!(
             "control plane ready in {:.1} s (logs: {})",
