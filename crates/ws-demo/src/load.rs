@@ -318,6 +318,8 @@ struct Shared {
     dropped: AtomicU64,
     step: AtomicUsize,
     desired: AtomicUsize,
+    /// Steps up to this one (1-based) end their hold as soon as it starts ([`LoadGenerator::end_step`]).
+    ended: AtomicUsize,
     /// Wakes the controller when a connection opens or ends.
     wake: Notify,
 }
@@ -508,6 +510,7 @@ impl LoadGenerator {
                 dropped: AtomicU64::new(0),
                 step: AtomicUsize::new(0),
                 desired: AtomicUsize::new(0),
+                ended: AtomicUsize::new(0),
                 wake: Notify::new(),
             }),
         }
@@ -550,6 +553,16 @@ impl LoadGenerator {
                 .map(|t| t.failed.load(Ordering::Relaxed))
                 .sum(),
         }
+    }
+
+    /// Ends the hold of step `step` (1-based, as in [`Progress::step`]) and of every step before
+    /// it: one that is holding moves on now, one still reaching its count moves on when it reaches
+    /// it. For a caller that ends a step on what it waits for (an autoscaler reaching its replica
+    /// count) rather than after a fixed hold; give such steps a hold longer than the caller's
+    /// own give-up time. Later steps are not affected; asking twice is harmless.
+    pub fn end_step(&self, step: usize) {
+        self.shared.ended.fetch_max(step, Ordering::SeqCst);
+        self.shared.wake.notify_one();
     }
 
     /// Runs the plan: each step reaches its connection count at its rate (least-loaded target
@@ -638,7 +651,9 @@ impl LoadGenerator {
                     hold_until = Some(now + step.hold);
                     next_churn = now + Duration::from_secs(1);
                 }
-                if hold_until.is_some_and(|h| now >= h) {
+                if hold_until.is_some_and(|h| now >= h)
+                    || (hold_until.is_some() && self.shared.ended.load(Ordering::SeqCst) > i)
+                {
                     continue 'steps;
                 }
                 let mut wake = now + TICK;
@@ -1275,6 +1290,41 @@ mod tests {
         assert_eq!(percentile_ms(&samples, 0.99), 99.0);
         assert_eq!(percentile_ms(&[], 0.5), 0.0);
         assert_eq!(percentile_ms(&[1500], 0.99), 1.5);
+    }
+
+    /// A step ended from outside moves on at once, however long its hold, and a later step keeps
+    /// holding until it is ended too. Paused time: a hold that was not cut would show as an hour
+    /// of virtual time. Steps of 0 connections are reached at once and never dial the target.
+    #[tokio::test(start_paused = true)]
+    async fn end_step_cuts_that_steps_hold_and_no_later_one() {
+        const HOLD: Duration = Duration::from_secs(3600);
+        let held = || Step {
+            connections: 0,
+            rate: 100.0,
+            hold: HOLD,
+        };
+        let generator = LoadGenerator::new(plan(
+            &["ws://127.0.0.1:9/ws/echo"],
+            vec![held(), held()],
+            0.0,
+        ));
+        let start = Instant::now();
+        // Before the run: the hold is cut as soon as it starts.
+        generator.end_step(1);
+        let runner = generator.clone();
+        let run = tokio::spawn(async move { runner.run(std::future::pending()).await });
+        while generator.progress().step < 2 {
+            tokio::time::sleep(TICK).await;
+        }
+        assert!(start.elapsed() < HOLD, "step 1 held {:?}", start.elapsed());
+        // Step 2 is not ended with it: still holding after a while of virtual time.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!run.is_finished(), "step 2 ended without being asked");
+        generator.end_step(2);
+        let summary = run.await.expect("the run did not panic");
+        assert_eq!(summary.steps_reached, 2, "{summary}");
+        assert!(summary.unreached.is_none(), "{summary}");
+        assert!(start.elapsed() < HOLD, "step 2 held {:?}", start.elapsed());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rcgen::ExtendedKeyUsagePurpose::ClientAuth;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::cluster::{Cluster, Options};
+use crate::cluster::{Cluster, GIVE_UP, Options};
 use crate::pki::Ca;
 
 const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/%2A/websocket_connections?labelSelector=app%3Dws-demo";
@@ -350,8 +350,8 @@ async fn only_authenticated_and_authorized_callers_read_metrics() {
             break;
         }
         assert!(
-            changed.elapsed() < Duration::from_secs(30),
-            "new front-proxy CA not picked up (last {code})"
+            changed.elapsed() < GIVE_UP,
+            "new front-proxy CA not picked up after {GIVE_UP:?} (last {code})"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

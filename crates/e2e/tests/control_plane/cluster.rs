@@ -6,9 +6,11 @@
 //! `extension-apiserver-authentication-reader` Role). Everything started is stopped by pid when the `Cluster`
 //! is dropped, pass or fail; on failure the logs (in a temp dir that is then kept) are printed.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -17,8 +19,17 @@ use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
 
 use crate::node_agent::NodeAgent;
 use crate::pki::{self, Ca};
-use crate::support::e2e::{free_port, require_tool};
+use crate::support::e2e::{free_port, parse_listening_addr, require_tool};
 use crate::support::plain_get;
+
+/// How long any wait of these tests gives something before failing: a deadline to give up on a
+/// daemon that will never get there, not a speed claim. Generous, because a 2-core machine with
+/// another build beside is 5-10x slower than an idle one; measured times are printed instead.
+pub const GIVE_UP: Duration = Duration::from_secs(300);
+
+/// Starts of etcd or kube-apiserver on fresh ports before giving up (see
+/// [`Cluster::start_on_free_ports`]).
+const PORT_ATTEMPTS: u32 = 5;
 
 /// Bearer tokens of the static token file (`token,user,uid,"groups"`). Tokens keep the harness
 /// simple; the identities are the ones a real cluster gives these components.
@@ -98,8 +109,30 @@ pub struct Pki {
 
 /// Where the control-plane binaries are: builds them on first use (about 10 minutes on 2 cores;
 /// cached outside git afterwards). Go missing fails the test with how to get it: a
-/// control-plane test never passes by skipping.
+/// control-plane test never passes by skipping. Every test of this process calls it; the script
+/// runs once per process (a failure is kept and reported to each), so a cold cache is not built
+/// by several tests at once.
 pub fn binaries() -> PathBuf {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    // NB: a panic inside get_or_init would leave the cell empty and make the next test build
+    // again; the result is caught instead.
+    let dir = DIR.get_or_init(|| {
+        std::panic::catch_unwind(build_binaries).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "building the control-plane binaries panicked".into())
+        })
+    });
+    match dir {
+        Ok(dir) => dir.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Runs `scripts/build-control-plane.sh` (a cache hit prints the directory at once).
+fn build_binaries() -> PathBuf {
     require_tool(
         "go",
         "install Go 1.26+ to build kube-apiserver, kube-controller-manager and etcd",
@@ -208,38 +241,15 @@ impl Cluster {
         )
         .expect("token file");
 
-        let mut daemons = Vec::new();
-
-        // etcd.
-        let etcd_client = free_port();
-        let etcd_peer = free_port();
-        daemons.push(spawn(
-            d,
-            "etcd",
-            &bin.join("etcd"),
-            &args(&[
-                "--name=test",
-                &format!("--data-dir={}", d.join("etcd").display()),
-                &format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
-                &format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
-                &format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                &format!("--initial-cluster=test=http://127.0.0.1:{etcd_peer}"),
-                "--log-level=warn",
-                // A test cluster's data need not survive a power cut; fsync dominates on shared disks.
-                "--unsafe-no-fsync",
-            ]),
-        ));
-        let api_port = free_port();
         let mut cluster = Self {
             dir: Some(dir),
-            daemons,
+            daemons: Vec::new(),
             kubeconfig: PathBuf::new(),
             client: placeholder_client(),
             agent: NodeAgent::inert(),
             adapter_metrics: "127.0.0.1:0".parse().expect("addr"),
             adapter_addr: "127.0.0.1:0".parse().expect("addr"),
-            apiserver_addr: format!("127.0.0.1:{api_port}").parse().expect("addr"),
+            apiserver_addr: "127.0.0.1:0".parse().expect("addr"),
             pki: Pki {
                 cluster_ca,
                 front_proxy_ca,
@@ -247,46 +257,97 @@ impl Cluster {
             },
             started,
         };
-        let etcd_addr: SocketAddr = format!("127.0.0.1:{etcd_client}").parse().expect("addr");
-        cluster
-            .wait("etcd /health", Duration::from_secs(30), || async {
-                matches!(plain_get(etcd_addr, "/health").await, Ok((200, b)) if b.contains("true"))
-            })
+
+        // etcd: client and peer ports.
+        let etcd_bin = bin.join("etcd");
+        let etcd_data = d.join("etcd");
+        let [etcd_client, _etcd_peer] = cluster
+            .start_on_free_ports(
+                "etcd",
+                &etcd_bin,
+                |[client, peer]| {
+                    // A retry starts on an empty data dir: the failed attempt may have written
+                    // its peer URL there.
+                    let _ = std::fs::remove_dir_all(&etcd_data);
+                    args(&[
+                        "--name=test",
+                        &format!("--data-dir={}", etcd_data.display()),
+                        &format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                        &format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                        &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                        &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                        &format!("--initial-cluster=test=http://127.0.0.1:{peer}"),
+                        "--log-level=warn",
+                        // A test cluster's data need not survive a power cut; fsync dominates on
+                        // shared disks.
+                        "--unsafe-no-fsync",
+                    ])
+                },
+                "etcd /health",
+                |[client, _]| async move {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], client));
+                    matches!(plain_get(addr, "/health").await, Ok((200, b)) if b.contains("true"))
+                },
+            )
             .await;
 
         // kube-apiserver with the aggregation layer: front-proxy client certificate, requestheader
         // flags, RBAC, service-account keys.
         let p = |path: &Path| path.display().to_string();
-        cluster.daemons.push(spawn(
-            d,
-            "kube-apiserver",
-            &bin.join("kube-apiserver"),
-            &args(&[
-                &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1",
-                &format!("--secure-port={api_port}"),
-                &format!("--tls-cert-file={}", p(&apiserver.cert)),
-                &format!("--tls-private-key-file={}", p(&apiserver.key)),
-                &format!("--client-ca-file={}", p(&cluster_ca_file)),
-                &format!("--token-auth-file={}", p(&tokens)),
-                "--authorization-mode=RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                &format!("--service-account-key-file={}", p(&sa_pub)),
-                &format!("--service-account-signing-key-file={}", p(&sa_key)),
-                "--service-cluster-ip-range=10.96.0.0/24",
-                &format!("--requestheader-client-ca-file={}", p(&front_proxy_ca_file)),
-                "--requestheader-allowed-names=front-proxy-client",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                &format!("--proxy-client-cert-file={}", p(&front_proxy.cert)),
-                &format!("--proxy-client-key-file={}", p(&front_proxy.key)),
-                "--profiling=false",
-                "--v=1",
-            ]),
-        ));
-        let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = d.join("admin.kubeconfig");
+        let apiserver_bin = bin.join("kube-apiserver");
+        let [api_port] = cluster
+            .start_on_free_ports(
+                "kube-apiserver",
+                &apiserver_bin,
+                |[port]| {
+                    args(&[
+                        &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                        "--bind-address=127.0.0.1",
+                        &format!("--secure-port={port}"),
+                        &format!("--tls-cert-file={}", p(&apiserver.cert)),
+                        &format!("--tls-private-key-file={}", p(&apiserver.key)),
+                        &format!("--client-ca-file={}", p(&cluster_ca_file)),
+                        &format!("--token-auth-file={}", p(&tokens)),
+                        "--authorization-mode=RBAC",
+                        "--service-account-issuer=https://kubernetes.default.svc",
+                        &format!("--service-account-key-file={}", p(&sa_pub)),
+                        &format!("--service-account-signing-key-file={}", p(&sa_key)),
+                        "--service-cluster-ip-range=10.96.0.0/24",
+                        &format!("--requestheader-client-ca-file={}", p(&front_proxy_ca_file)),
+                        "--requestheader-allowed-names=front-proxy-client",
+                        "--requestheader-username-headers=X-Remote-User",
+                        "--requestheader-group-headers=X-Remote-Group",
+                        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                        &format!("--proxy-client-cert-file={}", p(&front_proxy.cert)),
+                        &format!("--proxy-client-key-file={}", p(&front_proxy.key)),
+                        "--profiling=false",
+                        "--v=1",
+                    ])
+                },
+                "kube-apiserver /readyz",
+                |[port]| {
+                    let kubeconfig = kubeconfig.clone();
+                    let ca = cluster_ca_file.clone();
+                    async move {
+                        let server = format!("https://127.0.0.1:{port}");
+                        write_kubeconfig(&kubeconfig, &server, &ca, ADMIN_TOKEN);
+                        let Ok(client) = client_from(&kubeconfig).await else {
+                            return false;
+                        };
+                        let req = http::Request::get("/readyz")
+                            .body(Vec::new())
+                            .expect("request");
+                        client
+                            .request_text(req)
+                            .await
+                            .is_ok_and(|t| t.trim() == "ok")
+                    }
+                },
+            )
+            .await;
+        cluster.apiserver_addr = SocketAddr::from(([127, 0, 0, 1], api_port));
+        let server = format!("https://127.0.0.1:{api_port}");
         write_kubeconfig(&kubeconfig, &server, &cluster_ca_file, ADMIN_TOKEN);
         let kcm_kubeconfig = d.join("kcm.kubeconfig");
         write_kubeconfig(&kcm_kubeconfig, &server, &cluster_ca_file, KCM_TOKEN);
@@ -298,26 +359,7 @@ impl Cluster {
             ADAPTER_TOKEN,
         );
         cluster.kubeconfig = kubeconfig.clone();
-        let kc = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .expect("kube config");
-        cluster.client = Client::try_from(config).expect("kube client");
-        let client = cluster.client.clone();
-        cluster
-            .wait("kube-apiserver /readyz", Duration::from_secs(90), || {
-                let client = client.clone();
-                async move {
-                    let req = http::Request::get("/readyz")
-                        .body(Vec::new())
-                        .expect("request");
-                    client
-                        .request_text(req)
-                        .await
-                        .is_ok_and(|t| t.trim() == "ok")
-                }
-            })
-            .await;
+        cluster.client = client_from(&kubeconfig).await.expect("kube client");
 
         // kube-controller-manager: only the controllers this test needs. With
         // --use-service-account-credentials each controller calls the API as its own service
@@ -341,25 +383,20 @@ impl Cluster {
             ]),
         ));
 
-        // The node agent, then the adapter's RBAC and registration, then the adapter.
+        // The node agent, then the adapter's RBAC, then the adapter on port 0, then the
+        // registration naming the port it bound (no free-port race for the adapter).
         cluster.agent = NodeAgent::start(cluster.client.clone(), d.join("pods")).await;
-        let adapter_port = free_port();
+        cluster.kubectl_apply(&rbac()).await;
+        start_adapter(&mut cluster, &adapter_kubeconfig, &adapter_tls, &options).await;
         cluster
-            .kubectl_apply(&rbac_and_registration(
+            .kubectl_apply(&registration(
                 (!options.managed_ca).then_some(adapter_ca.pem.as_str()),
-                adapter_port,
+                cluster.adapter_addr.port(),
             ))
             .await;
-        start_adapter(
-            &mut cluster,
-            adapter_port,
-            &adapter_kubeconfig,
-            &adapter_tls,
-            &options,
-        );
         let metrics = cluster.adapter_metrics;
         cluster
-            .wait("adapter /readyz", Duration::from_secs(30), || async move {
+            .wait("adapter /readyz", GIVE_UP, || async move {
                 matches!(plain_get(metrics, "/readyz").await, Ok((200, _)))
             })
             .await;
@@ -367,32 +404,24 @@ impl Cluster {
             let name = format!("{version}.custom.metrics.k8s.io");
             let client = cluster.client.clone();
             cluster
-                .wait(
-                    &format!("APIService {name} Available"),
-                    Duration::from_secs(60),
-                    || {
-                        let client = client.clone();
-                        let name = name.clone();
-                        async move { apiservice_available(&client, &name).await }
-                    },
-                )
+                .wait(&format!("APIService {name} Available"), GIVE_UP, || {
+                    let client = client.clone();
+                    let name = name.clone();
+                    async move { apiservice_available(&client, &name).await }
+                })
                 .await;
         }
         // Pods need the namespace's default ServiceAccount (ServiceAccount admission).
         let client = cluster.client.clone();
         cluster
-            .wait(
-                "ServiceAccount default/default",
-                Duration::from_secs(30),
-                || {
-                    let client = client.clone();
-                    async move {
-                        let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-                            kube::Api::namespaced(client, "default");
-                        api.get_opt("default").await.ok().flatten().is_some()
-                    }
-                },
-            )
+            .wait("ServiceAccount default/default", GIVE_UP, || {
+                let client = client.clone();
+                async move {
+                    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                        kube::Api::namespaced(client, "default");
+                    api.get_opt("default").await.ok().flatten().is_some()
+                }
+            })
             .await;
         eprintln!(
             "control plane ready in {:.1} s (logs: {})",
@@ -415,12 +444,7 @@ impl Cluster {
     {
         let start = Instant::now();
         while !ready().await {
-            for daemon in &self.daemons {
-                // A daemon that exited will not become ready; say which.
-                if exited(daemon) {
-                    panic!("{} exited while waiting for {what}", daemon.name);
-                }
-            }
+            self.assert_running(what);
             assert!(
                 start.elapsed() < deadline,
                 "timed out after {deadline:?} waiting for {what}"
@@ -429,11 +453,78 @@ impl Cluster {
         }
     }
 
+    /// Panics naming the first daemon that exited: it will not make anything ready.
+    fn assert_running(&self, what: &str) {
+        if let Some(daemon) = self.daemons.iter().find(|d| exited(d)) {
+            panic!("{} exited while waiting for {what}", daemon.name);
+        }
+    }
+
+    /// Starts daemon `name` (`program` with `argv(ports)`) on `N` ports from [`free_port`] and
+    /// waits until `ready(ports)`; returns the ports.
+    ///
+    /// NB: etcd and kube-apiserver take their ports as flags and cannot bind :0 and report what
+    /// they bound, so a port `free_port` released may be taken by another process (another test
+    /// binary, another engineer's cluster) before the daemon binds it. The daemon then exits with
+    /// "address already in use"; this starts it again on fresh ports, at most [`PORT_ATTEMPTS`]
+    /// times, keeping each failed attempt's log beside the others.
+    async fn start_on_free_ports<const N: usize, A, F, Fut>(
+        &mut self,
+        name: &'static str,
+        program: &Path,
+        argv: A,
+        what: &str,
+        mut ready: F,
+    ) -> [u16; N]
+    where
+        A: Fn([u16; N]) -> Vec<String>,
+        F: FnMut([u16; N]) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        for attempt in 1..=PORT_ATTEMPTS {
+            let ports: [u16; N] = std::array::from_fn(|_| free_port());
+            let daemon = spawn(self.dir(), name, program, &argv(ports));
+            self.daemons.push(daemon);
+            let start = Instant::now();
+            loop {
+                if ready(ports).await {
+                    return ports;
+                }
+                let last = self.daemons.last().expect("the daemon pushed above");
+                if exited(last) {
+                    let log = std::fs::read_to_string(&last.log).unwrap_or_default();
+                    if !log.contains("address already in use") || attempt == PORT_ATTEMPTS {
+                        panic!("{name} exited while waiting for {what} (attempt {attempt})");
+                    }
+                    let mut failed = self.daemons.pop().expect("the daemon pushed above");
+                    let _ = failed.child.wait();
+                    let kept = failed
+                        .log
+                        .with_file_name(format!("{name}.attempt-{attempt}.log"));
+                    let _ = std::fs::rename(&failed.log, &kept);
+                    eprintln!(
+                        "{name}: one of ports {ports:?} was taken before it bound it ({}); \
+                         starting again on fresh ports",
+                        kept.display()
+                    );
+                    break;
+                }
+                self.assert_running(what);
+                assert!(
+                    start.elapsed() < GIVE_UP,
+                    "timed out after {GIVE_UP:?} waiting for {what}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
     /// Runs kubectl against this cluster; returns (success, stdout, stderr).
     pub async fn kubectl(&self, argv: &[&str]) -> (bool, String, String) {
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(argv);
-        let out = crate::support::e2e::run(cmd, "kubectl", Duration::from_secs(60)).await;
+        let out = crate::support::e2e::run(cmd, "kubectl", GIVE_UP).await;
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -458,26 +549,23 @@ fn exited(daemon: &Daemon) -> bool {
     stat.map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
-/// Starts the adapter binary with its HTTPS API on `port`, authenticating and authorizing callers
-/// with its own identity (`kubeconfig`).
-fn start_adapter(
+/// Starts the adapter binary with both listeners on port 0, authenticating and authorizing
+/// callers with its own identity (`kubeconfig`), and reads the addresses it bound from the
+/// `listening on` lines of its log into `cluster`.
+async fn start_adapter(
     cluster: &mut Cluster,
-    port: u16,
     kubeconfig: &Path,
     tls: &pki::Pair,
     options: &Options,
 ) {
-    let metrics_port = free_port();
-    cluster.adapter_metrics = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
-    cluster.adapter_addr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut argv = args(&[
         "serve",
         &format!("--kubeconfig={}", kubeconfig.display()),
         &format!("--authentication-kubeconfig={}", kubeconfig.display()),
         &format!("--authorization-kubeconfig={}", kubeconfig.display()),
         "--bind-address=127.0.0.1",
-        &format!("--secure-port={port}"),
-        &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
+        "--secure-port=0",
+        "--metrics-bind-address=127.0.0.1:0",
     ]);
     if options.managed_ca {
         argv.push(format!(
@@ -494,24 +582,25 @@ fn start_adapter(
         &crate::support::e2e::bin("ws-metrics-adapter"),
         &argv,
     );
+    let log = daemon.log.clone();
     cluster.daemons.push(daemon);
+    // `https://` is the API, `http://` the metrics and health listener (main.rs logs both).
+    let bound = |scheme: &str| {
+        parse_listening_addr(&std::fs::read_to_string(&log).unwrap_or_default(), scheme)
+    };
+    cluster
+        .wait("the adapter's `listening on` lines", GIVE_UP, || async {
+            bound("https").is_some() && bound("http").is_some()
+        })
+        .await;
+    cluster.adapter_addr = bound("https").expect("logged, waited for above");
+    cluster.adapter_metrics = bound("http").expect("logged, waited for above");
 }
 
-/// What the adapter may read (pods) and do (TokenReview and SubjectAccessReview, read the
-/// front-proxy ConfigMap: spec §5.5), the Service the APIService objects name (ExternalName
-/// `localhost`: the aggregator dials the host name directly and skips the endpoints check), and
-/// the APIService objects for v1beta2 and v1beta1 with the adapter's CA as `caBundle` (without
-/// one when `ca_pem` is `None`: the adapter sets it), and what the adapter needs to manage its
-/// CA (its Secret, the two APIServices by name).
-fn rbac_and_registration(ca_pem: Option<&str>, port: u16) -> String {
-    use base64::Engine;
-    // `caBundle` is `[]byte`: base64 in JSON and YAML.
-    let ca_bundle = ca_pem.map_or(String::new(), |pem| {
-        format!(
-            "\n  caBundle: {}",
-            base64::engine::general_purpose::STANDARD.encode(pem)
-        )
-    });
+/// The adapter's namespace, what it may read (pods) and do (TokenReview and SubjectAccessReview,
+/// read the front-proxy ConfigMap: spec §5.5), and what it needs to manage its CA (its Secret,
+/// the two APIServices by name). Applied before the adapter starts.
+fn rbac() -> String {
     format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -575,8 +664,25 @@ metadata: {{name: ws-metrics-adapter-auth-reader, namespace: kube-system}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}}
 subjects:
 - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
----
-apiVersion: v1
+"#
+    )
+}
+
+/// The Service the APIService objects name (ExternalName `localhost`: the aggregator dials the
+/// host name directly and skips the endpoints check) and the APIService objects for v1beta2 and
+/// v1beta1 on `port`, with the adapter's CA as `caBundle` (without one when `ca_pem` is `None`:
+/// the adapter sets it). Applied once the adapter has logged the port it bound.
+fn registration(ca_pem: Option<&str>, port: u16) -> String {
+    use base64::Engine;
+    // `caBundle` is `[]byte`: base64 in JSON and YAML.
+    let ca_bundle = ca_pem.map_or(String::new(), |pem| {
+        format!(
+            "\n  caBundle: {}",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        )
+    });
+    format!(
+        r#"apiVersion: v1
 kind: Service
 metadata: {{name: {ADAPTER_SERVICE}, namespace: {ADAPTER_NAMESPACE}}}
 spec:
@@ -626,6 +732,15 @@ pub async fn apiservice_available(client: &Client, name: &str) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c["type"] == "Available" && c["status"] == "True")
+}
+
+/// A client for the cluster in `kubeconfig`.
+async fn client_from(kubeconfig: &Path) -> Result<Client, String> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Client::try_from(config).map_err(|e| e.to_string())
 }
 
 /// A client that is replaced before first use (the struct is built before the apiserver is up so

@@ -25,6 +25,10 @@ pub const NODE_NAME: &str = "agent-0";
 /// The port every demo pod listens on (WebSocket routes, /metrics, /healthz).
 pub const POD_PORT: u16 = 8080;
 
+/// How long a pod's process has to answer /healthz before the agent gives up on it (the pod
+/// then never turns Ready, and the test waiting for it fails). Generous: it is not a speed claim.
+const HEALTHZ_GIVE_UP: Duration = crate::cluster::GIVE_UP;
+
 /// One pod the agent runs.
 pub struct PodProcess {
     /// Pod name.
@@ -292,8 +296,8 @@ async fn start_if_new(
             eprintln!("node agent: pod {key}'s process exited before answering /healthz");
             return;
         }
-        if started.elapsed() > Duration::from_secs(15) {
-            eprintln!("node agent: pod {key} did not answer /healthz within 15 s");
+        if started.elapsed() > HEALTHZ_GIVE_UP {
+            eprintln!("node agent: pod {key} did not answer /healthz within {HEALTHZ_GIVE_UP:?}");
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
