@@ -25,7 +25,7 @@ use crate::support::plain_get;
 /// How long any wait of these tests gives something before failing: a deadline to give up on a
 /// daemon that will never get there, not a speed claim. Generous, because a 2-core machine with
 /// another build beside is 5-10x slower than an idle one; measured times are printed instead.
-pub const GIVE_UP: Duration = Duration::from_secs(300);
+pub(crate) const GIVE_UP: Duration = Duration::from_secs(300);
 
 /// Starts of etcd or kube-apiserver on fresh ports before giving up (see
 /// [`Cluster::start_on_free_ports`]).
@@ -39,12 +39,12 @@ const ADAPTER_TOKEN: &str = "adapter-token";
 
 /// The Service (type ExternalName `localhost`) the APIService objects name; the adapter's serving
 /// certificate carries `ws-metrics-adapter.ws-metrics.svc`, the name the aggregator verifies.
-pub const ADAPTER_NAMESPACE: &str = "ws-metrics";
+pub(crate) const ADAPTER_NAMESPACE: &str = "ws-metrics";
 const ADAPTER_SERVICE: &str = "ws-metrics-adapter";
 
 /// What differs between scenarios.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// `--horizontal-pod-autoscaler-sync-period` of kube-controller-manager.
     pub hpa_sync_period: Duration,
     /// Extra flags for the adapter (`--max-age`, ...).
@@ -56,7 +56,7 @@ pub struct Options {
 }
 
 /// The Secret holding the adapter's CA with `Options::managed_ca`.
-pub const SERVING_CA_SECRET: &str = "ws-metrics-adapter-serving-ca";
+pub(crate) const SERVING_CA_SECRET: &str = "ws-metrics-adapter-serving-ca";
 
 impl Default for Options {
     fn default() -> Self {
@@ -76,7 +76,7 @@ struct Daemon {
 }
 
 /// A running control plane with the adapter registered.
-pub struct Cluster {
+pub(crate) struct Cluster {
     dir: Option<tempfile::TempDir>,
     daemons: Vec<Daemon>,
     /// The cluster-admin kubeconfig (kubectl and the harness use it).
@@ -98,7 +98,7 @@ pub struct Cluster {
 }
 
 /// The CAs of a cluster, to sign more certificates in tests.
-pub struct Pki {
+pub(crate) struct Pki {
     /// Serving CA of kube-apiserver and its `--client-ca-file`.
     pub cluster_ca: Ca,
     /// `--requestheader-client-ca-file`; signs kube-apiserver's front-proxy client certificate.
@@ -112,7 +112,7 @@ pub struct Pki {
 /// control-plane test never passes by skipping. Every test of this process calls it; the script
 /// runs once per process (a failure is kept and reported to each), so a cold cache is not built
 /// by several tests at once.
-pub fn binaries() -> PathBuf {
+pub(crate) fn binaries() -> PathBuf {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     // NB: a panic inside get_or_init would leave the cell empty and make the next test build
     // again; the result is caught instead.
@@ -171,14 +171,14 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 /// A kubeconfig for `server` trusting `ca`, authenticating with `token`.
-pub fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
+pub(crate) fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
     crate::support::e2e::write_kubeconfig(path, server, Some(ca), Some(token));
 }
 
 impl Cluster {
     /// Starts everything and waits until the APIService objects are Available. Panics when the
     /// control-plane binaries cannot be had (Go missing), with how to get them.
-    pub async fn start(options: Options) -> Self {
+    pub(crate) async fn start(options: Options) -> Self {
         let bin = tokio::task::spawn_blocking(binaries)
             .await
             .expect("build task");
@@ -432,12 +432,12 @@ impl Cluster {
     }
 
     /// The temp dir holding certificates, kubeconfigs and logs.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.as_ref().expect("dir kept until drop").path()
     }
 
     /// Polls `ready` every 100 ms; on timeout panics (printing the logs through `Drop`).
-    pub async fn wait<F, Fut>(&self, what: &str, deadline: Duration, mut ready: F)
+    pub(crate) async fn wait<F, Fut>(&self, what: &str, deadline: Duration, mut ready: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -521,7 +521,7 @@ impl Cluster {
     }
 
     /// Runs kubectl against this cluster; returns (success, stdout, stderr).
-    pub async fn kubectl(&self, argv: &[&str]) -> (bool, String, String) {
+    pub(crate) async fn kubectl(&self, argv: &[&str]) -> (bool, String, String) {
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(argv);
         let out = crate::support::e2e::run(cmd, "kubectl", GIVE_UP).await;
@@ -533,7 +533,7 @@ impl Cluster {
     }
 
     /// `kubectl apply -f` of a YAML document set; panics when kubectl fails.
-    pub async fn kubectl_apply(&self, yaml: &str) {
+    pub(crate) async fn kubectl_apply(&self, yaml: &str) {
         let file = tempfile::NamedTempFile::new_in(self.dir()).expect("manifest file");
         std::fs::write(file.path(), yaml).expect("write manifest");
         let path = file.path().display().to_string();
@@ -715,7 +715,7 @@ spec:
 }
 
 /// Whether the APIService `name` reports `Available=True`.
-pub async fn apiservice_available(client: &Client, name: &str) -> bool {
+pub(crate) async fn apiservice_available(client: &Client, name: &str) -> bool {
     let req = http::Request::get(format!(
         "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
     ))

@@ -21,16 +21,16 @@ use serde_json::json;
 use crate::support::plain_get;
 
 /// The node the agent registers; pod templates bind to it with `nodeName`.
-pub const NODE_NAME: &str = "agent-0";
+pub(crate) const NODE_NAME: &str = "agent-0";
 /// The port every demo pod listens on (WebSocket routes, /metrics, /healthz).
-pub const POD_PORT: u16 = 8080;
+pub(crate) const POD_PORT: u16 = 8080;
 
 /// How long a pod's process has to answer /healthz before the agent gives up on it (the pod
 /// then never turns Ready, and the test waiting for it fails). Generous: it is not a speed claim.
 const HEALTHZ_GIVE_UP: Duration = crate::cluster::GIVE_UP;
 
 /// One pod the agent runs.
-pub struct PodProcess {
+pub(crate) struct PodProcess {
     /// Pod name.
     pub name: String,
     /// Pod labels.
@@ -62,7 +62,7 @@ fn send_signal(pid: u32, signal: &str) {
 
 impl PodProcess {
     /// Where the pod serves.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from((self.ip, POD_PORT))
     }
 }
@@ -93,7 +93,7 @@ fn allocate_ip() -> Ipv4Addr {
 }
 
 /// Handle on the agent; stops every pod process when stopped or dropped.
-pub struct NodeAgent {
+pub(crate) struct NodeAgent {
     /// The pods the agent runs.
     pub pods: Pods,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -101,11 +101,11 @@ pub struct NodeAgent {
 
 /// A shared view of the pods the agent runs.
 #[derive(Clone, Default)]
-pub struct Pods(Arc<Mutex<State>>);
+pub(crate) struct Pods(Arc<Mutex<State>>);
 
 impl NodeAgent {
     /// An agent that runs nothing (placeholder while the cluster starts).
-    pub fn inert() -> Self {
+    pub(crate) fn inert() -> Self {
         Self {
             pods: Pods::default(),
             task: None,
@@ -114,7 +114,7 @@ impl NodeAgent {
 
     /// Registers the Node (Ready) and starts watching the pods bound to it. `logs` receives one
     /// log file per pod process.
-    pub async fn start(client: Client, logs: PathBuf) -> Self {
+    pub(crate) async fn start(client: Client, logs: PathBuf) -> Self {
         std::fs::create_dir_all(&logs).expect("pod log dir");
         register_node(&client).await;
         let pods = Pods::default();
@@ -126,7 +126,7 @@ impl NodeAgent {
     }
 
     /// Stops watching and kills every pod process.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -138,7 +138,7 @@ impl NodeAgent {
 impl Pods {
     /// Addresses of the Ready, non-terminating pods whose labels include `key=value`, sorted by
     /// pod name (what a Service with that selector would send traffic to).
-    pub fn endpoints(&self, key: &str, value: &str) -> Vec<SocketAddr> {
+    pub(crate) fn endpoints(&self, key: &str, value: &str) -> Vec<SocketAddr> {
         let state = self.0.lock().expect("agent state");
         state
             .pods
@@ -149,7 +149,7 @@ impl Pods {
     }
 
     /// `(pod name, address)` of every pod process, terminating ones included.
-    pub fn pods(&self) -> Vec<(String, SocketAddr)> {
+    pub(crate) fn pods(&self) -> Vec<(String, SocketAddr)> {
         let state = self.0.lock().expect("agent state");
         state
             .pods
@@ -159,7 +159,7 @@ impl Pods {
     }
 
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process of pod `name`.
-    pub fn signal(&self, name: &str, signal: &str) {
+    pub(crate) fn signal(&self, name: &str, signal: &str) {
         let state = self.0.lock().expect("agent state");
         let pod = state
             .pods

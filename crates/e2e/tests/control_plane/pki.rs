@@ -11,13 +11,13 @@ use rcgen::{
 };
 
 /// A CA: its PEM certificate and what signs with it.
-pub struct Ca {
+pub(crate) struct Ca {
     pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A certificate and key written to disk.
-pub struct Pair {
+pub(crate) struct Pair {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -31,7 +31,7 @@ fn validity(params: &mut CertificateParams) {
 
 impl Ca {
     /// A new self-signed CA called `name`.
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.distinguished_name.push(DnType::CommonName, name);
@@ -50,7 +50,7 @@ impl Ca {
     }
 
     /// Writes the CA certificate to `dir/name.crt`.
-    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+    pub(crate) fn write(&self, dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(format!("{name}.crt"));
         std::fs::write(&path, &self.pem).expect("write CA");
         path
@@ -58,7 +58,7 @@ impl Ca {
 
     /// Signs a leaf for `cn` (organisations `orgs`, names `sans`) usable as a server and/or client
     /// certificate, and writes it to `dir/name.{crt,key}`.
-    pub fn leaf(
+    pub(crate) fn leaf(
         &self,
         dir: &Path,
         name: &str,
@@ -97,7 +97,7 @@ impl Ca {
 /// Writes a fresh ECDSA P-256 key pair as PEM: the private key (PKCS#8) to `private`, with which
 /// kube-apiserver signs service-account tokens, and the public key (SPKI) to `public`, with which
 /// it verifies them.
-pub fn write_signing_key(private: &Path, public: &Path) {
+pub(crate) fn write_signing_key(private: &Path, public: &Path) {
     let key = KeyPair::generate().expect("signing key");
     std::fs::write(private, key.serialize_pem()).expect("write signing key");
     std::fs::write(public, key.public_key_pem()).expect("write verifying key");

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::node_agent::Pods;
 
 /// A listening "Service" in front of the agent's pods.
-pub struct ServiceProxy {
+pub(crate) struct ServiceProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -20,7 +20,7 @@ pub struct ServiceProxy {
 
 impl ServiceProxy {
     /// Listens on 127.0.0.1:0 and forwards to pods labelled `key=value`.
-    pub async fn start(pods: Pods, key: &'static str, value: &'static str) -> Self {
+    pub(crate) async fn start(pods: Pods, key: &'static str, value: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let next = Arc::new(AtomicUsize::new(0));

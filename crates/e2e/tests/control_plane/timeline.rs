@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// One sample.
 #[derive(Clone, Debug, Default)]
-pub struct Row {
+pub(crate) struct Row {
     /// Seconds since the load generator started.
     pub t: f64,
     /// Connections the demo pods hold (sum of their own gauges).
@@ -24,7 +24,7 @@ pub struct Row {
 
 /// A load step: when it started and what it asked for.
 #[derive(Clone, Debug)]
-pub struct StepMark {
+pub(crate) struct StepMark {
     /// Seconds since the load generator started.
     pub t: f64,
     /// Connections asked for.
@@ -32,7 +32,7 @@ pub struct StepMark {
 }
 
 /// Writes the rows as CSV.
-pub fn write_csv(path: &Path, rows: &[Row]) {
+pub(crate) fn write_csv(path: &Path, rows: &[Row]) {
     let mut s = String::from(
         "t_seconds,connections_held,api_sum,api_pods,hpa_desired_replicas,hpa_current_replicas\n",
     );
@@ -54,7 +54,7 @@ pub fn write_csv(path: &Path, rows: &[Row]) {
 /// Draws connections (held, and as answered by the API) above; below, the HPA's desired and
 /// current replicas and the pods the API answered for (the pods actually running and scraped);
 /// the load steps as dashed lines.
-pub fn write_svg(path: &Path, title: &str, rows: &[Row], steps: &[StepMark]) {
+pub(crate) fn write_svg(path: &Path, title: &str, rows: &[Row], steps: &[StepMark]) {
     const W: f64 = 900.0;
     const LEFT: f64 = 60.0;
     const RIGHT: f64 = 20.0;

@@ -16,11 +16,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// Name of the environment variable that selects the role of a re-executed bench binary.
-pub const ROLE_VAR: &str = "WSMA_BENCH_ROLE";
+pub(crate) const ROLE_VAR: &str = "WSMA_BENCH_ROLE";
 
 /// A child process killed (SIGKILL, by pid) and reaped when dropped. Its stdin is a pipe held
 /// here: helper roles exit on stdin EOF, so they also go away if the bench process dies.
-pub struct ChildGuard {
+pub(crate) struct ChildGuard {
     pub name: String,
     pub pid: u32,
     child: Option<Child>,
@@ -30,7 +30,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Spawns `cmd` with stdin piped, and stdout piped into a line channel when `capture_stdout`.
-    pub fn spawn(name: &str, mut cmd: Command, capture_stdout: bool) -> Self {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, capture_stdout: bool) -> Self {
         cmd.stdin(Stdio::piped());
         if capture_stdout {
             cmd.stdout(Stdio::piped());
@@ -62,12 +62,12 @@ impl ChildGuard {
     }
 
     /// The next stdout line, waiting at most `timeout`.
-    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+    pub(crate) fn next_line(&self, timeout: Duration) -> Option<String> {
         self.lines.as_ref()?.recv_timeout(timeout).ok()
     }
 
     /// Waits (bounded) for a stdout line starting with `prefix`; other lines are echoed.
-    pub fn expect_line(&self, prefix: &str, timeout: Duration) -> String {
+    pub(crate) fn expect_line(&self, prefix: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -92,7 +92,7 @@ impl ChildGuard {
     }
 
     /// Writes one line to the child's stdin.
-    pub fn send_line(&mut self, line: &str) {
+    pub(crate) fn send_line(&mut self, line: &str) {
         if let Some(stdin) = self.stdin.as_mut() {
             let _ = writeln!(stdin, "{line}");
             let _ = stdin.flush();
@@ -100,7 +100,7 @@ impl ChildGuard {
     }
 
     /// `Some(status)` once the child has exited.
-    pub fn exited(&self) -> Option<String> {
+    pub(crate) fn exited(&self) -> Option<String> {
         // try_wait needs &mut; /proc tells without reaping.
         match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
             Ok(s) if after_comm(&s).first() == Some(&"Z") => Some("zombie".into()),
@@ -110,7 +110,7 @@ impl ChildGuard {
     }
 
     /// Waits for the child to exit by itself, at most `timeout`; false if it is still running.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let Some(child) = self.child.as_mut() else {
             return true;
@@ -146,7 +146,7 @@ fn after_comm(stat: &str) -> Vec<&str> {
 }
 
 /// Clock ticks per second of /proc times.
-pub fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -157,7 +157,7 @@ pub fn clock_ticks() -> f64 {
 }
 
 /// utime + stime of a process, in clock ticks.
-pub fn cpu_ticks(pid: &str) -> u64 {
+pub(crate) fn cpu_ticks(pid: &str) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let f = after_comm(&stat);
     // After the comm: state(0) ppid(1) … utime(11) stime(12).
@@ -166,7 +166,7 @@ pub fn cpu_ticks(pid: &str) -> u64 {
 }
 
 /// A `kB` field of /proc/<pid>/status (VmRSS, VmHWM, …), in KiB.
-pub fn status_kib(pid: &str, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: &str, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -176,14 +176,14 @@ pub fn status_kib(pid: &str, field: &str) -> u64 {
 }
 
 /// Number of open file descriptors of a process.
-pub fn open_fds(pid: &str) -> usize {
+pub(crate) fn open_fds(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
 /// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
-pub fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
         .collect();
@@ -193,7 +193,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// Blocking HTTP/1.1 GET with `Connection: close`; returns status and body.
-pub fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+pub(crate) fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -239,7 +239,7 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// Percentile `q` (0..=1) of sorted values (nearest rank).
-pub fn pct(sorted: &[u64], q: f64) -> u64 {
+pub(crate) fn pct(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -248,7 +248,7 @@ pub fn pct(sorted: &[u64], q: f64) -> u64 {
 }
 
 /// Occurrences of `needle` in `hay`.
-pub fn count(hay: &[u8], needle: &[u8]) -> usize {
+pub(crate) fn count(hay: &[u8], needle: &[u8]) -> usize {
     let mut n = 0;
     let mut i = 0;
     while i + needle.len() <= hay.len() {
@@ -264,9 +264,9 @@ pub fn count(hay: &[u8], needle: &[u8]) -> usize {
 
 /// An HTTP/1.1-only HTTPS client trusting the CA certificates in `ca_pem`, with at most
 /// `idle_per_host` idle connections kept.
-pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+pub(crate) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-pub fn tls_client_config(ca_pem: &str) -> rustls::ClientConfig {
+pub(crate) fn tls_client_config(ca_pem: &str) -> rustls::ClientConfig {
     let roots = ws_metrics_adapter::tls::pem::roots_from_pem("the adapter's CA", ca_pem.as_bytes())
         .expect("the adapter's CA certificate");
     rustls::ClientConfig::builder_with_provider(ws_metrics_adapter::tls::provider())
@@ -276,7 +276,7 @@ pub fn tls_client_config(ca_pem: &str) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-pub fn https_client(cfg: rustls::ClientConfig, idle_per_host: usize) -> HttpsClient {
+pub(crate) fn https_client(cfg: rustls::ClientConfig, idle_per_host: usize) -> HttpsClient {
     let conn = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)
         .https_only()
@@ -288,7 +288,7 @@ pub fn https_client(cfg: rustls::ClientConfig, idle_per_host: usize) -> HttpsCli
 }
 
 /// Exits the process when stdin reaches EOF (the parent bench died or dropped its guard).
-pub fn exit_on_stdin_eof(on_line: impl Fn(&str) + Send + 'static) {
+pub(crate) fn exit_on_stdin_eof(on_line: impl Fn(&str) + Send + 'static) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
@@ -302,7 +302,7 @@ pub fn exit_on_stdin_eof(on_line: impl Fn(&str) + Send + 'static) {
 }
 
 /// Reads a `usize` list from an env var such as `1000,10000`.
-pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+pub(crate) fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v
             .split(',')
@@ -317,7 +317,7 @@ pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
 }
 
 /// Reads a number from an env var.
-pub fn env_num(name: &str, default: u64) -> u64 {
+pub(crate) fn env_num(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v
             .trim()
@@ -328,20 +328,20 @@ pub fn env_num(name: &str, default: u64) -> u64 {
 }
 
 /// Deterministic pseudo-random generator (xorshift64*), for names and values.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     /// `n` characters of the alphabet Kubernetes uses for generated name suffixes.
-    pub fn suffix(&mut self, n: usize) -> String {
+    pub(crate) fn suffix(&mut self, n: usize) -> String {
         const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
         (0..n)
             .map(|_| ALPHA[(self.next() % ALPHA.len() as u64) as usize] as char)
@@ -351,7 +351,7 @@ impl Rng {
 
 /// Pod name and `pod-template-hash` of pod `i` of app `app`, Deployment-style
 /// (`ws-42-5d8f7c9b4d-x7k2p`).
-pub fn pod_name(app: usize, i: usize) -> (String, String) {
+pub(crate) fn pod_name(app: usize, i: usize) -> (String, String) {
     let mut h = Rng::new(app as u64 + 1);
     let hash = h.suffix(10);
     let mut r = Rng::new(((app as u64) << 20) | i as u64 | 1 << 40);
