@@ -140,7 +140,7 @@ impl Health {
 /// `health` as ticking at the start of each round and collected after each finished one; skips
 /// rounds until `inventory_synced()` holds, so "collected" means something. Shared by the scrape
 /// loop and the Prometheus source.
-pub async fn every_interval<F, Fut>(
+pub(crate) async fn every_interval<F, Fut>(
     interval: Duration,
     health: &Health,
     inventory_synced: impl Fn() -> bool,

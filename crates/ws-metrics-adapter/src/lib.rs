@@ -15,7 +15,7 @@
 //! [`store::Store::read`] whichever the source.
 //!
 //! Modules import each other without cycles (`scripts/check-module-cycles.py` in `make lint`):
-//! leaves such as [`clock`], [`selector`], [`exposition`], [`health`], [`tls`] and
+//! leaves such as [`clock`], [`selector`], [`exposition`], `health`, [`tls`] and
 //! `config::value` import nothing of the crate that imports them back, and [`app`] is the only
 //! module that knows every other.
 //!
@@ -23,7 +23,7 @@
 //! - [`config`]: command-line flags (each with its environment fallback), `load` reporting every
 //!   parse and validation problem at once, and the value parsers shared by every flag and file
 //!   (durations, YAML with limits).
-//! - [`discovery`]: which pods to scrape, from a Kubernetes pod watch or a static YAML file.
+//! - `discovery`: which pods to scrape, from a Kubernetes pod watch or a static YAML file.
 //! - [`collect`]: the scrape loop: one bounded-concurrency round per interval; `ScrapeError`
 //!   keeps why a scrape failed and names its `outcome` label.
 //! - [`exposition`]: pure parser of the Prometheus text format and OpenMetrics text.
@@ -34,12 +34,12 @@
 //! - [`store`]: the one read contract: per-pod labels, scrape target and latest good reading with
 //!   its sample time, the snapshot the Prometheus source publishes, and `Store::read`.
 //! - [`selector`]: Kubernetes label selectors (parse, match, echo).
-//! - [`quantity`]: canonical `resource.Quantity` strings.
+//! - `quantity`: canonical `resource.Quantity` strings.
 //! - [`api`]: the custom metrics API: path parsing, discovery documents (k8s-openapi types),
 //!   bodies, and `ApiError`, the one boundary that turns errors into `Status` (auth's too).
 //! - [`auth`]: delegated authentication (front proxy, client certificates, TokenReview) and
 //!   authorization (SubjectAccessReview), cached.
-//! - [`health`]: liveness and readiness latches the loops flip, and the interval loop itself.
+//! - `health`: liveness and readiness latches the loops flip, and the interval loop itself.
 //! - [`tls`]: PEM reading, the rustls client configs (pods, Prometheus), and certificate
 //!   generation over rcgen (a CA, serving leaves, a CA read back from PEM).
 //! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates, the managed serving CA),
@@ -58,11 +58,11 @@ pub mod auth;
 pub mod clock;
 pub mod collect;
 pub mod config;
-pub mod discovery;
+pub(crate) mod discovery;
 pub mod exposition;
-pub mod health;
+pub(crate) mod health;
 pub mod prometheus;
-pub mod quantity;
+pub(crate) mod quantity;
 pub mod selector;
 pub mod server;
 pub mod store;

@@ -15,7 +15,7 @@ const MAX_ABS_VALUE: f64 = 9.2e15;
 /// reaches). Examples: `1500` → `"1500m"`, `1_000_000` → `"1k"`, `120_000_000` → `"120k"`,
 /// `0` → `"0"`, `-3000` → `"-3"`. Never panics, including for `i64::MIN` and `i64::MAX`.
 #[must_use]
-pub fn format_milli(milli: i64) -> String {
+pub(crate) fn format_milli(milli: i64) -> String {
     if milli == 0 {
         return "0".to_owned();
     }
@@ -71,7 +71,7 @@ fn si_suffix(exponent: i32) -> Option<&'static str> {
 /// A milli-unit is the finest precision kept: `0.0004` becomes `0` and `0.0006` becomes `1`
 /// (halfway cases round away from zero). The bounds are inclusive: `±9.2e15` is accepted.
 #[must_use]
-pub fn milli_from_f64(value: f64) -> Option<i64> {
+pub(crate) fn milli_from_f64(value: f64) -> Option<i64> {
     if !value.is_finite() || value.abs() > MAX_ABS_VALUE {
         return None;
     }

@@ -16,14 +16,14 @@ type Slot<V> = Arc<OnceCell<(Instant, V)>>;
 
 /// Cache of at most `capacity` keys; values expire after the TTL their fill returned.
 #[derive(Debug)]
-pub struct TtlCache<K, V> {
+pub(crate) struct TtlCache<K, V> {
     slots: Mutex<HashMap<K, Slot<V>>>,
     capacity: usize,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     /// An empty cache holding at most `capacity` keys (at least 1).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
@@ -31,16 +31,11 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     }
 
     /// Number of keys held (filled, being filled, or expired and not yet evicted).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
-    }
-
-    /// Whether the cache holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The cached value of `key` when fresh; otherwise runs `fill` (once for all concurrent
@@ -49,7 +44,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     ///
     /// # Errors
     /// The error of `fill`.
-    pub async fn get_or_fill<E, F, Fut>(&self, key: &K, fill: F) -> Result<V, E>
+    pub(crate) async fn get_or_fill<E, F, Fut>(&self, key: &K, fill: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(V, Duration), E>>,

@@ -18,7 +18,7 @@ use crate::telemetry::{AuthOutcome, Telemetry};
 
 /// The middleware's state: the authenticator/authorizer and where decisions are counted.
 #[derive(Debug, Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     /// Authentication and authorization.
     pub auth: Arc<Auth>,
     /// `ws_metrics_adapter_auth_decisions_total`.
@@ -26,13 +26,13 @@ pub struct AuthLayer {
 }
 
 /// The 401 answer.
-pub fn unauthorized() -> ApiError {
+pub(crate) fn unauthorized() -> ApiError {
     ApiError::Unauthorized
 }
 
 /// The 403 answer in the Go stack's words [apiserver: pkg/endpoints/handlers/responsewriters/errors.go
 /// `forbiddenMessage`, `Forbidden`; apimachinery: pkg/api/errors/errors.go `NewForbidden`].
-pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> ApiError {
+pub(crate) fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> ApiError {
     let with_reason = |message: String| {
         if reason.is_empty() {
             message
@@ -91,13 +91,13 @@ pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> ApiError {
 }
 
 /// 500 when a review call failed: the request fails closed; the cause is logged, not sent.
-pub fn review_failed() -> ApiError {
+pub(crate) fn review_failed() -> ApiError {
     ApiError::ReviewFailed
 }
 
 /// Middleware: `axum::middleware::from_fn_with_state(AuthLayer { .. },
 /// layer::authenticate_and_authorize)`. Every decision is counted by outcome.
-pub async fn authenticate_and_authorize(
+pub(crate) async fn authenticate_and_authorize(
     State(layer): State<AuthLayer>,
     req: Request,
     next: Next,

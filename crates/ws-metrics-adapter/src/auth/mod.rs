@@ -4,10 +4,10 @@
 //!
 //! - [`authn`]: the authentication config (CA bundles, request-header settings) and its pure steps.
 //! - [`attributes`]: SubjectAccessReview attributes from method and URL.
-//! - [`cache`]: the bounded TTL cache with single-flight fills both reviews use.
+//! - `cache`: the bounded TTL cache with single-flight fills both reviews use.
 //! - [`flags`]: the generic apiserver's flags.
-//! - [`layer`]: the axum middleware and its 401/403/500 `Status` answers.
-//! - [`source`]: loading and watching ConfigMap `kube-system/extension-apiserver-authentication`.
+//! - `layer`: the axum middleware and its 401/403/500 `Status` answers.
+//! - `source`: loading and watching ConfigMap `kube-system/extension-apiserver-authentication`.
 //!
 //! Client certificates are requested but not verified during the TLS handshake (the CAs come from
 //! a ConfigMap that changes at run time); the handshake proves possession of the key, and this
@@ -15,10 +15,10 @@
 
 pub mod attributes;
 pub mod authn;
-pub mod cache;
+pub(crate) mod cache;
 pub mod flags;
-pub mod layer;
-pub mod source;
+pub(crate) mod layer;
+pub(crate) mod source;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

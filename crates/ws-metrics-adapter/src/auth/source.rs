@@ -15,13 +15,13 @@ use super::authn::{AuthnConfig, FlagSources};
 use crate::health::Latch;
 
 /// Namespace of the ConfigMap.
-pub const NAMESPACE: &str = "kube-system";
+pub(crate) const NAMESPACE: &str = "kube-system";
 /// Name of the ConfigMap.
-pub const NAME: &str = "extension-apiserver-authentication";
+pub(crate) const NAME: &str = "extension-apiserver-authentication";
 
 /// Builds the config from `data` and puts it in force; a bad value keeps the previous config.
 /// Returns whether the config was applied.
-pub fn apply(auth: &Auth, data: &BTreeMap<String, String>, flags: &FlagSources) -> bool {
+pub(crate) fn apply(auth: &Auth, data: &BTreeMap<String, String>, flags: &FlagSources) -> bool {
     match AuthnConfig::build(data, flags) {
         Ok(config) => {
             if config.request_header.is_none() {
@@ -47,7 +47,7 @@ pub fn apply(auth: &Auth, data: &BTreeMap<String, String>, flags: &FlagSources) 
 /// Keeps `auth` in step with the ConfigMap until `shutdown`. When the flags give every CA, the
 /// ConfigMap is not read at all. `loaded` is set at the first good load; until then readiness
 /// stays false and each failure is logged with its likely cause.
-pub async fn watch(
+pub(crate) async fn watch(
     client: kube::Client,
     auth: Arc<Auth>,
     flags: FlagSources,

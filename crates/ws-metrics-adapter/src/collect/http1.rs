@@ -89,10 +89,10 @@ pub enum ResponseError {
     /// The body framing is broken or unsupported.
     #[error("malformed response: {0}")]
     Framing(&'static str),
-    /// The head (or the trailer section) is over [`Limits::max_head`] or has too many fields.
+    /// The head (or the trailer section) is over `Limits::max_head` or has too many fields.
     #[error("response head over the size cap")]
     HeadTooLarge,
-    /// The decoded body is over [`Limits::max_body`].
+    /// The decoded body is over `Limits::max_body`.
     #[error("response body over the size cap")]
     BodyTooLarge,
 }

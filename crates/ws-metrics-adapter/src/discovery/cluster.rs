@@ -22,7 +22,7 @@ use crate::telemetry::Telemetry;
 
 /// Why a pod is not scraped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Skip {
+pub(crate) enum Skip {
     /// No `<prefix>/scrape: "true"` annotation.
     #[error("not opted in")]
     NotOptedIn,
@@ -44,7 +44,7 @@ pub enum Skip {
 ///
 /// # Errors
 /// A [`Skip`] saying why the pod is not scraped.
-pub fn target_for(pod: &Pod, prefix: &str) -> Result<PodTarget, Skip> {
+pub(crate) fn target_for(pod: &Pod, prefix: &str) -> Result<PodTarget, Skip> {
     let meta = &pod.metadata;
     let annotation = |name: &str| {
         meta.annotations
@@ -121,7 +121,7 @@ pub fn target_for(pod: &Pod, prefix: &str) -> Result<PodTarget, Skip> {
 ///
 /// # Errors
 /// [`Skip::Terminating`] or [`Skip::NotRunning`].
-pub fn tracked_for(pod: &Pod) -> Result<PodTarget, Skip> {
+pub(crate) fn tracked_for(pod: &Pod) -> Result<PodTarget, Skip> {
     let meta = &pod.metadata;
     if meta.deletion_timestamp.is_some() {
         return Err(Skip::Terminating);
@@ -147,7 +147,7 @@ fn key_of(pod: &Pod) -> PodKey {
 /// Applies watcher events to the store. Holds the pods of a re-list until it completes, so that
 /// a re-list swaps the inventory at once (pods deleted while the watch was down disappear).
 #[derive(Debug)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     store: Arc<Store>,
     telemetry: Arc<Telemetry>,
     prefix: String,
@@ -162,7 +162,7 @@ pub struct Inventory {
 
 impl Inventory {
     /// An inventory writing to `store`, recognising annotations under `prefix`.
-    pub fn new(store: Arc<Store>, telemetry: Arc<Telemetry>, prefix: String) -> Self {
+    pub(crate) fn new(store: Arc<Store>, telemetry: Arc<Telemetry>, prefix: String) -> Self {
         Self {
             store,
             telemetry,
@@ -175,7 +175,7 @@ impl Inventory {
     }
 
     /// Tracks every running pod, opted in or not (the Prometheus source).
-    pub fn tracking_all_running_pods(mut self) -> Self {
+    pub(crate) fn tracking_all_running_pods(mut self) -> Self {
         self.all_running = true;
         self
     }
@@ -205,7 +205,7 @@ impl Inventory {
     }
 
     /// Applies one event.
-    pub fn apply(&mut self, event: Event<Pod>) {
+    pub(crate) fn apply(&mut self, event: Event<Pod>) {
         match event {
             Event::Init => {
                 self.relist = Some(Vec::new());
@@ -278,7 +278,11 @@ impl Inventory {
 
 /// Watches every pod in the cluster and keeps the store's inventory current until `shutdown`.
 /// Watch errors are logged and retried with kube-runtime's default backoff.
-pub async fn watch(client: Client, mut inventory: Inventory, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn watch(
+    client: Client,
+    mut inventory: Inventory,
+    shutdown: impl Future<Output = ()>,
+) {
     let api: Api<Pod> = Api::all(client);
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     tokio::pin!(stream);

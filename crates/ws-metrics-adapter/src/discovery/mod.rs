@@ -2,5 +2,5 @@
 //! a Kubernetes pod watch ([`cluster`]) or a YAML file re-read when it changes ([`static_file`]).
 //! Neither is ever consulted on the request path.
 
-pub mod cluster;
-pub mod static_file;
+pub(crate) mod cluster;
+pub(crate) mod static_file;

@@ -57,10 +57,10 @@ pub enum Error {
 }
 
 /// Result of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Largest pods file read: about 100,000 entries. Unit: bytes.
-pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,7 +94,7 @@ fn valid_name(s: &str) -> bool {
 ///
 /// # Errors
 /// [`Error::Unparseable`] or [`Error::InvalidEntries`] (every bad entry listed).
-pub fn parse(path: &Path, text: &str) -> Result<Vec<PodTarget>> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Vec<PodTarget>> {
     // An empty file is more often a file caught mid-write than a wish to drop every pod; so is
     // one with nothing but comments.
     let blank = text.lines().all(|l| {
@@ -252,7 +252,7 @@ fn read_bounded(path: &Path) -> Result<(String, Fingerprint)> {
 ///
 /// # Errors
 /// As [`parse`], plus [`Error::ReadFailed`] and [`Error::NotAPodsFile`].
-pub fn load(path: &Path) -> Result<Vec<PodTarget>> {
+pub(crate) fn load(path: &Path) -> Result<Vec<PodTarget>> {
     let (text, _) = read_bounded(path)?;
     parse(path, &text)
 }
@@ -261,7 +261,7 @@ pub fn load(path: &Path) -> Result<Vec<PodTarget>> {
 ///
 /// # Errors
 /// As [`load`].
-pub fn load_into(path: &Path, store: &Store) -> Result<()> {
+pub(crate) fn load_into(path: &Path, store: &Store) -> Result<()> {
     let targets = load(path)?;
     tracing::info!(path = %path.display(), pods = targets.len(), "static pods loaded");
     store.replace_all(targets);
@@ -372,7 +372,7 @@ impl Reloader {
 /// Re-looks at the file every `period` and replaces the inventory when it changed. A file that
 /// no longer parses is logged and counted; the previous inventory stays. A new list with fewer
 /// than half the pods of the applied one is applied only when the next look finds the same file.
-pub async fn watch(
+pub(crate) async fn watch(
     path: PathBuf,
     store: Arc<Store>,
     telemetry: Arc<Telemetry>,

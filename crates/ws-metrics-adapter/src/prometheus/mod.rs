@@ -2,13 +2,13 @@
 //! per served metric and resource every interval against an existing Prometheus, and serve the
 //! answers from memory. The pod inventory (watch or static file) still decides which pods exist.
 //!
-//! - [`template`]: the `<<.Series>>` / `<<.LabelMatchers>>` / `<<.GroupBy>>` query templates.
+//! - `template`: the `<<.Series>>` / `<<.LabelMatchers>>` / `<<.GroupBy>>` query templates.
 //! - [`rules`]: prometheus-adapter `rules:` (discovery, association, naming, querying).
-//! - [`plan`]: which query serves which metric, and answers → tables of the store's snapshot.
+//! - `plan`: which query serves which metric, and answers → tables of the store's snapshot.
 
-pub mod plan;
+pub(crate) mod plan;
 pub mod rules;
-pub mod template;
+pub(crate) mod template;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

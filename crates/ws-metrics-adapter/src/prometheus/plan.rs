@@ -12,11 +12,11 @@ use crate::quantity;
 use crate::store::read::{ObjectKey, ObjectValue, Outcome, Served, Snapshot, Table, Values};
 
 /// Label added to tell the value part of a query's answer from its freshness part.
-pub const PART_LABEL: &str = "ws_adapter_part";
+pub(crate) const PART_LABEL: &str = "ws_adapter_part";
 
 /// One query run every interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuerySpec {
+pub(crate) struct QuerySpec {
     /// PromQL as sent, value part and freshness part joined (see [`QuerySpec::new`]).
     pub promql: String,
     /// Label holding the namespace (namespaced resources).
@@ -34,7 +34,7 @@ impl QuerySpec {
     /// label_replace(VALUE, "ws_adapter_part", "value", "", "")
     ///   or label_replace(max by (GROUP) (timestamp(SERIES{MATCHERS})), "ws_adapter_part", "time", "", "")
     /// ```
-    pub fn new(
+    pub(crate) fn new(
         value_promql: &str,
         series: &str,
         namespace_label: Option<String>,
@@ -61,7 +61,7 @@ impl QuerySpec {
 
 /// Which metrics are served and the queries behind them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Served (resource, metric) pairs, in discovery order.
     pub served: Vec<Served>,
     /// Queries, each run once per interval.
@@ -70,7 +70,7 @@ pub struct Plan {
 
 impl Plan {
     /// Adds a query (reusing an identical one) and returns its index.
-    pub fn add_query(&mut self, spec: QuerySpec) -> usize {
+    pub(crate) fn add_query(&mut self, spec: QuerySpec) -> usize {
         if let Some(i) = self.queries.iter().position(|q| *q == spec) {
             return i;
         }
@@ -80,7 +80,7 @@ impl Plan {
 
     /// Adds a served metric unless the (resource, metric) pair is already served; returns
     /// whether it was added.
-    pub fn serve(&mut self, served: Served) -> bool {
+    pub(crate) fn serve(&mut self, served: Served) -> bool {
         if self
             .served
             .iter()
@@ -94,11 +94,11 @@ impl Plan {
 }
 
 /// A sample of an instant-vector answer: labels, value, timestamp (Unix seconds).
-pub type RawSample = (HashMap<String, String>, f64, f64);
+pub(crate) type RawSample = (HashMap<String, String>, f64, f64);
 
 /// What a table build dropped, for the adapter's own metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Dropped {
+pub(crate) struct Dropped {
     /// Series without the object label (or namespace label).
     pub unlabelled: usize,
     /// Values that cannot be served: NaN, ±Inf, out of range.
@@ -117,7 +117,11 @@ fn system_time(secs: f64) -> SystemTime {
 /// Builds a table from the samples of a [`QuerySpec`] answer that arrived at `at`. An object
 /// with an unservable value (NaN, ±Inf) is left out entirely, never served as zero or as a
 /// partial sum.
-pub fn build_table(spec: &QuerySpec, samples: Vec<RawSample>, at: Moment) -> (Table, Dropped) {
+pub(crate) fn build_table(
+    spec: &QuerySpec,
+    samples: Vec<RawSample>,
+    at: Moment,
+) -> (Table, Dropped) {
     let mut dropped = Dropped::default();
     let mut times: HashMap<ObjectKey, SystemTime> = HashMap::new();
     let mut table = Table::default();
@@ -180,7 +184,7 @@ pub fn build_table(spec: &QuerySpec, samples: Vec<RawSample>, at: Moment) -> (Ta
 
 impl Plan {
     /// The snapshot of one round: this plan's served metrics and the outcome of each query.
-    pub fn snapshot(&self, outcomes: Vec<Outcome>) -> Snapshot {
+    pub(crate) fn snapshot(&self, outcomes: Vec<Outcome>) -> Snapshot {
         Snapshot {
             served: self.served.clone().into(),
             outcomes,
@@ -191,7 +195,7 @@ impl Plan {
 /// The plan of the plain `--source=prometheus` metrics: for each `--metric SERVED=FAMILY`, the
 /// rendered query template over the pods (namespace and pod labels as configured), served for
 /// `pods` and, summed over the inventory, for `namespaces`.
-pub fn plan_for_mappings(
+pub(crate) fn plan_for_mappings(
     mappings: &[crate::store::MetricMapping],
     template: &super::template::Template,
     namespace_label: &str,
@@ -226,7 +230,7 @@ pub fn plan_for_mappings(
 
 /// Adds what the rules discovered to a plan (after the `--metric` mappings, which win on a
 /// clash). Returns how many (resource, metric) pairs were skipped as duplicates.
-pub fn extend_with_rules(plan: &mut Plan, discovered: &[rules::Discovered]) -> usize {
+pub(crate) fn extend_with_rules(plan: &mut Plan, discovered: &[rules::Discovered]) -> usize {
     let mut skipped = 0;
     for d in discovered {
         let q = plan.add_query(QuerySpec::new(

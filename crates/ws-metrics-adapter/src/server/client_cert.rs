@@ -18,17 +18,17 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 /// The certificate chain a client presented (leaf first), shared by the requests of its
 /// connection.
 #[derive(Debug, Clone)]
-pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+pub(crate) struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
 
 /// Asks every client for a certificate, accepts none or any, and checks handshake signatures.
 #[derive(Debug)]
-pub struct RequestClientCert {
+pub(crate) struct RequestClientCert {
     provider: Arc<CryptoProvider>,
 }
 
 impl RequestClientCert {
     /// A verifier using `provider`'s signature algorithms.
-    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+    pub(crate) fn new(provider: Arc<CryptoProvider>) -> Self {
         Self { provider }
     }
 }

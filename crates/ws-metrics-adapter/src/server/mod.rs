@@ -1,14 +1,14 @@
 //! Serving: the HTTPS listener for the API (rustls; a failed handshake drops one connection, never
 //! the server), and the plain-HTTP listener for `/livez`, `/readyz` (answered from
-//! [`crate::health`]) and the adapter's own `/metrics`.
+//! `health`) and the adapter's own `/metrics`.
 //!
 //! - [`tls`]: certificates (files re-read on change, or a generated CA plus leaf).
-//! - [`client_cert`]: client certificates requested at the handshake, handed to each request.
+//! - `client_cert`: client certificates requested at the handshake, handed to each request.
 //! - [`serving_ca`]: a self-managed serving CA in a Secret, rotation, APIService `caBundle`.
 //! - [`listener`]: the accept loop of both listeners, with connections, heads, idle time and
 //!   HTTP/2 streams bounded.
 
-pub mod client_cert;
+pub(crate) mod client_cert;
 pub mod listener;
 pub mod serving_ca;
 pub mod tls;

@@ -128,7 +128,7 @@ impl ServingCaArgs {
     }
 }
 
-/// The managed serving CA: a [`pki::Ca`] with this module's policy (ten years; leaves named
+/// The managed serving CA: a `tls::pki::Ca` with this module's policy (ten years; leaves named
 /// `ws-metrics-adapter`, for the Service names plus localhost).
 #[derive(Debug)]
 pub struct Ca {
@@ -161,10 +161,10 @@ impl Ca {
         Ok((Self { inner }, key_pem))
     }
 
-    /// The CA stored as `cert_pem` and `key_pem`, checked by [`pki::Ca::from_pem`].
+    /// The CA stored as `cert_pem` and `key_pem`, checked by `tls::pki::Ca::from_pem`.
     ///
     /// # Errors
-    /// The [`pki::Error`] of the check that failed.
+    /// The `tls::pki::Error` of the check that failed.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, pki::Error> {
         Ok(Self {
             inner: pki::Ca::from_pem(cert_pem, key_pem)?,

@@ -197,7 +197,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig
 }
 
 /// Like [`server_config`], and asks clients for a certificate without requiring one; the chain is
-/// verified later by [`crate::auth`] (see [`super::client_cert`]).
+/// verified later by [`crate::auth`] (see `server::client_cert`).
 ///
 /// # Errors
 /// As [`server_config`].

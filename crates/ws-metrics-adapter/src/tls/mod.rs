@@ -1,12 +1,12 @@
 //! TLS material shared by every side of the adapter: reading PEM ([`pem`]), the rustls client
 //! configurations it dials pods and Prometheus with ([`client`]), and certificate generation over
-//! rcgen ([`pki`]). A leaf of the crate: the serving side (hot-reloaded certificate, listener
+//! rcgen (`pki`). A leaf of the crate: the serving side (hot-reloaded certificate, listener
 //! config: `server::tls`) and the managed serving CA (`server::serving_ca`) use it, never the
 //! reverse.
 
 pub mod client;
 pub mod pem;
-pub mod pki;
+pub(crate) mod pki;
 
 use std::sync::Arc;
 

@@ -66,11 +66,11 @@ pub enum Error {
 }
 
 /// Result of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A validity period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Validity {
+pub(crate) struct Validity {
     /// Start.
     pub not_before: OffsetDateTime,
     /// End.
@@ -80,7 +80,7 @@ pub struct Validity {
 impl Validity {
     /// From `backdate` before now (for clients whose clock is a little behind ours) to `lifetime`
     /// after now.
-    pub fn from_now(backdate: Duration, lifetime: Duration) -> Self {
+    pub(crate) fn from_now(backdate: Duration, lifetime: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
         Self {
             not_before: now - backdate,
@@ -90,7 +90,7 @@ impl Validity {
 }
 
 /// A CA: its certificate and key (PEM) and what signs with them.
-pub struct Ca {
+pub(crate) struct Ca {
     cert_pem: String,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
@@ -107,7 +107,7 @@ impl std::fmt::Debug for Ca {
 
 /// A leaf certificate and its key, as PEM and as DER.
 #[derive(Debug, Clone)]
-pub struct Leaf {
+pub(crate) struct Leaf {
     /// The certificate.
     pub cert_pem: String,
     /// Its private key (PKCS#8).
@@ -123,7 +123,7 @@ impl Leaf {
     ///
     /// # Errors
     /// [`Error::LeafUnusable`].
-    pub fn certified_key(&self) -> Result<CertifiedKey> {
+    pub(crate) fn certified_key(&self) -> Result<CertifiedKey> {
         CertifiedKey::from_der(
             vec![self.cert_der.clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
@@ -138,7 +138,7 @@ impl Ca {
     ///
     /// # Errors
     /// [`Error::KeyGenerationFailed`] or [`Error::SigningFailed`].
-    pub fn generate(common_name: &str, validity: Validity) -> Result<Self> {
+    pub(crate) fn generate(common_name: &str, validity: Validity) -> Result<Self> {
         let key = KeyPair::generate().map_err(Error::KeyGenerationFailed)?;
         let mut params = CertificateParams::default();
         params
@@ -168,7 +168,7 @@ impl Ca {
     /// # Errors
     /// [`Error::CaCertUnreadable`], [`Error::CaCertUnparseable`], [`Error::CaKeyUnreadable`],
     /// [`Error::NotACa`], [`Error::CaOutsideValidity`] or [`Error::CaKeyMismatch`].
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let der = pem::certs_from_pem("the CA certificate", cert_pem.as_bytes())
             .map_err(Error::CaCertUnreadable)?
             .swap_remove(0);
@@ -211,12 +211,12 @@ impl Ca {
 
     /// The CA certificate, PEM (what clients trust: a kubeconfig's certificate-authority, an
     /// APIService caBundle).
-    pub fn cert_pem(&self) -> &str {
+    pub(crate) fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
     /// The CA private key, PEM (PKCS#8).
-    pub fn key_pem(&self) -> &str {
+    pub(crate) fn key_pem(&self) -> &str {
         &self.key_pem
     }
 
@@ -225,7 +225,7 @@ impl Ca {
     ///
     /// # Errors
     /// [`Error::KeyGenerationFailed`], [`Error::NameRejected`] or [`Error::SigningFailed`].
-    pub fn issue_serving(
+    pub(crate) fn issue_serving(
         &self,
         common_name: &str,
         sans: &[String],
