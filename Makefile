@@ -20,7 +20,7 @@ lint:
 	python3 scripts/check-module-cycles.py --self-test
 	python3 scripts/check-module-cycles.py
 	./scripts/check-product-deps.sh
-	cargo deny --locked check licenses bans sources
+	cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
 # The workspace's default members: the adapter, the demo and the end-to-end harness. One cargo
 # invocation builds every binary before it runs any test (the harness runs them as processes).
