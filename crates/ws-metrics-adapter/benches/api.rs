@@ -317,7 +317,7 @@ fn bench_in_process(seeded: &Seeded, n: usize) -> Vec<Stats> {
         let body = wire::metric_value_list(
             Version::V1beta2,
             "websocket_connections",
-            &serde_json::Value::Null,
+            None,
             &item_sets[app],
         );
         let el = t.elapsed();

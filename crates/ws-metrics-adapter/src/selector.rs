@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
 /// Longest label name (the part after an optional `prefix/`) and longest label value.
 const MAX_NAME_LEN: usize = 63;
 /// Longest DNS-1123 subdomain allowed as a key prefix.
@@ -304,7 +306,7 @@ impl Selector {
             )
     }
 
-    /// The selector as a `metav1.LabelSelector` JSON value, as Go's
+    /// The selector as a `metav1.LabelSelector` (k8s-openapi's type), as Go's
     /// `metav1.ParseToLabelSelector(sel.String())` produces it.
     ///
     /// `=` and `==` become `matchLabels` entries (for a key required twice, the last one wins, as
@@ -317,21 +319,19 @@ impl Selector {
     /// - `>` and `<` have no `LabelSelector` form and are left out, so the result can select
     ///   more than the selector itself (a selector made only of them gives `{}`).
     ///
-    /// The empty selector gives `null`.
+    /// The empty selector gives `None` (`null` on the wire).
     #[must_use]
-    pub fn to_label_selector(&self) -> serde_json::Value {
-        use serde_json::{Map, Value};
-
+    pub fn to_label_selector(&self) -> Option<LabelSelector> {
         if self.is_empty() {
-            return Value::Null;
+            return None;
         }
-        let mut match_labels = Map::new();
+        let mut match_labels = BTreeMap::new();
         let mut match_expressions = Vec::new();
         for r in &self.requirements {
             let operator = match r.operator {
                 Operator::Equals | Operator::DoubleEquals => {
                     let value = r.values.first().cloned().unwrap_or_default();
-                    match_labels.insert(r.key.clone(), Value::String(value));
+                    match_labels.insert(r.key.clone(), value);
                     continue;
                 }
                 Operator::GreaterThan | Operator::LessThan => continue,
@@ -340,26 +340,16 @@ impl Selector {
                 Operator::Exists => "Exists",
                 Operator::DoesNotExist => "DoesNotExist",
             };
-            let mut expression = Map::new();
-            expression.insert("key".to_owned(), Value::String(r.key.clone()));
-            expression.insert("operator".to_owned(), Value::String(operator.to_owned()));
-            if !r.values.is_empty() {
-                let values = r.values.iter().cloned().map(Value::String).collect();
-                expression.insert("values".to_owned(), Value::Array(values));
-            }
-            match_expressions.push(Value::Object(expression));
+            match_expressions.push(LabelSelectorRequirement {
+                key: r.key.clone(),
+                operator: operator.to_owned(),
+                values: (!r.values.is_empty()).then(|| r.values.clone()),
+            });
         }
-        let mut out = Map::new();
-        if !match_labels.is_empty() {
-            out.insert("matchLabels".to_owned(), Value::Object(match_labels));
-        }
-        if !match_expressions.is_empty() {
-            out.insert(
-                "matchExpressions".to_owned(),
-                Value::Array(match_expressions),
-            );
-        }
-        Value::Object(out)
+        Some(LabelSelector {
+            match_labels: (!match_labels.is_empty()).then_some(match_labels),
+            match_expressions: (!match_expressions.is_empty()).then_some(match_expressions),
+        })
     }
 }
 
@@ -1475,7 +1465,8 @@ mod tests {
             ("x=a,x=b", json!({"matchLabels": {"x": "b"}})),
         ];
         for (input, want) in cases {
-            assert_eq!(parse(input).to_label_selector(), want, "input {input:?}");
+            let got = serde_json::to_value(parse(input).to_label_selector()).expect("serializes");
+            assert_eq!(got, want, "input {input:?}");
         }
     }
 
@@ -1825,7 +1816,7 @@ mod tests {
                 .map(|r| r.key.as_str())
                 .collect();
             prop_assume!(equals_keys.windows(2).all(|w| w[0] != w[1]));
-            let json = sel.to_label_selector();
+            let json = serde_json::to_value(sel.to_label_selector()).expect("serializes");
             let want = sel.matches_map(&set);
             let got = if json.is_null() { true } else { label_selector_matches(&json, &set) };
             prop_assert_eq!(got, want, "{} as {}", sel, json);

@@ -250,7 +250,7 @@ fn read_metric(
     Ok(wire::metric_value_list(
         version,
         metric,
-        &metric_selector.to_label_selector(),
+        metric_selector.to_label_selector().as_ref(),
         &items,
     ))
 }

@@ -5,7 +5,8 @@
 use std::time::SystemTime;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroup, APIGroupList, APIResource, APIResourceList, GroupVersionForDiscovery, ListMeta,
+    APIGroup, APIGroupList, APIResource, APIResourceList, GroupVersionForDiscovery, LabelSelector,
+    ListMeta,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -169,7 +170,7 @@ fn reference(described: &Described) -> ObjectReference<'_> {
 #[derive(Serialize)]
 struct MetricIdentifier<'a> {
     name: &'a str,
-    selector: &'a Value,
+    selector: Option<&'a LabelSelector>,
 }
 
 #[derive(Serialize)]
@@ -189,7 +190,7 @@ struct ItemV1beta1<'a> {
     metric_name: &'a str,
     timestamp: String,
     value: String,
-    selector: &'a Value,
+    selector: Option<&'a LabelSelector>,
 }
 
 #[derive(Serialize)]
@@ -210,11 +211,11 @@ pub fn timestamp(t: SystemTime) -> String {
 }
 
 /// A `MetricValueList` in the shape of `version`. `selector` is the echoed
-/// `metricLabelSelector` as a LabelSelector, or `null`.
+/// `metricLabelSelector` as a LabelSelector (`None`: `null`).
 pub fn metric_value_list(
     version: Version,
     metric: &str,
-    selector: &Value,
+    selector: Option<&LabelSelector>,
     items: &[Item],
 ) -> Vec<u8> {
     let result = match version {
