@@ -22,13 +22,22 @@ use crate::tls::{pem, pki};
 /// Errors of managing the serving CA.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Reading or creating the CA Secret failed.
+    /// The CA Secret holds no usable CA fields, or kept changing under us.
     #[error("CA Secret {secret}: {reason}")]
     SecretUnusable {
         /// `namespace/name`.
         secret: String,
         /// What went wrong.
         reason: String,
+    },
+    /// Reading or creating the CA Secret failed at kube-apiserver.
+    #[error("CA Secret {secret}: {source}")]
+    SecretRequestFailed {
+        /// `namespace/name`.
+        secret: String,
+        /// The API error (RBAC, connection, ...).
+        #[source]
+        source: kube::Error,
     },
     /// The CA stored in the Secret cannot sign (not a CA, expired, key of another certificate).
     #[error("CA Secret {secret}: {source}")]
@@ -42,13 +51,14 @@ pub enum Error {
     /// Generating the CA or issuing the serving certificate failed.
     #[error("issuing a certificate: {0}")]
     IssueFailed(#[source] pki::Error),
-    /// Patching an APIService failed.
-    #[error("setting caBundle of APIService {name}: {reason}")]
+    /// Reading or patching an APIService failed.
+    #[error("setting caBundle of APIService {name}: {source}")]
     PatchFailed {
         /// APIService name.
         name: String,
         /// What kube-apiserver said.
-        reason: String,
+        #[source]
+        source: kube::Error,
     },
 }
 
@@ -198,13 +208,18 @@ impl Ca {
 /// reads the winner's).
 ///
 /// # Errors
-/// [`Error::SecretUnusable`] or [`Error::IssueFailed`].
+/// [`Error::SecretRequestFailed`], [`Error::SecretUnusable`], [`Error::StoredCaUnusable`] or
+/// [`Error::IssueFailed`].
 pub async fn load_or_create(client: &kube::Client, cfg: &ServingCa) -> Result<Ca> {
     let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &cfg.namespace);
     let secret_name = format!("{}/{}", cfg.namespace, cfg.name);
     let unusable = |reason: String| Error::SecretUnusable {
         secret: secret_name.clone(),
         reason,
+    };
+    let request_failed = |source: kube::Error| Error::SecretRequestFailed {
+        secret: secret_name.clone(),
+        source,
     };
     for _ in 0..3 {
         match api.get_opt(&cfg.name).await {
@@ -246,10 +261,10 @@ pub async fn load_or_create(client: &kube::Client, cfg: &ServingCa) -> Result<Ca
                     }
                     // Another replica created it first: read theirs.
                     Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                    Err(e) => return Err(unusable(e.to_string())),
+                    Err(e) => return Err(request_failed(e)),
                 }
             }
-            Err(e) => return Err(unusable(e.to_string())),
+            Err(e) => return Err(request_failed(e)),
         }
     }
     Err(unusable(
@@ -275,15 +290,12 @@ pub async fn patch_apiservices(client: &kube::Client, cfg: &ServingCa, ca_pem: &
     };
     let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &resource);
     let bundle = serde_json::to_value(ByteString(ca_pem.as_bytes().to_vec())).unwrap_or_default();
-    let failed = |name: &str, reason: String| Error::PatchFailed {
+    let failed = |name: &str, source: kube::Error| Error::PatchFailed {
         name: name.to_owned(),
-        reason,
+        source,
     };
     for name in &cfg.apiservices {
-        let current = api
-            .get(name)
-            .await
-            .map_err(|e| failed(name, e.to_string()))?;
+        let current = api.get(name).await.map_err(|e| failed(name, e))?;
         let spec = &current.data["spec"];
         let service = format!(
             "{}.{}.svc",
@@ -305,7 +317,7 @@ pub async fn patch_apiservices(client: &kube::Client, cfg: &ServingCa, ca_pem: &
             serde_json::json!({"spec": {"caBundle": bundle, "insecureSkipTLSVerify": null}});
         api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|e| failed(name, e.to_string()))?;
+            .map_err(|e| failed(name, e))?;
         tracing::info!(apiservice = %name, "caBundle set to the managed serving CA");
     }
     Ok(())
