@@ -1,6 +1,6 @@
-//! `ws-metrics-adapter demo`, the README's first command, run as a real process: it must show
-//! connections flowing into the custom metrics API within seconds, write a kubeconfig that the
-//! real kubectl can use while it runs, and end by itself after `--duration`.
+//! `ws-demo demo` (what `make demo` runs, the README's first command), run as a real process: it
+//! must show connections flowing into the custom metrics API, write a kubeconfig that the real
+//! kubectl can use while it runs, and end by itself after `--duration`.
 
 use ws_e2e as support;
 

@@ -268,7 +268,7 @@ pub async fn run(
         .collect();
     let load = LoadGenerator::new(ramp(args.target, targets));
     println!(
-        "ws-metrics-adapter demo: {} WebSocket pods, the adapter on https://127.0.0.1:{port} (own metrics on http://{metrics_addr}/metrics)",
+        "ws-demo demo: {} WebSocket pods, the adapter on https://127.0.0.1:{port} (own metrics on http://{metrics_addr}/metrics)",
         servers.len()
     );
     println!("Read what the HPA reads, with the real kubectl, while this runs:");
