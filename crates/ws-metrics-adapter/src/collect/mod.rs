@@ -227,7 +227,11 @@ impl Collector {
     fn note_outcome(&self, job: &ScrapeJob, result: &std::result::Result<(), ScrapeError>) {
         let label = outcome_label(result);
         let mut last = self.last_outcome.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = last.insert(job.key.clone(), label);
+        // Every pod, every round: clone the key only for a pod seen for the first time.
+        let previous = match last.get_mut(&job.key) {
+            Some(slot) => Some(std::mem::replace(slot, label)),
+            None => last.insert(job.key.clone(), label),
+        };
         drop(last);
         if previous == Some(label) {
             return;

@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn namespaces_with_any_pod_are_known_and_others_are_not() {
-        use crate::store::TotalError;
+        use crate::store::ReadError;
         let (mut inv, store) = inventory();
         let all = Selector::everything();
         let now = crate::clock::Moment::now();
@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(total("chat"), Ok(0));
         assert!(matches!(
             total("elsewhere"),
-            Err(TotalError::UnknownNamespace { .. })
+            Err(ReadError::UnknownNamespace { .. })
         ));
         inv.apply(Event::Delete(pod(
             "plain",
@@ -490,7 +490,7 @@ mod tests {
         )));
         assert!(matches!(
             total("chat"),
-            Err(TotalError::UnknownNamespace { .. })
+            Err(ReadError::UnknownNamespace { .. })
         ));
         inv.apply(Event::Apply(pod("again", &[], "Pending", None)));
         assert_eq!(total("chat"), Ok(0));

@@ -279,29 +279,6 @@ pub struct ScrapeJob {
     pub url: Arc<str>,
 }
 
-/// Why a namespace total could not be computed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TotalError {
-    /// No pod is tracked in the namespace and discovery saw none there either (in cluster mode,
-    /// no pod at all, opted in or not; in static mode, the file names none): it does not exist
-    /// (or is empty, and then there is nothing to scale either), so its total is not a zero.
-    #[error("namespaces \"{namespace}\" not found")]
-    UnknownNamespace {
-        /// Namespace asked for.
-        namespace: String,
-    },
-    /// Some pods of the namespace have no fresh value: a partial sum would undercount.
-    #[error("{missing} of {pods} pods in namespace {namespace} have no fresh value")]
-    IncompleteData {
-        /// Namespace asked for.
-        namespace: String,
-        /// Pods without a fresh value.
-        missing: usize,
-        /// Pods tracked in the namespace.
-        pods: usize,
-    },
-}
-
 /// The shared store. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Store {
@@ -730,8 +707,8 @@ impl Store {
     /// the end of the last round when the namespace has no pods).
     ///
     /// # Errors
-    /// [`TotalError::IncompleteData`] when at least one pod has no fresh value for the family;
-    /// [`TotalError::UnknownNamespace`] when the namespace has no tracked pod and discovery
+    /// [`ReadError::IncompleteData`] when at least one pod has no fresh value for the family;
+    /// [`ReadError::UnknownNamespace`] when the namespace has no tracked pod and discovery
     /// reports namespaces but not this one.
     pub fn namespace_total(
         &self,
@@ -739,36 +716,20 @@ impl Store {
         family: usize,
         series_selector: &Selector,
         now: Moment,
-    ) -> Result<(i64, SampleTime), TotalError> {
+    ) -> Result<(i64, SampleTime), ReadError> {
         let inner = self.locked();
-        let mut sum: i64 = 0;
-        let mut oldest: Option<SampleTime> = None;
-        let mut missing = 0;
         let pods = inner.pods.get(namespace).map(|ns| &ns.pods);
         let seen = |seen: &HashMap<String, usize>| seen.contains_key(namespace);
         if pods.is_none() && !inner.namespaces_seen.as_ref().is_none_or(seen) {
-            return Err(TotalError::UnknownNamespace {
+            return Err(ReadError::UnknownNamespace {
                 namespace: namespace.to_owned(),
             });
         }
-        let count = pods.map_or(0, BTreeMap::len);
-        for entry in pods.into_iter().flat_map(BTreeMap::values) {
-            let value = self.fresh_value(entry, family, series_selector, now.mono);
-            match value {
-                Some((v, t)) => {
-                    sum = sum.saturating_add(v);
-                    oldest = Some(oldest.map_or(t, |o| o.older(t)));
-                }
-                None => missing += 1,
-            }
-        }
-        if missing > 0 {
-            return Err(TotalError::IncompleteData {
-                namespace: namespace.to_owned(),
-                missing,
-                pods: count,
-            });
-        }
+        let values = pods
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .map(|entry| self.fresh_value(entry, family, series_selector, now.mono));
+        let (sum, oldest) = read::sum_every_pod(namespace, values)?;
         let time = oldest
             .or_else(|| self.last_round().map(SampleTime::read_at))
             .unwrap_or_else(|| SampleTime::read_at(now));
@@ -1001,7 +962,7 @@ mod tests {
         store.set_namespaces_seen([("quiet".to_owned(), 3)].into());
         assert_eq!(
             store.namespace_total("ghost", 0, &all, now),
-            Err(TotalError::UnknownNamespace {
+            Err(ReadError::UnknownNamespace {
                 namespace: "ghost".into()
             })
         );
@@ -1016,7 +977,7 @@ mod tests {
         store.upsert(target("tracked", "a", "u1", "ws"));
         assert!(matches!(
             store.namespace_total("tracked", 0, &all, now),
-            Err(TotalError::IncompleteData { .. })
+            Err(ReadError::IncompleteData { .. })
         ));
     }
 
@@ -1194,7 +1155,7 @@ mod tests {
         let all = Selector::everything();
         assert!(matches!(
             store.namespace_total("ns", 0, &all, now),
-            Err(TotalError::IncompleteData {
+            Err(ReadError::IncompleteData {
                 missing: 1,
                 pods: 2,
                 ..

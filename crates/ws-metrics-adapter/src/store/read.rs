@@ -10,7 +10,7 @@ use crate::clock::{Moment, SampleTime};
 use crate::selector::Selector;
 
 use super::resource::ResourceInfo;
-use super::{PodKey, Store, TotalError};
+use super::{PodKey, Store};
 
 /// A metric served for a resource: one `{resource}/{metric}` entry of the discovery documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,9 @@ pub enum ReadError {
         /// The echoed metric selector, if it is part of the message.
         with: String,
     },
-    /// A namespace nobody has seen: its total is not a zero (404).
+    /// A namespace nobody has seen: no pod is tracked there and discovery saw none either (in
+    /// cluster mode, no pod at all, opted in or not; in static mode, the file names none), so its
+    /// total is not a zero (404).
     #[error("namespaces \"{namespace}\" not found")]
     UnknownNamespace {
         /// Namespace asked for.
@@ -207,21 +209,32 @@ pub enum ReadError {
     },
 }
 
-impl From<TotalError> for ReadError {
-    fn from(e: TotalError) -> Self {
-        match e {
-            TotalError::UnknownNamespace { namespace } => Self::UnknownNamespace { namespace },
-            TotalError::IncompleteData {
-                namespace,
-                missing,
-                pods,
-            } => Self::IncompleteData {
-                namespace,
-                missing,
-                pods,
-            },
+/// The sum over every pod of a namespace total, and the oldest sample time in it; refused when
+/// any pod has no fresh value (`None`), since a partial sum would read as a drop in load. The
+/// one rule both value origins (scrape readings, a published snapshot) apply.
+pub(super) fn sum_every_pod(
+    namespace: &str,
+    values: impl IntoIterator<Item = Option<(i64, SampleTime)>>,
+) -> Result<(i64, Option<SampleTime>), ReadError> {
+    let (mut sum, mut oldest, mut missing, mut pods) = (0i64, None::<SampleTime>, 0, 0);
+    for value in values {
+        pods += 1;
+        match value {
+            Some((v, t)) => {
+                sum = sum.saturating_add(v);
+                oldest = Some(oldest.map_or(t, |o| o.older(t)));
+            }
+            None => missing += 1,
         }
     }
+    if missing > 0 {
+        return Err(ReadError::IncompleteData {
+            namespace: namespace.to_owned(),
+            missing,
+            pods,
+        });
+    }
+    Ok((sum, oldest))
 }
 
 fn described(resource: &'static ResourceInfo, ns: &str, name: &str) -> Described {
@@ -251,11 +264,6 @@ impl Snapshot {
             served,
             outcomes: vec![Outcome::Pending; tables],
         }
-    }
-
-    /// Whether every table has an outcome (its query ran at least once).
-    pub fn all_ran(&self) -> bool {
-        self.outcomes.iter().all(|o| !matches!(o, Outcome::Pending))
     }
 
     /// Values of `metric` for `objects` of `resource` from this snapshot. Pods must be tracked by
@@ -346,25 +354,8 @@ impl Snapshot {
                         namespace: name.to_owned(),
                     });
                 }
-                let mut sum = 0i64;
-                let mut oldest: Option<SampleTime> = None;
-                let mut missing = 0;
-                for pod in &pods {
-                    match value_of(name, pod) {
-                        Some((m, t)) => {
-                            sum = sum.saturating_add(m);
-                            oldest = Some(oldest.map_or(t, |o| o.older(t)));
-                        }
-                        None => missing += 1,
-                    }
-                }
-                if missing > 0 {
-                    return Err(ReadError::IncompleteData {
-                        namespace: name.to_owned(),
-                        missing,
-                        pods: pods.len(),
-                    });
-                }
+                let (sum, oldest) =
+                    sum_every_pod(name, pods.iter().map(|pod| value_of(name, pod)))?;
                 Ok(vec![item(
                     "",
                     name,
