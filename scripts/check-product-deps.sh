@@ -7,14 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 forbidden='^(ws-demo|tungstenite|tokio-tungstenite|indicatif|console) '
-tree() { cargo tree --locked -p "$1" -e normal,build --prefix none --no-dedupe 2>/dev/null | sort -u; }
+# Each tree is captured whole before grep reads it: `cmd | grep -q` under pipefail fails at random
+# when grep exits at its first match and `cmd` dies of SIGPIPE. A failing `cargo tree` stops the
+# script (set -e) with its own message.
+tree() { cargo tree --locked -p "$1" -e normal,build --prefix none --no-dedupe | sort -u; }
+product="$(tree ws-metrics-adapter)"
+demo="$(tree ws-demo)"
 
-if found="$(tree ws-metrics-adapter | grep -E "$forbidden")"; then
+if found="$(grep -E "$forbidden" <<<"$product")"; then
   echo "check-product-deps: ws-metrics-adapter depends on demo-only crates:" >&2
   echo "$found" >&2
   exit 1
 fi
-if ! tree ws-demo | grep -qE "$forbidden"; then
+if ! grep -qE "$forbidden" <<<"$demo"; then
   echo "check-product-deps: the query found nothing in ws-demo either; the check is broken" >&2
   exit 1
 fi

@@ -27,7 +27,7 @@ done
 # cargo-deny checks deny.toml (licences, bans, sources). Built once (a few minutes on 2 cores) into
 # ~/.cargo/bin; pinned, so every machine checks with the same rules.
 deny_version=0.20.2
-if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $deny_version"; then
+if [ "$(cargo deny --version 2>/dev/null || true)" != "cargo-deny $deny_version" ]; then
   echo "install-deps: building cargo-deny $deny_version (a few minutes the first time)"
   cargo install --locked --quiet "cargo-deny@$deny_version"
 fi
