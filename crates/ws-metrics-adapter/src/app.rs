@@ -309,6 +309,28 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             if matches!(config.source, Source::Prometheus(_)) {
                 inventory = inventory.tracking_all_running_pods();
             }
+            if let Some(settings) = &config.rebalance {
+                let facts = Arc::new(crate::rebalance::PodFacts::default());
+                inventory = inventory.feeding(facts.clone());
+                let shed_tls = crate::tls::client::config(crate::tls::client::ClientTls {
+                    ca_file: config.collect.ca_file.as_deref(),
+                    identity: None,
+                })
+                .map_err(collect::Error::TlsClientUnusable)?;
+                let stop = shutdown.clone();
+                tokio::spawn(crate::rebalance::run(
+                    client.clone(),
+                    store.clone(),
+                    telemetry.clone(),
+                    facts,
+                    shed_tls,
+                    settings.clone(),
+                    move || {
+                        let stop = stop.clone();
+                        async move { stop.wait().await }
+                    },
+                ));
+            }
             tokio::spawn(cluster::watch(client, inventory, shutdown.wait()));
         }
     }

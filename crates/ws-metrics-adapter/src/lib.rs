@@ -45,6 +45,9 @@
 //! - [`server`]: HTTPS listener (rustls, hot-reloaded certificates, the managed serving CA),
 //!   health and metrics listener, both behind one accept loop with connections, heads, idle time
 //!   and HTTP/2 streams bounded.
+//! - [`rebalance`]: the workload controller (`--rebalance`): per-workload balance, shed requests
+//!   to hot pods after a scale-up, pod-deletion-cost from live counts; its rules are pure
+//!   functions in `rebalance::plan`.
 //! - [`telemetry`]: the adapter's own Prometheus metrics and logging set-up.
 //! - [`app`]: the composition root that wires the above together (`run`).
 //!
@@ -63,6 +66,7 @@ pub mod exposition;
 pub(crate) mod health;
 pub mod prometheus;
 pub(crate) mod quantity;
+pub mod rebalance;
 pub mod selector;
 pub mod server;
 pub mod store;

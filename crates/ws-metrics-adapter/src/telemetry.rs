@@ -105,6 +105,13 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    namespace: String,
+    kind: &'static str,
+    name: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WatchLabels {
     event: &'static str,
 }
@@ -129,6 +136,11 @@ pub struct Telemetry {
     prom_requests: Family<PromLabels, Counter>,
     prom_duration: Histogram,
     prom_dropped: Family<DropLabels, Counter>,
+    workload_imbalance: Family<WorkloadLabels, Gauge<f64, AtomicU64>>,
+    workload_mean: Family<WorkloadLabels, Gauge<f64, AtomicU64>>,
+    shed_requests: Family<OutcomeLabels, Counter>,
+    shed_connections: Counter,
+    cost_patches: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Telemetry {
@@ -246,8 +258,43 @@ impl Telemetry {
             "API requests by authentication/authorization outcome (401s and 403s are counted here, before the API handler)",
             auth_decisions.clone(),
         );
+        let workload_imbalance = Family::<WorkloadLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "workload_imbalance_ratio",
+            "Per workload an HPA scales on a served metric (--rebalance): max ÷ mean of the value over its Ready pods with a fresh value (1 = balanced)",
+            workload_imbalance.clone(),
+        );
+        let workload_mean = Family::<WorkloadLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "workload_mean_value",
+            "Per workload an HPA scales on a served metric (--rebalance): mean of the value over its Ready pods with a fresh value",
+            workload_mean.clone(),
+        );
+        let shed_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "shed_requests",
+            "Shed requests sent to pods (--rebalance) by outcome (ok, timeout, request_failed, refused, bad_answer)",
+            shed_requests.clone(),
+        );
+        let shed_connections = Counter::default();
+        registry.register(
+            "shed_connections",
+            "Connections pods said they were closing in answer to shed requests",
+            shed_connections.clone(),
+        );
+        let cost_patches = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deletion_cost_patches",
+            "controller.kubernetes.io/pod-deletion-cost patches (--rebalance) by outcome (ok, not_found, error)",
+            cost_patches.clone(),
+        );
         Self {
             registry: root,
+            workload_imbalance,
+            workload_mean,
+            shed_requests,
+            shed_connections,
+            cost_patches,
             auth_decisions,
             prom_requests,
             prom_duration,
@@ -265,6 +312,56 @@ impl Telemetry {
             watch_events,
             inventory_errors,
         }
+    }
+
+    /// Sets the balance gauges of one workload; `None` removes that gauge's series (no Ready pod
+    /// with a fresh value: nothing to measure, and no stale figure left behind).
+    pub fn set_workload_balance(
+        &self,
+        namespace: &str,
+        kind: &'static str,
+        name: &str,
+        imbalance: Option<f64>,
+        mean: Option<f64>,
+    ) {
+        let labels = WorkloadLabels {
+            namespace: namespace.to_owned(),
+            kind,
+            name: name.to_owned(),
+        };
+        for (family, value) in [
+            (&self.workload_imbalance, imbalance),
+            (&self.workload_mean, mean),
+        ] {
+            match value {
+                Some(v) => {
+                    family.get_or_create(&labels).set(v);
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// Removes the balance gauges of a workload no longer scaled on a served metric.
+    pub fn forget_workload(&self, namespace: &str, kind: &'static str, name: &str) {
+        self.set_workload_balance(namespace, kind, name, None, None);
+    }
+
+    /// Counts one shed request by outcome, and the connections the pod said it is closing.
+    pub fn count_shed(&self, outcome: &'static str, closing: u64) {
+        self.shed_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.shed_connections.inc_by(closing);
+    }
+
+    /// Counts one deletion-cost patch by outcome.
+    pub fn count_cost_patch(&self, outcome: &'static str) {
+        self.cost_patches
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts one scrape under its `outcome` label (`collect::outcome_label`). Unit of `secs`:

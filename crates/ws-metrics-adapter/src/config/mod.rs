@@ -144,6 +144,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub listener: crate::server::ListenerArgs,
 
+    /// The workload controller (rebalancing, deletion cost).
+    #[command(flatten)]
+    pub rebalance: crate::rebalance::RebalanceArgs,
+
     /// Time allowed for in-flight requests after SIGTERM.
     #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -343,6 +347,8 @@ pub struct Config {
     /// Delegated authentication and authorization; `None` in static mode and with
     /// --insecure-allow-unauthenticated.
     pub auth: Option<crate::auth::flags::AuthOptions>,
+    /// The workload controller's settings; `None` without --rebalance.
+    pub rebalance: Option<crate::rebalance::Settings>,
 }
 
 /// Every problem found in the flags, reported together.
@@ -774,6 +780,16 @@ impl ServeArgs {
             ),
         };
         let limits = self.listener.limits(&mut problems);
+        let rebalance = self.rebalance.settings(&mut problems);
+        if rebalance.is_some() {
+            // The controller acts on pods of the cluster from values a second fresh.
+            if matches!(pods, PodSource::Static { .. }) {
+                problems.push("--rebalance needs cluster mode (it excludes --static-pods)".into());
+            }
+            if !matches!(source, Source::Scrape) {
+                problems.push("--rebalance needs --source=scrape".into());
+            }
+        }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -797,6 +813,7 @@ impl ServeArgs {
             log_format: self.log_format,
             source,
             auth,
+            rebalance,
         })
     }
 }
@@ -962,6 +979,36 @@ mod tests {
                 served: "websocket_connections".into(),
                 family: "websocket_connections_active".into()
             }]
+        );
+    }
+
+    #[test]
+    fn rebalance_needs_cluster_mode_and_the_scrape_source() {
+        let on = args(&["--rebalance", "--insecure-allow-unauthenticated"])
+            .expect("flags parse")
+            .validate()
+            .expect("valid in cluster mode");
+        assert!(on.rebalance.is_some());
+        let err = args(&["--rebalance", "--static-pods", "pods.yaml"])
+            .expect("flags parse")
+            .validate()
+            .expect_err("static mode");
+        assert_eq!(
+            err.problems,
+            vec!["--rebalance needs cluster mode (it excludes --static-pods)".to_owned()]
+        );
+        let err = args(&[
+            "--rebalance",
+            "--insecure-allow-unauthenticated",
+            "--source=prometheus",
+            "--prometheus-url=http://127.0.0.1:9090",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("prometheus source");
+        assert_eq!(
+            err.problems,
+            vec!["--rebalance needs --source=scrape".to_owned()]
         );
     }
 

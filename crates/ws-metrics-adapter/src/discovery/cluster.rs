@@ -17,6 +17,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
+use crate::rebalance::PodFacts;
 use crate::store::{PodKey, PodTarget, Store};
 use crate::telemetry::Telemetry;
 
@@ -158,6 +159,9 @@ pub(crate) struct Inventory {
     relist_seen: HashMap<String, HashSet<String>>,
     /// Track every running pod ([`tracked_for`]) instead of opted-in ones ([`target_for`]).
     all_running: bool,
+    /// The workload controller's view of the scraped pods (`--rebalance`), fed from the same
+    /// events.
+    facts: Option<Arc<PodFacts>>,
 }
 
 impl Inventory {
@@ -171,6 +175,22 @@ impl Inventory {
             seen: HashMap::new(),
             relist_seen: HashMap::new(),
             all_running: false,
+            facts: None,
+        }
+    }
+
+    /// Also keeps `facts` (readiness, shed path, deletion cost) of every scraped pod.
+    pub(crate) fn feeding(mut self, facts: Arc<PodFacts>) -> Self {
+        self.facts = Some(facts);
+        self
+    }
+
+    fn observe(&self, pod: &Pod, target: Option<&PodTarget>) {
+        if let Some(facts) = &self.facts {
+            match target {
+                Some(t) => facts.observe(t.key.clone(), pod, &self.prefix, &t.url),
+                None => facts.forget(&key_of(pod)),
+            }
         }
     }
 
@@ -214,13 +234,23 @@ impl Inventory {
             Event::InitApply(pod) => {
                 Self::see(&mut self.relist_seen, key_of(&pod));
                 match self.target(&pod) {
-                    Ok(t) => self.relist.get_or_insert_with(Vec::new).push(t),
-                    Err(skip) => self.note_skip(&pod, &skip),
+                    Ok(t) => {
+                        self.observe(&pod, Some(&t));
+                        self.relist.get_or_insert_with(Vec::new).push(t);
+                    }
+                    Err(skip) => {
+                        self.observe(&pod, None);
+                        self.note_skip(&pod, &skip);
+                    }
                 }
             }
             Event::InitDone => {
                 let targets = self.relist.take().unwrap_or_default();
                 tracing::info!(pods = targets.len(), "pod watch synced");
+                if let Some(facts) = &self.facts {
+                    let keep: HashSet<&PodKey> = targets.iter().map(|t| &t.key).collect();
+                    facts.retain(|k| keep.contains(k));
+                }
                 self.seen = std::mem::take(&mut self.relist_seen);
                 // Pods first, then namespaces: a reader in between sees a namespace that just
                 // got its first tracked pod as incomplete (500), never as known and empty (0).
@@ -241,6 +271,7 @@ impl Inventory {
                 }
             }
             Event::Delete(pod) => {
+                self.observe(&pod, None);
                 let key = key_of(&pod);
                 if self.store.remove(&key) {
                     self.telemetry.inventory_event("deleted");
@@ -261,11 +292,13 @@ impl Inventory {
     fn apply_one(&mut self, pod: Pod) {
         match self.target(&pod) {
             Ok(t) => {
+                self.observe(&pod, Some(&t));
                 let added = self.store.upsert(t);
                 self.telemetry
                     .inventory_event(if added { "added" } else { "updated" });
             }
             Err(skip) => {
+                self.observe(&pod, None);
                 self.note_skip(&pod, &skip);
                 // No longer eligible (stopped running, being deleted, opted out): drop now.
                 if self.store.remove(&key_of(&pod)) {
