@@ -2,8 +2,9 @@
 # Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool and
 # prometheus (Debian's `prometheus` package; its service is not started, tests run their own) and
 # kubectl (Debian's `kubernetes-client` when no kubectl is on PATH), and cargo-deny (from the crate
-# registry, for `make lint`'s licence/ban/source check). Python tools are installed by the scripts
-# that use them. Go (1.26 or newer, for the control-plane binaries) is checked, not installed: Debian's
+# registry, for `make lint`'s licence/ban/source check), and Python's `websockets` for the shed
+# contract's example server (crates/e2e/tests/shed_contract.rs runs examples/shed-server/server.py).
+# Other Python tools are installed by the scripts that use them. Go (1.26 or newer, for the control-plane binaries) is checked, not installed: Debian's
 # golang is too old for Kubernetes 1.37. Idempotent: installs nothing that is already there.
 set -euo pipefail
 
@@ -12,6 +13,9 @@ need=()
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+if command -v python3 >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then
+  need+=(python3-pip)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
@@ -31,6 +35,23 @@ if [ "$(cargo deny --version 2>/dev/null || true)" != "cargo-deny $deny_version"
   echo "install-deps: building cargo-deny $deny_version (a few minutes the first time)"
   cargo install --locked --quiet "cargo-deny@$deny_version"
 fi
+# websockets, pinned in examples/shed-server/requirements.txt, installed with `pip --target` into a
+# private directory (as scripts/validate-manifests.sh does: works on Debian's externally managed
+# python3, PEP 668, and changes no package another tool relies on). The test puts that directory on
+# PYTHONPATH, and fails with a hint to run this script when websockets cannot be imported.
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools_dir=${TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/ws-metrics-adapter/tools}
+shed_py="$tools_dir/shed-server-python"
+ws_want=$(sed -n 's/^websockets==//p' "$repo_root/examples/shed-server/requirements.txt")
+ws_have=$(PYTHONPATH="$shed_py" python3 -c 'import websockets; print(websockets.__version__)' 2>/dev/null || true)
+if [ "$ws_have" != "$ws_want" ]; then
+  echo "install-deps: installing websockets==$ws_want into $shed_py"
+  rm -rf "$shed_py"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+    --no-warn-script-location --target "$shed_py" -r "$repo_root/examples/shed-server/requirements.txt"
+  ws_have=$(PYTHONPATH="$shed_py" python3 -c 'import websockets; print(websockets.__version__)')
+  [ "$ws_have" = "$ws_want" ] || { echo "install-deps: websockets $ws_want installed but $ws_have imports" >&2; exit 1; }
+fi
 go_min=1.26
 go_have="$(go env GOVERSION 2>/dev/null | sed 's/^go//')" || true
 if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head -1)" != "$go_min" ]; then
@@ -38,4 +59,4 @@ if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head
     "(found: ${go_have:-none}); install it from https://go.dev/dl" >&2
   exit 1
 fi
-echo "install-deps: promtool, prometheus, kubectl, curl, python3, cargo, cargo-deny and Go $go_have are present"
+echo "install-deps: promtool, prometheus, kubectl, curl, python3 (websockets $ws_have), cargo, cargo-deny and Go $go_have are present"

@@ -1,6 +1,7 @@
 //! `ws-demo`: the demo workload the adapter is shown with: a WebSocket service that exports its exact live
-//! connection count ([`server`]) and a load generator that opens, holds and churns connections
-//! against one or more of them ([`load`]). Both run from the `ws-demo` binary. [`local`] is
+//! connection count and sheds connections when asked ([`server`], the wire format of the shed
+//! contract in [`shed`]) and a load generator whose clients reconnect like real ones when a server
+//! closes them ([`load`]). Both run from the `ws-demo` binary. [`local`] is
 //! `ws-demo demo` (what `make demo` runs), which puts them, the adapter (in process, through its
 //! library) and the HPA formula ([`hpa`]) together. This crate depends on the adapter; the adapter
 //! never depends on it.
@@ -18,6 +19,7 @@ pub mod hpa;
 pub mod load;
 pub mod local;
 pub mod server;
+pub mod shed;
 
 /// Read buffer of each WebSocket, allocated (and zero-filled) eagerly by tungstenite. Larger
 /// frames still get through: the buffer grows for one frame, up to [`MAX_FRAME_SIZE`].

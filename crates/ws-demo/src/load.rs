@@ -1,15 +1,18 @@
 //! The load generator (`ws-demo load`): opens WebSocket connections at a rate, each to the target
 //! with the fewest connections open from here (as a Service would spread them), holds them through
-//! a scenario of steps, churns a fraction per second, and ends with a summary.
+//! a scenario of steps, churns a fraction per second, and ends with a summary. Each connection is a
+//! client that behaves like a real one: when the server closes it (a 1001 drain, a 1013 shed, any
+//! close or a broken TCP connection), it reconnects to its target URL after a jittered
+//! exponential back-off, and the generator measures how long that took.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -18,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -38,6 +42,18 @@ const RETRY_BASE: Duration = Duration::from_millis(50);
 
 /// Longest retry delay of a failing target.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A client the server dropped waits a random time in `[0, RECONNECT_BASE]` before its first
+/// reconnection attempt; the bound doubles after each failed attempt (full jitter), up to
+/// [`RECONNECT_CAP`], and is back to this after a successful reconnection.
+pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
+
+/// Largest bound of a reconnection delay.
+pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
+/// A dropped client not connected again within this time of its drop is counted lost (once, when
+/// this time passes; it keeps retrying).
+pub const LOST_AFTER: Duration = Duration::from_secs(5);
 
 /// One step of a scenario: reach `connections` open, opening or closing at `rate`, then hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -316,12 +332,150 @@ struct Shared {
     connect_us: Mutex<Vec<u32>>,
     /// Connections that ended without being asked to (server close or error).
     dropped: AtomicU64,
+    /// What the clients' reconnections did.
+    reconnect: Mutex<ReconnectLog>,
     step: AtomicUsize,
     desired: AtomicUsize,
     /// Steps up to this one (1-based) end their hold as soon as it starts ([`LoadGenerator::end_step`]).
     ended: AtomicUsize,
     /// Wakes the controller when a connection opens or ends.
     wake: Notify,
+}
+
+impl Shared {
+    fn reconnect_log(&self) -> MutexGuard<'_, ReconnectLog> {
+        // Every change is a counter or a push: consistent across a panic.
+        self.reconnect
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How the server ended a connection the generator did not ask to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerClose {
+    /// A close frame with this code (1005 for a frame without one).
+    Code(u16),
+    /// The connection ended (TCP close, reset, protocol error) without a close frame.
+    NoCloseFrame,
+}
+
+/// Connections the servers closed without the generator asking, by how: the close code of the
+/// server's close frame, or none. Serialized with the codes as keys:
+/// `{"1001":0,"1012":0,"1013":5,"other":0,"no_close_frame":1}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ServerCloses {
+    /// 1001 Going Away: the server drains (shutting down, a pod being deleted).
+    #[serde(rename = "1001")]
+    pub going_away: u64,
+    /// 1012 Service Restart.
+    #[serde(rename = "1012")]
+    pub service_restart: u64,
+    /// 1013 Try Again Later: the server shed the connection (the shed contract).
+    #[serde(rename = "1013")]
+    pub try_again_later: u64,
+    /// Any other code, or a close frame without one.
+    pub other: u64,
+    /// No close frame: the TCP connection ended or broke.
+    pub no_close_frame: u64,
+}
+
+impl ServerCloses {
+    /// Every server close counted.
+    pub fn total(&self) -> u64 {
+        self.going_away
+            + self.service_restart
+            + self.try_again_later
+            + self.other
+            + self.no_close_frame
+    }
+
+    fn count(&mut self, how: ServerClose) {
+        let n = match how {
+            ServerClose::Code(1001) => &mut self.going_away,
+            ServerClose::Code(1012) => &mut self.service_restart,
+            ServerClose::Code(1013) => &mut self.try_again_later,
+            ServerClose::Code(_) => &mut self.other,
+            ServerClose::NoCloseFrame => &mut self.no_close_frame,
+        };
+        *n += 1;
+    }
+
+    fn since(&self, mark: &ServerCloses) -> ServerCloses {
+        ServerCloses {
+            going_away: self.going_away - mark.going_away,
+            service_restart: self.service_restart - mark.service_restart,
+            try_again_later: self.try_again_later - mark.try_again_later,
+            other: self.other - mark.other,
+            no_close_frame: self.no_close_frame - mark.no_close_frame,
+        }
+    }
+}
+
+/// Every count only grows, so a mark is a copy of the counts.
+#[derive(Debug, Default)]
+struct ReconnectLog {
+    /// Time from each drop to the client being connected again, in reconnection order.
+    /// Unit: microseconds.
+    latencies_us: Vec<u32>,
+    lost: u64,
+    closes: ServerCloses,
+    /// Clients dropped and not connected again yet.
+    reconnecting: usize,
+}
+
+impl ReconnectLog {
+    fn dropped(&mut self, how: ServerClose) {
+        self.closes.count(how);
+        self.reconnecting += 1;
+    }
+
+    fn reconnected(&mut self, latency: Duration) {
+        self.latencies_us
+            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        self.reconnecting = self.reconnecting.saturating_sub(1);
+    }
+}
+
+/// What the clients' reconnections did, since the start of the run or since a
+/// [`ReconnectMark`] ([`LoadGenerator::reconnect_stats`], [`LoadGenerator::reconnect_stats_since`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconnectStats {
+    /// Clients connected again after a server close.
+    pub reconnects: u64,
+    /// Clients not connected again within [`LOST_AFTER`] of their drop, each counted once when
+    /// that time passed (a lost client keeps retrying and may reconnect later).
+    pub lost: u64,
+    /// Time from each drop to the client being connected again, in reconnection order; one per
+    /// reconnect. Unit: milliseconds.
+    pub latencies_ms: Vec<f64>,
+    /// Server closes (the drops that started reconnections), by close code.
+    pub server_closes: ServerCloses,
+    /// Clients dropped and not connected again yet, now (not relative to a mark).
+    pub reconnecting: usize,
+}
+
+impl ReconnectStats {
+    /// Nearest-rank percentile (`p` in 0..=1) of [`latencies_ms`](Self::latencies_ms); 0 without
+    /// any. Unit: milliseconds.
+    pub fn latency_percentile_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.latencies_ms.clone();
+        sorted.sort_unstable_by(f64::total_cmp);
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let rank = (p * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+}
+
+/// A point in the reconnection record, to measure one phase of a run
+/// ([`LoadGenerator::reconnect_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectMark {
+    reconnects: usize,
+    lost: u64,
+    closes: ServerCloses,
 }
 
 /// Live counters for a progress display.
@@ -337,16 +491,19 @@ pub struct Progress {
     pub open: usize,
     /// Connections established so far.
     pub established: u64,
-    /// Failed attempts so far.
+    /// Failed attempts so far (reconnection attempts included).
     pub failed: u64,
+    /// Clients the servers dropped that are not connected again yet.
+    pub reconnecting: usize,
 }
 
 /// End-of-run figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
-    /// Connections whose handshake completed (including churn reopenings).
+    /// Connections whose handshake completed (including churn reopenings and reconnections).
     pub established: u64,
-    /// Attempts that failed (refused, timed out, rejected handshake).
+    /// Attempts that failed (refused, timed out, rejected handshake), reconnection attempts
+    /// included.
     pub failed: u64,
     /// Median connect time, TCP connect to handshake done. Unit: milliseconds.
     pub connect_p50_ms: f64,
@@ -358,8 +515,21 @@ pub struct Summary {
     /// Connections established per target, in `--target` order.
     #[serde(serialize_with = "per_target_objects")]
     pub per_target: Vec<(String, u64)>,
-    /// Connections that ended without the generator asking (closed by the server or failed).
+    /// Connections that ended without the generator asking (closed by the server or failed):
+    /// the sum of [`server_closes`](Self::server_closes).
     pub dropped: u64,
+    /// Clients connected again after a server close.
+    pub reconnects: u64,
+    /// Median time from a drop to the client being connected again (0 without a reconnect).
+    /// Unit: milliseconds.
+    pub reconnect_ms_p50: f64,
+    /// 99th percentile of the same. Unit: milliseconds.
+    pub reconnect_ms_p99: f64,
+    /// Clients not connected again within [`LOST_AFTER`] of a drop (each drop counted at most
+    /// once).
+    pub lost: u64,
+    /// The drops by the server's close code.
+    pub server_closes: ServerCloses,
     /// Length of the run. Unit: seconds.
     pub duration_secs: f64,
     /// Steps whose connection count was reached, from the first, in order.
@@ -411,6 +581,17 @@ impl fmt::Display for Summary {
         writeln!(f, "established      {}", self.established)?;
         writeln!(f, "failed           {}", self.failed)?;
         writeln!(f, "dropped          {}", self.dropped)?;
+        let c = &self.server_closes;
+        writeln!(
+            f,
+            "server closes    1001: {}, 1012: {}, 1013: {}, other: {}, no close frame: {}",
+            c.going_away, c.service_restart, c.try_again_later, c.other, c.no_close_frame
+        )?;
+        writeln!(
+            f,
+            "reconnects       {} (p50 {:.1} ms, p99 {:.1} ms), lost {}",
+            self.reconnects, self.reconnect_ms_p50, self.reconnect_ms_p99, self.lost
+        )?;
         writeln!(
             f,
             "connect time     p50 {:.2} ms, p99 {:.2} ms",
@@ -508,6 +689,7 @@ impl LoadGenerator {
                 epoch: Instant::now(),
                 connect_us: Mutex::new(Vec::new()),
                 dropped: AtomicU64::new(0),
+                reconnect: Mutex::new(ReconnectLog::default()),
                 step: AtomicUsize::new(0),
                 desired: AtomicUsize::new(0),
                 ended: AtomicUsize::new(0),
@@ -552,6 +734,45 @@ impl LoadGenerator {
                 .iter()
                 .map(|t| t.failed.load(Ordering::Relaxed))
                 .sum(),
+            reconnecting: s.reconnect_log().reconnecting,
+        }
+    }
+
+    /// What the clients' reconnections did since the start of the run (live).
+    pub fn reconnect_stats(&self) -> ReconnectStats {
+        self.reconnect_stats_since(&ReconnectMark {
+            reconnects: 0,
+            lost: 0,
+            closes: ServerCloses::default(),
+        })
+    }
+
+    /// A mark from which [`reconnect_stats_since`](Self::reconnect_stats_since) counts: take one
+    /// before the phase to measure (a shed, a scale-down).
+    pub fn reconnect_mark(&self) -> ReconnectMark {
+        let log = self.shared.reconnect_log();
+        ReconnectMark {
+            reconnects: log.latencies_us.len(),
+            lost: log.lost,
+            closes: log.closes,
+        }
+    }
+
+    /// What the clients' reconnections did since `mark` (live): reconnections, lost clients and
+    /// server closes that happened after it ([`ReconnectStats::reconnecting`] is the number now).
+    pub fn reconnect_stats_since(&self, mark: &ReconnectMark) -> ReconnectStats {
+        let log = self.shared.reconnect_log();
+        let latencies_ms: Vec<f64> = log.latencies_us
+            [mark.reconnects.min(log.latencies_us.len())..]
+            .iter()
+            .map(|&us| f64::from(us) / 1000.0)
+            .collect();
+        ReconnectStats {
+            reconnects: latencies_ms.len() as u64,
+            lost: log.lost - mark.lost,
+            latencies_ms,
+            server_closes: log.closes.since(&mark.closes),
+            reconnecting: log.reconnecting,
         }
     }
 
@@ -567,7 +788,9 @@ impl LoadGenerator {
 
     /// Runs the plan: each step reaches its connection count at its rate (least-loaded target
     /// first; failed attempts are counted and retried, a failing target backs off), holds it
-    /// (replacing connections the servers close, churning if asked), then moves on. Ends after
+    /// (churning if asked), then moves on. A client the server closes reconnects by itself to
+    /// the same target URL after a jittered back-off ([`RECONNECT_BASE`], [`RECONNECT_CAP`]),
+    /// keeping its place in the count meanwhile ([`reconnect_stats`](Self::reconnect_stats)). Ends after
     /// the last step, when `shutdown` resolves, or when a step misses [`LoadPlan::deadline`]
     /// ([`Summary::unreached`]), closing every connection with a close frame. Meant to be called
     /// once per generator.
@@ -817,6 +1040,7 @@ impl LoadGenerator {
             shared: self.shared.clone(),
             target: t,
             open: false,
+            reconnecting: false,
             close: rx,
             close_requested: false,
         };
@@ -861,6 +1085,7 @@ impl LoadGenerator {
         } else {
             established as f64 / opening_time.as_secs_f64()
         };
+        let reconnects = self.reconnect_stats();
         Summary {
             established,
             failed: self.failed(),
@@ -873,6 +1098,11 @@ impl LoadGenerator {
                 .map(|t| (t.url.clone(), t.established.load(Ordering::SeqCst)))
                 .collect(),
             dropped: s.dropped.load(Ordering::SeqCst),
+            reconnects: reconnects.reconnects,
+            reconnect_ms_p50: reconnects.latency_percentile_ms(0.50),
+            reconnect_ms_p99: reconnects.latency_percentile_ms(0.99),
+            lost: reconnects.lost,
+            server_closes: reconnects.server_closes,
             duration_secs: duration.as_secs_f64(),
             steps_reached: 0,
             unreached: None,
@@ -890,13 +1120,16 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     f64::from(sorted_us[idx]) / 1000.0
 }
 
-/// One connection's share of the target counters, settled exactly once when it drops (also if
-/// the task is cancelled).
+/// One client's share of the target counters, settled exactly once when it drops (also if the
+/// task is cancelled). A client keeps its slot across reconnections: while it reconnects it is
+/// counted as pending, so the pool neither sees a gap nor opens a replacement.
 struct Slot {
     shared: Arc<Shared>,
     target: usize,
-    /// False while connecting.
+    /// False while connecting or reconnecting.
     open: bool,
+    /// True while counted in [`ReconnectLog::reconnecting`].
+    reconnecting: bool,
     close: oneshot::Receiver<()>,
     close_requested: bool,
 }
@@ -904,6 +1137,67 @@ struct Slot {
 impl Slot {
     fn target(&self) -> &Target {
         &self.shared.targets[self.target]
+    }
+
+    /// A handshake completed (first connection or reconnection) after `connect_time`.
+    fn connected(&mut self, connect_time: Duration) {
+        let elapsed_us = u32::try_from(connect_time.as_micros()).unwrap_or(u32::MAX);
+        let target = &self.shared.targets[self.target];
+        // Open before no longer pending, so that the total never dips in between.
+        target.open.fetch_add(1, Ordering::SeqCst);
+        target.pending.fetch_sub(1, Ordering::SeqCst);
+        target.established.fetch_add(1, Ordering::SeqCst);
+        self.open = true;
+        if let Ok(mut v) = self.shared.connect_us.lock() {
+            v.push(elapsed_us);
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// The server closed the connection (or it broke) without the generator asking: the client
+    /// is pending again until it reconnects.
+    fn dropped(&mut self, how: ServerClose) {
+        let target = &self.shared.targets[self.target];
+        // Pending before no longer open, so that the total never dips in between.
+        target.pending.fetch_add(1, Ordering::SeqCst);
+        target.open.fetch_sub(1, Ordering::SeqCst);
+        self.open = false;
+        self.shared.dropped.fetch_add(1, Ordering::SeqCst);
+        self.shared.reconnect_log().dropped(how);
+        self.reconnecting = true;
+        tracing::debug!(target = %target.url, close = ?how, "server closed a connection: reconnecting");
+        self.shared.wake.notify_one();
+    }
+
+    /// Connected again, `latency` after the drop.
+    fn reconnected(&mut self, latency: Duration) {
+        self.reconnecting = false;
+        self.shared.reconnect_log().reconnected(latency);
+    }
+
+    /// Runs `work` until it completes, or returns `None` when the generator asks this client to
+    /// close (or is gone). Meanwhile counts the client lost once `lost` passes.
+    async fn unless_closed<F: Future>(
+        &mut self,
+        lost: &mut LostTimer,
+        work: F,
+    ) -> Option<F::Output> {
+        let mut work = pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                r = &mut self.close => {
+                    // Ok: asked to close. Err: the generator is gone. Stop either way.
+                    self.close_requested = r.is_ok();
+                    return None;
+                }
+                () = lost.fired(), if lost.armed => {
+                    lost.armed = false;
+                    self.shared.reconnect_log().lost += 1;
+                    tracing::debug!(target = %self.target().url, "a client is not connected again within {LOST_AFTER:?} of its drop (still retrying)");
+                }
+            }
+        }
     }
 }
 
@@ -922,7 +1216,68 @@ impl Drop for Slot {
         if !requested {
             target.load.fetch_sub(1, Ordering::SeqCst);
         }
+        if self.reconnecting {
+            let mut log = self.shared.reconnect_log();
+            log.reconnecting = log.reconnecting.saturating_sub(1);
+        }
         self.shared.wake.notify_one();
+    }
+}
+
+/// Fires once, [`LOST_AFTER`] after a client's drop, unless it is connected again before.
+struct LostTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl LostTimer {
+    fn start(dropped_at: Instant) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(dropped_at + LOST_AFTER)),
+            armed: true,
+        }
+    }
+
+    async fn fired(&mut self) {
+        self.sleep.as_mut().await;
+    }
+}
+
+/// Exponential back-off with full jitter: the n-th delay (from 0) is uniform in
+/// `[0, min(cap, base × 2^n)]`, so clients dropped together spread their reconnections out.
+#[derive(Debug, Clone)]
+struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The largest delay the next call can return.
+    fn ceiling(&self) -> Duration {
+        self.base
+            .saturating_mul(1 << self.attempt.min(20))
+            .min(self.cap)
+    }
+
+    /// The delay before the next attempt; each call doubles the ceiling, up to the cap.
+    fn next_delay(&mut self, rng: &mut fastrand::Rng) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(rng.f64())
+    }
+
+    /// Back to the first delay (after a successful reconnection).
+    fn reset(&mut self) {
+        self.attempt = 0;
     }
 }
 
@@ -939,17 +1294,65 @@ async fn connect(authority: &str, url: &str) -> Result<WebSocketStream<TcpStream
     Ok(ws)
 }
 
+/// One connection attempt to the slot's target, bounded by [`CONNECT_TIMEOUT`].
+async fn attempt(target: &Target) -> Result<WebSocketStream<TcpStream>, String> {
+    let authority = target.authority.as_deref().map_err(String::clone)?;
+    tokio::time::timeout(CONNECT_TIMEOUT, connect(authority, &target.url))
+        .await
+        .map_err(|_| format!("no handshake within {CONNECT_TIMEOUT:?}"))?
+}
+
+/// How a held connection ended.
+enum Ended {
+    /// The generator asked (or is gone); the close frame was sent.
+    Asked,
+    /// The server closed it, or it broke, without the generator asking.
+    Dropped(ServerClose),
+}
+
+/// Holds an open connection until the server drops it or the generator asks it to close.
+async fn hold(slot: &mut Slot, ws: &mut WebSocketStream<TcpStream>) -> Ended {
+    let mut server_close = ServerClose::NoCloseFrame;
+    // Polling the read side keeps answering the server's pings (tungstenite queues the pong and
+    // flushes it on the next read).
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                // The server's close frame: tungstenite replies; the next read ends the stream.
+                Some(Ok(Message::Close(frame))) => {
+                    // No code in the frame is 1005 (RFC 6455 §7.1.5): not one of ours.
+                    server_close = ServerClose::Code(frame.map_or(1005, |f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Ended::Dropped(server_close),
+            },
+            r = &mut slot.close, if !slot.close_requested => {
+                // Ok: asked to close. Err: the generator is gone. Close either way.
+                slot.close_requested = r.is_ok();
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "load finished".into(),
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                return Ended::Asked;
+            }
+        }
+    }
+}
+
+/// One client: its first connection (a failure ends the slot, the pool retries and backs the
+/// target off), then, each time the server drops it, reconnections to the same target with
+/// [`Backoff`] until connected again or asked to close.
 async fn connection(mut slot: Slot) {
     let started = Instant::now();
-    let (authority, url) = (slot.target().authority.clone(), slot.target().url.clone());
-    let attempt = async {
-        let authority = authority.as_deref().map_err(String::clone)?;
-        tokio::time::timeout(CONNECT_TIMEOUT, connect(authority, &url))
-            .await
-            .map_err(|_| format!("no handshake within {CONNECT_TIMEOUT:?}"))?
-    };
+    let shared = slot.shared.clone();
+    let target = &shared.targets[slot.target];
     let result = tokio::select! {
-        r = attempt => r,
+        r = attempt(target) => r,
         r = &mut slot.close => {
             // Asked to close before the connection was up: just stop.
             slot.close_requested = r.is_ok();
@@ -959,7 +1362,6 @@ async fn connection(mut slot: Slot) {
     let mut ws = match result {
         Ok(ws) => ws,
         Err(e) => {
-            let target = slot.target();
             target.failed.fetch_add(1, Ordering::SeqCst);
             let streak = target.fail_streak.fetch_add(1, Ordering::SeqCst);
             let backoff = RETRY_BASE
@@ -978,48 +1380,43 @@ async fn connection(mut slot: Slot) {
             return;
         }
     };
-    let elapsed_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-    {
-        let target = slot.target();
-        // Open before no longer pending, so that the total never dips in between.
-        target.open.fetch_add(1, Ordering::SeqCst);
-        target.pending.fetch_sub(1, Ordering::SeqCst);
-        target.established.fetch_add(1, Ordering::SeqCst);
-        target.fail_streak.store(0, Ordering::SeqCst);
-    }
-    slot.open = true;
-    if let Ok(mut v) = slot.shared.connect_us.lock() {
-        v.push(elapsed_us);
-    }
-    slot.shared.wake.notify_one();
+    target.fail_streak.store(0, Ordering::SeqCst);
+    slot.connected(started.elapsed());
 
-    // Polling the read side keeps answering the server's pings (tungstenite queues the pong and
-    // flushes it on the next read).
+    let mut rng = fastrand::Rng::new();
+    let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
     loop {
-        tokio::select! {
-            msg = ws.next() => match msg {
-                // The server's close frame: tungstenite replies; the next read ends the stream.
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
-                    slot.shared.dropped.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-            },
-            r = &mut slot.close, if !slot.close_requested => {
-                // Ok: asked to close. Err: the generator is gone. Close either way.
-                slot.close_requested = r.is_ok();
-                let frame = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "load finished".into(),
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    while let Some(Ok(_)) = ws.next().await {}
-                })
-                .await;
+        let how = match hold(&mut slot, &mut ws).await {
+            Ended::Asked => return,
+            Ended::Dropped(how) => how,
+        };
+        drop(ws);
+        let dropped_at = Instant::now();
+        slot.dropped(how);
+        let mut lost = LostTimer::start(dropped_at);
+        backoff.reset();
+        let (next, connect_time) = loop {
+            let delay = backoff.next_delay(&mut rng);
+            if slot
+                .unless_closed(&mut lost, tokio::time::sleep(delay))
+                .await
+                .is_none()
+            {
                 return;
             }
-        }
+            let attempt_started = Instant::now();
+            match slot.unless_closed(&mut lost, attempt(target)).await {
+                None => return,
+                Some(Ok(ws)) => break (ws, attempt_started.elapsed()),
+                Some(Err(e)) => {
+                    target.failed.fetch_add(1, Ordering::SeqCst);
+                    tracing::debug!(target = %target.url, error = %e, next_within = ?backoff.ceiling(), "reconnection failed");
+                }
+            }
+        };
+        ws = next;
+        slot.connected(connect_time);
+        slot.reconnected(dropped_at.elapsed());
     }
 }
 
@@ -1085,8 +1482,8 @@ impl ProgressView {
                 main.set_length(p.desired as u64);
                 main.set_position(p.open as u64);
                 main.set_message(format!(
-                    "{} established, {} failed",
-                    p.established, p.failed
+                    "{} established, {} failed, {} reconnecting",
+                    p.established, p.failed, p.reconnecting
                 ));
                 for (bar, (_, open)) in per_target.iter().zip(generator.open_per_target()) {
                     bar.set_position(open as u64);
@@ -1342,6 +1739,234 @@ mod tests {
     }
 
     #[test]
+    fn backoff_delays_are_jittered_within_a_doubling_bound_capped_and_reset_after_success() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut b = Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
+        let ceilings: Vec<Duration> = (0..10)
+            .map(|_| {
+                let ceiling = b.ceiling();
+                // Full jitter: every delay lies in [0, ceiling].
+                for _ in 0..200 {
+                    let mut probe = b.clone();
+                    assert!(probe.next_delay(&mut rng) <= ceiling);
+                }
+                b.next_delay(&mut rng);
+                ceiling
+            })
+            .collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            ceilings,
+            [
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                ms(5000),
+                ms(5000),
+                ms(5000),
+                ms(5000)
+            ]
+        );
+        // Thousands of failures in a row stay at the cap (no overflow).
+        for _ in 0..10_000 {
+            assert!(b.next_delay(&mut rng) <= RECONNECT_CAP);
+        }
+        b.reset();
+        assert_eq!(b.ceiling(), RECONNECT_BASE);
+        // Jittered: the first delays of clients dropped together are spread over [0, 100 ms],
+        // not equal.
+        let first: Vec<Duration> = (0..1000)
+            .map(|_| Backoff::new(RECONNECT_BASE, RECONNECT_CAP).next_delay(&mut rng))
+            .collect();
+        let below_half = first.iter().filter(|d| **d < ms(50)).count();
+        assert!(
+            (300..=700).contains(&below_half),
+            "{below_half} of 1000 below 50 ms"
+        );
+        assert!(first.iter().all(|d| *d <= RECONNECT_BASE));
+        let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+        assert!(distinct.len() > 900, "{} distinct delays", distinct.len());
+    }
+
+    #[test]
+    fn reconnect_stats_since_a_mark_count_only_what_came_after_it() {
+        let generator = LoadGenerator::new(plan(&["ws://127.0.0.1:9/ws/echo"], vec![step(1)], 0.0));
+        {
+            let mut log = generator.shared.reconnect_log();
+            log.dropped(ServerClose::Code(1001));
+            log.reconnected(Duration::from_millis(40));
+            log.lost += 1;
+        }
+        let mark = generator.reconnect_mark();
+        {
+            let mut log = generator.shared.reconnect_log();
+            for how in [
+                ServerClose::Code(1013),
+                ServerClose::Code(1013),
+                ServerClose::Code(1000),
+                ServerClose::NoCloseFrame,
+                ServerClose::Code(1012),
+            ] {
+                log.dropped(how);
+            }
+            log.reconnected(Duration::from_millis(10));
+            log.reconnected(Duration::from_millis(30));
+        }
+        let since = generator.reconnect_stats_since(&mark);
+        assert_eq!(since.reconnects, 2);
+        assert_eq!(since.latencies_ms, [10.0, 30.0]);
+        assert_eq!(since.lost, 0);
+        assert_eq!(
+            since.server_closes,
+            ServerCloses {
+                going_away: 0,
+                service_restart: 1,
+                try_again_later: 2,
+                other: 1,
+                no_close_frame: 1
+            }
+        );
+        assert_eq!(since.reconnecting, 3);
+        assert_eq!(since.latency_percentile_ms(0.5), 10.0);
+        assert_eq!(since.latency_percentile_ms(0.99), 30.0);
+        let all = generator.reconnect_stats();
+        assert_eq!((all.reconnects, all.lost), (3, 1));
+        assert_eq!(all.server_closes.total(), 6);
+        assert_eq!(all.server_closes.going_away, 1);
+    }
+
+    /// A `DemoServer` on 127.0.0.1:0 in this process, drained when `stop` is dropped.
+    async fn demo_server() -> (
+        crate::server::DemoServer,
+        std::net::SocketAddr,
+        oneshot::Sender<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = crate::server::DemoServer::new(crate::server::ServerConfig::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.clone().serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        (server, addr, stop)
+    }
+
+    /// Polls `done` every 10 ms until it holds; panics naming `what` after a minute (a bound on
+    /// a hang, not a speed claim).
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_shed_by_the_server_reconnect_themselves_keeping_the_count_and_none_is_lost() {
+        use crate::server::{CloseReason, Route};
+        let (server, addr, _stop) = demo_server().await;
+        let generator = LoadGenerator::new(plan(
+            &[&format!("ws://{addr}/ws/echo")],
+            vec![Step {
+                connections: 20,
+                rate: 1000.0,
+                hold: Duration::from_secs(24 * 3600),
+            }],
+            0.0,
+        ));
+        let runner = generator.clone();
+        let run = tokio::spawn(async move { runner.run(std::future::pending()).await });
+        until("20 open on the server", || {
+            server.active() == 20 && generator.open() == 20
+        })
+        .await;
+        assert_eq!(server.opened(Route::Echo), 20);
+        let mark = generator.reconnect_mark();
+
+        assert_eq!(server.shed(5), 5);
+        until("5 reconnections", || {
+            generator.reconnect_stats_since(&mark).reconnects == 5
+        })
+        .await;
+        until("20 open again on the server", || server.active() == 20).await;
+        let stats = generator.reconnect_stats_since(&mark);
+        assert_eq!(stats.server_closes.try_again_later, 5, "{stats:?}");
+        assert_eq!(stats.server_closes.total(), 5, "{stats:?}");
+        assert_eq!(stats.lost, 0, "{stats:?}");
+        assert_eq!(stats.reconnecting, 0, "{stats:?}");
+        assert_eq!(stats.latencies_ms.len(), 5);
+        assert!(stats.latencies_ms.iter().all(|ms| *ms > 0.0), "{stats:?}");
+        // The same clients came back: no replacement was opened beside them.
+        assert_eq!(server.opened(Route::Echo), 25);
+        assert_eq!(server.closed(Route::Echo, CloseReason::Shed), 5);
+        assert_eq!(generator.open(), 20);
+        assert_eq!(generator.live(), 20);
+
+        generator.end_step(1);
+        let summary = run.await.expect("the run did not panic");
+        assert_eq!(summary.reconnects, 5, "{summary}");
+        assert_eq!(summary.lost, 0, "{summary}");
+        assert_eq!(summary.dropped, 5, "{summary}");
+        assert_eq!(summary.server_closes.try_again_later, 5, "{summary}");
+        assert_eq!(summary.established, 25, "{summary}");
+        assert!(summary.reconnect_ms_p50 > 0.0, "{summary}");
+        assert!(
+            summary.reconnect_ms_p50 <= summary.reconnect_ms_p99,
+            "{summary}"
+        );
+        until("every connection closed", || server.active() == 0).await;
+        assert_eq!(server.closed(Route::Echo, CloseReason::ClientClose), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_whose_server_is_gone_is_counted_lost_once_and_keeps_retrying() {
+        let (server, addr, stop) = demo_server().await;
+        let generator = LoadGenerator::new(plan(
+            &[&format!("ws://{addr}/ws/echo")],
+            vec![Step {
+                connections: 3,
+                rate: 1000.0,
+                hold: Duration::from_secs(24 * 3600),
+            }],
+            0.0,
+        ));
+        let runner = generator.clone();
+        let run = tokio::spawn(async move { runner.run(std::future::pending()).await });
+        until("3 open", || server.active() == 3 && generator.open() == 3).await;
+        // The server drains (1001 to each client) and its listener is gone: no reconnection can
+        // succeed.
+        drop(stop);
+        until("3 lost", || generator.reconnect_stats().lost == 3).await;
+        let stats = generator.reconnect_stats();
+        assert_eq!(stats.server_closes.going_away, 3, "{stats:?}");
+        assert_eq!(stats.reconnects, 0, "{stats:?}");
+        assert_eq!(stats.reconnecting, 3, "{stats:?}");
+        // Still retrying: failed attempts keep growing; each client is lost only once.
+        let failed = generator.progress().failed;
+        until("more failed attempts", || {
+            generator.progress().failed > failed
+        })
+        .await;
+        assert_eq!(generator.reconnect_stats().lost, 3);
+        // The slots are kept: nothing opened beside them, the count the pool sees is still 3.
+        assert_eq!(generator.live(), 3);
+        assert_eq!(generator.pending(), 3);
+        generator.end_step(1);
+        let summary = run.await.expect("the run did not panic");
+        assert_eq!(summary.lost, 3, "{summary}");
+        assert_eq!(summary.reconnects, 0, "{summary}");
+        assert_eq!(generator.reconnect_stats().reconnecting, 0);
+    }
+
+    #[test]
     fn summary_json_lists_targets_as_objects() {
         let s = Summary {
             established: 3,
@@ -1350,7 +1975,18 @@ mod tests {
             connect_p99_ms: 2.0,
             achieved_rate: 30.0,
             per_target: vec![("ws://a/ws".into(), 2), ("ws://b/ws".into(), 1)],
-            dropped: 0,
+            dropped: 6,
+            reconnects: 5,
+            reconnect_ms_p50: 80.5,
+            reconnect_ms_p99: 190.0,
+            lost: 1,
+            server_closes: ServerCloses {
+                going_away: 1,
+                service_restart: 0,
+                try_again_later: 4,
+                other: 0,
+                no_close_frame: 1,
+            },
             duration_secs: 1.0,
             steps_reached: 1,
             unreached: Some(Unreached {
@@ -1369,6 +2005,25 @@ mod tests {
             ])
         );
         assert_eq!(v["established"], 3);
+        assert_eq!(v["reconnects"], 5);
+        assert_eq!(v["reconnect_ms_p50"], 80.5);
+        assert_eq!(v["reconnect_ms_p99"], 190.0);
+        assert_eq!(v["lost"], 1);
+        assert_eq!(
+            v["server_closes"],
+            serde_json::json!({"1001": 1, "1012": 0, "1013": 4, "other": 0, "no_close_frame": 1})
+        );
+        assert!(
+            s.to_string().contains(
+                "server closes    1001: 1, 1012: 0, 1013: 4, other: 0, no close frame: 1"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.to_string()
+                .contains("reconnects       5 (p50 80.5 ms, p99 190.0 ms), lost 1"),
+            "{s}"
+        );
         assert_eq!(
             v["unreached"],
             serde_json::json!({"step": 2, "open": 18859, "want": 20000, "deadline_ms": 300000})

@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve /ws/chat, /ws/echo and /ws/ticker with /metrics and /healthz; drain on SIGTERM.
+    /// Serve /ws/chat, /ws/echo and /ws/ticker with /metrics, /healthz and POST /shed (close N
+    /// connections with 1013, docs/shed-contract.md); drain on SIGTERM.
     Serve(ServeArgs),
     /// Open, hold and churn connections against one or more targets, then print a summary.
     Load(LoadArgs),

@@ -101,6 +101,7 @@ fn short_pings() -> ServerConfig {
         ping_interval: Duration::from_millis(200),
         pong_timeout: Duration::from_millis(200),
         drain_grace: Duration::from_secs(2),
+        ..ServerConfig::default()
     }
 }
 
@@ -260,6 +261,74 @@ async fn client_that_vanishes_without_a_close_frame_is_removed_after_ping_and_po
     assert_eq!(run.server.closed(Route::Echo, CloseReason::Error), 0);
     drop(vanished);
     reader.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shed_closes_the_oldest_connections_of_any_route_with_1013_and_cuts_a_client_that_never_answers()
+ {
+    let run = Running::start(ServerConfig {
+        // No ping during the test: only the shed ends connections.
+        ping_interval: Duration::from_secs(3600),
+        pong_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    })
+    .await;
+    // Opened in this order, each counted before the next: the silent one is the oldest.
+    let mut silent = raw_upgrade(run.addr, Route::Echo.path()).await;
+    run.expect_active([0, 1, 0], "silent").await;
+    let mut ticker = run.connect(Route::Ticker).await;
+    run.expect_active([0, 1, 1], "ticker").await;
+    let mut chat = run.connect(Route::Chat).await;
+    run.expect_active([1, 1, 1], "chat").await;
+
+    assert_eq!(run.server.shed(2), 2);
+    // The ticker client reads its close frame (ticks may come before it) and answers it.
+    let frame = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ticker.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame");
+    let frame = frame.expect("a close frame with a code");
+    assert_eq!(frame.code, CloseCode::Again);
+    assert_eq!(frame.reason.as_str(), "rebalancing");
+    while ticker.next().await.is_some() {}
+    // The silent client got the same frame, unmasked: 0x88, length, code 1013, reason.
+    let mut head = [0u8; 4];
+    silent.read_exact(&mut head).await.expect("the close frame");
+    assert_eq!(head, [0x88, 13, 0x03, 0xF5]);
+    let mut reason = [0u8; 11];
+    silent.read_exact(&mut reason).await.expect("the reason");
+    assert_eq!(&reason, b"rebalancing");
+    // It never answers: cut after the pong timeout, still counted as shed.
+    run.expect_active([1, 0, 0], "both shed connections gone")
+        .await;
+    let mut rest = Vec::new();
+    assert_eq!(
+        silent.read_to_end(&mut rest).await.map(|_| rest.len()).ok(),
+        Some(0),
+        "the server closed the TCP connection"
+    );
+    assert_eq!(run.server.closed(Route::Echo, CloseReason::Shed), 1);
+    assert_eq!(run.server.closed(Route::Ticker, CloseReason::Shed), 1);
+    let body = run.metrics().await;
+    assert_eq!(closed(&body, "echo", "shed"), 1.0, "{body}");
+    assert_eq!(closed(&body, "ticker", "shed"), 1.0, "{body}");
+
+    // The newest is untouched and still served.
+    chat.send(Message::text("still here")).await.expect("send");
+    assert_eq!(next_text(&mut chat).await, "still here");
+    assert_eq!(run.server.shed(5), 1, "only the chat client is left");
+    assert_eq!(
+        close_code(&mut chat, Duration::from_secs(30)).await,
+        Some(CloseCode::Again)
+    );
+    run.expect_active([0, 0, 0], "all shed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
