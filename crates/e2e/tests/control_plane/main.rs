@@ -3,6 +3,8 @@
 //! (`scripts/build-control-plane.sh`, pinned in `go/`); a node agent runs each pod as a real
 //! `ws-demo serve` process on its own loopback address; HAProxy, its backends following the demo
 //! pods as a Service's endpoints would, is the load balancer the load generator connects through.
+//! `balance` holds the scenarios of "connections follow the replicas" (issue 15): rebalancing
+//! after a scale-up, deletion cost on a scale-down, a rolling update, a frozen pod.
 //!
 //! Run with `make control-plane` (README). The scenarios write their timelines as CSV and SVG
 //! under `target/control-plane/`.
@@ -10,6 +12,7 @@
 use ws_e2e as support;
 
 mod auth;
+mod balance;
 mod cluster;
 mod load_balancer;
 mod node_agent;
