@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, on a fresh Debian machine: promtool and
 # prometheus (Debian's `prometheus` package; its service is not started, tests run their own) and
-# kubectl (Debian's `kubernetes-client` when no kubectl is on PATH), and cargo-deny (from the crate
-# registry, for `make lint`'s licence/ban/source check), and Python's `websockets` for the shed
-# contract's example server (crates/e2e/tests/shed_contract.rs runs examples/shed-server/server.py).
-# Other Python tools are installed by the scripts that use them. Go (1.26 or newer, for the control-plane binaries) is checked, not installed: Debian's
+# kubectl (Debian's `kubernetes-client` when no kubectl is on PATH), HAProxy (Debian's `haproxy`: the
+# control-plane tests' load balancer; they start it themselves, so its service is stopped and
+# disabled where this script installs it), cargo-deny (from the crate registry, for `make lint`'s
+# licence/ban/source check), and Python's `websockets` for the shed contract's example server
+# (crates/e2e/tests/shed_contract.rs runs examples/shed-server/server.py). Other Python tools are
+# installed by the scripts that use them. Go (1.26 or newer, for the control-plane binaries) is
+# checked, not installed: Debian's
 # golang is too old for Kubernetes 1.37. Idempotent: installs nothing that is already there.
 set -euo pipefail
 
 need=()
 { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
+# Debian puts haproxy in /usr/sbin, which a non-root user's PATH may lack.
+haproxy_bin="$(command -v haproxy || { [ -x /usr/sbin/haproxy ] && echo /usr/sbin/haproxy; } || true)"
+[ -n "$haproxy_bin" ] || need+=(haproxy)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 if command -v python3 >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then
@@ -24,10 +30,17 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The package starts a system HAProxy where systemd runs; the tests need none.
+  if [[ " ${need[*]} " == *" haproxy "* ]] && command -v systemctl >/dev/null \
+    && systemctl is-system-running >/dev/null 2>&1; then
+    "${sudo_cmd[@]}" systemctl disable --now haproxy >/dev/null 2>&1 || true
+  fi
 fi
 for tool in promtool prometheus kubectl curl python3 cargo; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null \
+  || { echo "install-deps: haproxy is still missing" >&2; exit 1; }
 # cargo-deny checks deny.toml (licences, bans, sources). Built once (a few minutes on 2 cores) into
 # ~/.cargo/bin; pinned, so every machine checks with the same rules.
 deny_version=0.20.2
@@ -59,4 +72,4 @@ if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head
     "(found: ${go_have:-none}); install it from https://go.dev/dl" >&2
   exit 1
 fi
-echo "install-deps: promtool, prometheus, kubectl, curl, python3 (websockets $ws_have), cargo, cargo-deny and Go $go_have are present"
+echo "install-deps: promtool, prometheus, kubectl, haproxy, curl, python3 (websockets $ws_have), cargo, cargo-deny and Go $go_have are present"

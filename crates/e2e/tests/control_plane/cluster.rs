@@ -1,7 +1,8 @@
 //! A one-machine Kubernetes control plane for tests, on 127.0.0.1 only: etcd, kube-apiserver with
 //! the aggregation layer, kube-controller-manager (deployment, replicaset, HPA and serviceaccount
-//! controllers), the node agent standing in for a kubelet, and the adapter binary registered by
-//! APIService objects with a `caBundle`. The adapter runs with delegated authentication and
+//! controllers), the node agent standing in for a kubelet, the adapter binary registered by
+//! APIService objects with a `caBundle`, and on request HAProxy as the load balancer of the
+//! pods a selector picks ([`Cluster::start_load_balancer`]). The adapter runs with delegated authentication and
 //! authorization on (its own identity, bound to `system:auth-delegator` and the
 //! `extension-apiserver-authentication-reader` Role). Everything started is stopped by pid when the `Cluster`
 //! is dropped, pass or fail; on failure the logs (in a temp dir that is then kept) are printed.
@@ -17,6 +18,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
 
+use crate::load_balancer::{self, Balance, LoadBalancer, Runtime};
 use crate::node_agent::NodeAgent;
 use crate::pki::{self, Ca};
 use crate::support::e2e::{free_port, parse_listening_addr, require_tool};
@@ -79,6 +81,8 @@ struct Daemon {
 pub(crate) struct Cluster {
     dir: Option<tempfile::TempDir>,
     daemons: Vec<Daemon>,
+    /// Background tasks of the harness (the load balancer's reconciler), aborted on drop.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The cluster-admin kubeconfig (kubectl and the harness use it).
     pub kubeconfig: PathBuf,
     /// A client with cluster-admin rights.
@@ -244,6 +248,7 @@ impl Cluster {
         let mut cluster = Self {
             dir: Some(dir),
             daemons: Vec::new(),
+            tasks: Vec::new(),
             kubeconfig: PathBuf::new(),
             client: placeholder_client(),
             agent: NodeAgent::inert(),
@@ -361,7 +366,9 @@ impl Cluster {
         cluster.kubeconfig = kubeconfig.clone();
         cluster.client = client_from(&kubeconfig).await.expect("kube client");
 
-        // kube-controller-manager: only the controllers this test needs. With
+        // kube-controller-manager: only the controllers this test needs (NB: not the
+        // EndpointSlice controller: the API refuses the node agent's loopback pod IPs in an
+        // EndpointSlice; the load balancer follows the pods by its rules instead). With
         // --use-service-account-credentials each controller calls the API as its own service
         // account (the HPA as system:serviceaccount:kube-system:horizontal-pod-autoscaler), as in a
         // kubeadm cluster.
@@ -493,7 +500,9 @@ impl Cluster {
                 let last = self.daemons.last().expect("the daemon pushed above");
                 if exited(last) {
                     let log = std::fs::read_to_string(&last.log).unwrap_or_default();
-                    if !log.contains("address already in use") || attempt == PORT_ATTEMPTS {
+                    // etcd and kube-apiserver write it in lower case, HAProxy capitalised.
+                    let taken = log.to_ascii_lowercase().contains("address already in use");
+                    if !taken || attempt == PORT_ATTEMPTS {
                         panic!("{name} exited while waiting for {what} (attempt {attempt})");
                     }
                     let mut failed = self.daemons.pop().expect("the daemon pushed above");
@@ -518,6 +527,67 @@ impl Cluster {
             }
         }
         unreachable!("the last attempt returns or panics")
+    }
+
+    /// Starts HAProxy as the load balancer of the pods of namespace `default` that label selector
+    /// `selector` picks, on their `pod_port` (what a Service with that selector would front), on a
+    /// free port, balancing new connections with `balance`; and a task that makes its backends
+    /// follow those pods ([`load_balancer::follow`]). Both are stopped when the cluster is
+    /// dropped; HAProxy's log is with the others. Panics, with how to install it, when HAProxy is
+    /// missing.
+    ///
+    /// NB: HAProxy takes its port from the configuration and cannot bind :0 and report it; it is
+    /// started on a fresh port after "Address already in use", like etcd and kube-apiserver
+    /// ([`Self::start_on_free_ports`]).
+    pub(crate) async fn start_load_balancer(
+        &mut self,
+        selector: &str,
+        pod_port: u16,
+        balance: Balance,
+    ) -> LoadBalancer {
+        let haproxy = load_balancer::haproxy_binary();
+        let dir = self.dir().join("haproxy");
+        std::fs::create_dir_all(&dir).expect("haproxy dir");
+        let socket = dir.join("haproxy.sock");
+        let cfg = dir.join("haproxy.cfg");
+        let runtime = Runtime::new(socket.clone());
+        let [port] = self
+            .start_on_free_ports(
+                "haproxy",
+                &haproxy,
+                |[port]| {
+                    // A retry must not find the failed attempt's socket file.
+                    let _ = std::fs::remove_file(&socket);
+                    std::fs::write(&cfg, load_balancer::config(port, &socket, balance))
+                        .expect("write haproxy.cfg");
+                    // -db: in the foreground, one process (no master-worker): the pid the
+                    // cluster stops is HAProxy itself.
+                    args(&["-db", "-f", &cfg.display().to_string()])
+                },
+                "HAProxy's frontend and runtime API",
+                |[port]| {
+                    let runtime = runtime.clone();
+                    async move {
+                        runtime.command("show info").await.is_ok()
+                            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                                .await
+                                .is_ok()
+                    }
+                },
+            )
+            .await;
+        self.tasks.push(tokio::spawn(load_balancer::follow(
+            self.client.clone(),
+            "default".into(),
+            selector.into(),
+            pod_port,
+            runtime.clone(),
+        )));
+        eprintln!("HAProxy ({}) on 127.0.0.1:{port}", balance.keyword());
+        LoadBalancer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            runtime,
+        }
     }
 
     /// Runs kubectl against this cluster; returns (success, stdout, stderr).
@@ -598,8 +668,10 @@ async fn start_adapter(
 }
 
 /// The adapter's namespace, what it may read (pods) and do (TokenReview and SubjectAccessReview,
-/// read the front-proxy ConfigMap: spec §5.5), and what it needs to manage its CA (its Secret,
-/// the two APIServices by name). Applied before the adapter starts.
+/// read the front-proxy ConfigMap: spec §5.5), what it needs to manage its CA (its Secret,
+/// the two APIServices by name), and what `--rebalance` needs: watch HPAs and the workloads they
+/// scale (Deployments, their ReplicaSets, StatefulSets), patch pods (their deletion cost).
+/// Applied before the adapter starts.
 fn rbac() -> String {
     format!(
         r#"apiVersion: v1
@@ -612,6 +684,12 @@ metadata: {{name: ws-metrics-adapter}}
 rules:
 - apiGroups: [""]
   resources: [pods]
+  verbs: [get, list, watch, patch]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, replicasets]
   verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -752,6 +830,9 @@ fn placeholder_client() -> Client {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
         self.agent.stop();
         let failed = std::thread::panicking();
         // Stop in reverse order of start, by pid.

@@ -1,23 +1,27 @@
 //! Control-plane tests: the adapter behind the real kube-aggregator, read by the real HPA
 //! controller. etcd, kube-apiserver and kube-controller-manager are built from their Go modules
 //! (`scripts/build-control-plane.sh`, pinned in `go/`); a node agent runs each pod as a real
-//! `ws-demo serve` process on its own loopback address; a round-robin TCP proxy stands in for the
-//! Service the load generator connects through.
+//! `ws-demo serve` process on its own loopback address; HAProxy, its backends following the demo
+//! pods as a Service's endpoints would, is the load balancer the load generator connects through.
+//! `balance` holds the scenarios of "connections follow the replicas" (issue 15): rebalancing
+//! after a scale-up, deletion cost on a scale-down, a rolling update, a frozen pod.
 //!
-//! Run with `make control-plane` (README). The scale-up/scale-down test writes its timeline as CSV
-//! and SVG under `target/control-plane/`.
+//! Run with `make control-plane` (README). The scenarios write their timelines as CSV and SVG
+//! under `target/control-plane/`.
 
 use ws_e2e as support;
 
 mod auth;
+mod balance;
 mod cluster;
+mod load_balancer;
 mod node_agent;
 mod pki;
-mod service_proxy;
 mod serving_ca;
 mod timeline;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +31,8 @@ use kube::{Api, Client};
 use ws_demo::load::{LoadGenerator, LoadPlan, Step, Summary};
 
 use cluster::{Cluster, GIVE_UP, Options};
-use service_proxy::ServiceProxy;
-use timeline::{Row, StepMark};
+use load_balancer::{Balance, LoadBalancer};
+use timeline::{PodSample, Row, StepMark};
 
 /// The tests of this file share the machine's two cores and ports; one control plane at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -39,6 +43,16 @@ const TARGET_AVERAGE: u32 = 100;
 
 /// Deployment `ws-demo`: pods bound to the agent's node, opted in to scraping on port 8080.
 fn deployment(replicas: u32) -> String {
+    deployment_with(replicas, &[])
+}
+
+/// [`deployment`] with more pod-template `annotations` (`ws-metrics-adapter.io/shed-path`, …).
+/// A rolling update adds one pod before it removes one (maxSurge 1, maxUnavailable 0).
+fn deployment_with(replicas: u32, annotations: &[(&str, &str)]) -> String {
+    let extra: String = annotations
+        .iter()
+        .map(|(k, v)| format!("\n        {k}: \"{v}\""))
+        .collect();
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -46,12 +60,15 @@ metadata: {{name: ws-demo, namespace: {NAMESPACE}}}
 spec:
   replicas: {replicas}
   selector: {{matchLabels: {{app: ws-demo}}}}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
   template:
     metadata:
       labels: {{app: ws-demo}}
       annotations:
         ws-metrics-adapter.io/scrape: "true"
-        ws-metrics-adapter.io/port: "{port}"
+        ws-metrics-adapter.io/port: "{port}"{extra}
     spec:
       nodeName: {node}
       terminationGracePeriodSeconds: 5
@@ -63,6 +80,25 @@ spec:
         port = node_agent::POD_PORT,
         node = node_agent::NODE_NAME,
     )
+}
+
+/// Starts the load balancer in front of the demo pods (`app=ws-demo`, port 8080: what Service
+/// `ws-demo` would select), balancing with `balance`.
+async fn start_service(cluster: &mut Cluster, balance: Balance) -> LoadBalancer {
+    cluster
+        .start_load_balancer("app=ws-demo", node_agent::POD_PORT, balance)
+        .await
+}
+
+/// Waits (up to [`GIVE_UP`]) until the load balancer sends new connections to exactly `n` pods.
+async fn wait_for_backends(cluster: &Cluster, lb: &LoadBalancer, n: usize) {
+    cluster
+        .wait(
+            &format!("{n} ready backends in HAProxy"),
+            GIVE_UP,
+            || async { lb.ready_backends().await.len() == n },
+        )
+        .await;
 }
 
 /// HPA on the average connections per pod. Scale-up may add up to 10 pods at once (the default
@@ -143,20 +179,113 @@ async fn wait_for_answer(cluster: &Cluster, what: &str, want: &BTreeMap<String, 
         .await;
 }
 
-/// Connections each pod process holds, read from its own `/metrics` (the truth).
+/// How long a pod's `/metrics` may take to answer the sampler: a frozen pod (SIGSTOP) never
+/// answers, and is then left out of the sample instead of stalling it.
+const POD_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pod's `/metrics`, or `None` when it did not answer 200 within [`POD_READ_TIMEOUT`].
+async fn pod_metrics(addr: SocketAddr) -> Option<String> {
+    match tokio::time::timeout(POD_READ_TIMEOUT, support::plain_get(addr, "/metrics")).await {
+        Ok(Ok((200, body))) => Some(body),
+        _ => None,
+    }
+}
+
+/// The sum of every series of metric `name` (whatever its labels) in a text exposition.
+fn sum_series(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Connections each pod process holds, read from its own `/metrics` (the truth); pods that do
+/// not answer are left out.
 async fn held(pods: &node_agent::Pods) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for (name, addr) in pods.pods() {
-        if let Ok((200, body)) = support::plain_get(addr, "/metrics").await {
-            let total = body
-                .lines()
-                .filter(|l| l.starts_with("websocket_connections_active{"))
-                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-                .sum();
-            out.insert(name, total);
+    let reads = pods.pods().into_iter().map(|(name, addr)| async move {
+        let body = pod_metrics(addr).await?;
+        Some((name, sum_series(&body, "websocket_connections_active")))
+    });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// One sample of a scenario: the HPA's status, what the API answers for the HPA's request, and
+/// every pod's own count and readiness.
+async fn sample(client: &Client, agent: &node_agent::Pods, t: f64) -> (Row, HpaState) {
+    let hpa = hpa_state(client).await;
+    let answer = match api_answer(client, "v1beta2").await {
+        Ok(a) => Some(a.values),
+        Err(e) => {
+            eprintln!("t={t:.1}s: API read failed: {e}");
+            None
+        }
+    };
+    let held = held(agent).await;
+    let ready = agent.ready();
+    let pods = agent
+        .pods()
+        .into_iter()
+        .map(|(name, _)| {
+            let pod = PodSample {
+                held: held.get(&name).copied(),
+                api: answer.as_ref().and_then(|a| a.get(&name).copied()),
+                ready: ready.contains(&name),
+            };
+            (name, pod)
+        })
+        .collect();
+    let row = Row {
+        t,
+        held: held.values().sum(),
+        api_sum: answer.as_ref().map(|v| v.values().sum()),
+        api_pods: answer.as_ref().map(BTreeMap::len),
+        desired: hpa.desired,
+        current: hpa.current,
+        pods,
+    };
+    (row, hpa)
+}
+
+/// One row a second of `samples` (taken more often), for the CSV and the plot.
+fn one_a_second(samples: &[Row]) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    for sample in samples {
+        if rows.last().is_none_or(|r| sample.t - r.t >= 1.0) {
+            rows.push(sample.clone());
         }
     }
-    out
+    rows
+}
+
+/// Waits (up to [`GIVE_UP`]) until the HPA runs `replicas` replicas, wants as many, and has
+/// computed from the metric.
+async fn wait_for_hpa_at(cluster: &Cluster, replicas: i32) {
+    let client = cluster.client.clone();
+    cluster
+        .wait(
+            &format!("the HPA at {replicas} replicas with its metric"),
+            GIVE_UP,
+            || {
+                let client = client.clone();
+                async move {
+                    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client, NAMESPACE);
+                    api.get_status("ws-demo").await.is_ok_and(|h| {
+                        let s = h.status.unwrap_or_default();
+                        s.current_replicas == Some(replicas)
+                            && s.desired_replicas == replicas
+                            && s.current_metrics.is_some_and(|m| !m.is_empty())
+                    })
+                }
+            },
+        )
+        .await;
 }
 
 /// What the HPA's status says.
@@ -212,14 +341,14 @@ const HOLD_UNTIL_ENDED: Duration = Duration::from_secs(24 * 3600);
 /// [`ws_demo::load::Summary::unreached`]. Generous: a loaded 2-core machine is 5-10x slower.
 const LOAD_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Starts a load generator (the library behind `ws-demo load`) through `proxy`, with count-ended
-/// steps ([`LOAD_DEADLINE`]).
+/// Starts a load generator (the library behind `ws-demo load`) on `target` (the load balancer,
+/// or one pod), with count-ended steps ([`LOAD_DEADLINE`]).
 fn start_load(
-    proxy: &ServiceProxy,
+    target: SocketAddr,
     steps: Vec<Step>,
 ) -> (Arc<LoadGenerator>, tokio::task::JoinHandle<Summary>) {
     let load = Arc::new(LoadGenerator::new(LoadPlan {
-        targets: vec![format!("ws://{}/ws/echo", proxy.addr)],
+        targets: vec![format!("ws://{target}/ws/echo")],
         steps,
         churn_per_sec: 0.0,
         deadline: Some(LOAD_DEADLINE),
@@ -433,40 +562,28 @@ const SETTLE: [(usize, i32); 2] = [(600, 6), (150, 2)];
 /// drop, then to exactly 2, and writes the timeline.
 async fn scale_up_then_down(sync: Duration) {
     const SCALE_DOWN_WINDOW: u32 = 10;
-    let cluster = Cluster::start(Options {
+    let mut cluster = Cluster::start(Options {
         hpa_sync_period: sync,
         adapter_args: vec!["--scrape-interval=1s".into()],
         ..Options::default()
     })
     .await;
-    let client = cluster.client.clone();
-    let pods = cluster.agent.pods.clone();
+    let lb = start_service(&mut cluster, Balance::RoundRobin).await;
     cluster.kubectl_apply(&deployment(1)).await;
     cluster.kubectl_apply(&hpa(1, 10, SCALE_DOWN_WINDOW)).await;
-    cluster
-        .wait("the HPA reads the metric of 1 pod", GIVE_UP, || {
-            let client = client.clone();
-            async move {
-                let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client, NAMESPACE);
-                api.get_status("ws-demo").await.is_ok_and(|h| {
-                    let s = h.status.unwrap_or_default();
-                    s.current_replicas == Some(1)
-                        && s.desired_replicas == 1
-                        && s.current_metrics.is_some_and(|m| !m.is_empty())
-                })
-            }
-        })
-        .await;
+    wait_for_hpa_at(&cluster, 1).await;
+    wait_for_backends(&cluster, &lb, 1).await;
 
-    let proxy = ServiceProxy::start(pods.clone(), "app", "ws-demo").await;
     let steps = SETTLE
         .iter()
         .map(|&(connections, _)| step(connections, HOLD_UNTIL_ENDED))
         .collect();
-    let (load, load_task) = start_load(&proxy, steps);
+    let (load, load_task) = start_load(lb.addr, steps);
     let started = Instant::now();
     let mut samples: Vec<Row> = Vec::new();
     let mut marks: Vec<StepMark> = Vec::new();
+    // The spread when the HPA settled at 6 (connections through round-robin never move).
+    let mut settled_at_6: Option<timeline::Spread> = None;
     // Ends when the last step has settled, or when the load stops on its own (a step short of
     // its count at LOAD_DEADLINE: asserted below).
     while !load_task.is_finished() {
@@ -475,25 +592,10 @@ async fn scale_up_then_down(sync: Duration) {
         if progress.step > marks.len() {
             marks.push(StepMark {
                 t,
-                connections: progress.desired,
+                label: format!("load → {}", progress.desired),
             });
         }
-        let hpa = hpa_state(&client).await;
-        let answer = match api_answer(&client, "v1beta2").await {
-            Ok(a) => Some(a.values),
-            Err(e) => {
-                eprintln!("t={t:.1}s: API read failed: {e}");
-                None
-            }
-        };
-        let row = Row {
-            t,
-            held: held(&pods).await.values().sum(),
-            api_sum: answer.as_ref().map(|v| v.values().sum()),
-            api_pods: answer.as_ref().map(BTreeMap::len),
-            desired: hpa.desired,
-            current: hpa.current,
-        };
+        let (row, hpa) = sample(&cluster.client, &cluster.agent.pods, t).await;
         samples.push(row.clone());
         if let Some(&(connections, replicas)) = SETTLE.get(progress.step.wrapping_sub(1)) {
             let settled = row.desired == replicas
@@ -507,6 +609,9 @@ async fn scale_up_then_down(sync: Duration) {
                      replicas {since:.1} s after it started; ending it",
                     progress.step
                 );
+                if progress.step == 1 {
+                    settled_at_6 = row.spread();
+                }
                 load.end_step(progress.step);
                 if progress.step == SETTLE.len() {
                     break;
@@ -522,7 +627,6 @@ async fn scale_up_then_down(sync: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    drop(proxy);
     let summary = load_task.await.expect("the load task did not panic");
     assert!(
         summary.unreached.is_none() && summary.steps_reached == 2,
@@ -530,12 +634,7 @@ async fn scale_up_then_down(sync: Duration) {
     );
 
     // The CSV and plot keep one row a second; lags are read from every sample.
-    let mut rows: Vec<Row> = Vec::new();
-    for sample in &samples {
-        if rows.last().is_none_or(|r| sample.t - r.t >= 1.0) {
-            rows.push(sample.clone());
-        }
-    }
+    let rows = one_a_second(&samples);
     let name = format!("hpa-sync-{}s", sync.as_secs());
     let dir = out_dir();
     timeline::write_csv(&dir.join(format!("timeline-{name}.csv")), &rows);
@@ -624,6 +723,16 @@ async fn scale_up_then_down(sync: Duration) {
         lags.age_mean,
         dir.display()
     );
+    // The baseline of issue 15: what a scale-up leaves behind when nothing moves connections.
+    let spread = settled_at_6.expect("step 1 settled (asserted above)");
+    eprintln!(
+        "BALANCE baseline {name} (HAProxy roundrobin, no --rebalance): when the HPA settled at 6, \
+         imbalance max/mean {:.2} (max {}, min {}, mean {:.1} over the Ready pods)",
+        spread.imbalance().unwrap_or(f64::NAN),
+        spread.max,
+        spread.min,
+        spread.mean
+    );
     // Figures are reported (README), not asserted: the machine is shared, and a busy one delays
     // scrapes. What holds however slow the machine: values were served, and none older than
     // --max-age (3 s, the default 3 × --scrape-interval) — the store leaves those out, measured
@@ -666,7 +775,7 @@ async fn hpa_scales_up_to_6_and_down_to_2_with_default_15s_sync() {
     scale_up_then_down(Duration::from_secs(15)).await;
 }
 
-/// Three pods at exactly 100 connections each (the load spread round-robin by the Service), an
+/// Three pods at exactly 100 connections each (the load spread round-robin by HAProxy), an
 /// HPA at its target with no scale-down stabilization; then one pod's process is frozen (SIGSTOP:
 /// its /metrics stops answering, its connections stay open). The adapter keeps that pod's last
 /// good value until `--max-age`, then leaves the pod out, never serving a 0; the HPA, missing one
@@ -674,38 +783,22 @@ async fn hpa_scales_up_to_6_and_down_to_2_with_default_15s_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hpa_does_not_scale_down_when_a_pods_metrics_stop_answering() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::start(Options {
+    let mut cluster = Cluster::start(Options {
         hpa_sync_period: Duration::from_secs(1),
         adapter_args: vec!["--scrape-interval=1s".into(), "--max-age=3s".into()],
         ..Options::default()
     })
     .await;
+    let lb = start_service(&mut cluster, Balance::RoundRobin).await;
     let client = cluster.client.clone();
     let pods = cluster.agent.pods.clone();
     cluster.kubectl_apply(&deployment(3)).await;
-    cluster
-        .wait("3 demo pods ready", GIVE_UP, || {
-            let pods = pods.clone();
-            async move { pods.endpoints("app", "ws-demo").len() == 3 }
-        })
-        .await;
-    let proxy = ServiceProxy::start(pods.clone(), "app", "ws-demo").await;
-    let (_load, load_task) = start_load(&proxy, vec![step(300, HOLD_UNTIL_ENDED)]);
+    wait_for_backends(&cluster, &lb, 3).await;
+    let (_load, load_task) = start_load(lb.addr, vec![step(300, HOLD_UNTIL_ENDED)]);
     let even = BTreeMap::from_iter(pods.pods().into_iter().map(|(name, _)| (name, 100.0)));
     wait_for_answer(&cluster, "the API serves 100 for each of the 3 pods", &even).await;
     cluster.kubectl_apply(&hpa(1, 10, 0)).await;
-    cluster
-        .wait("the HPA at 3 replicas with its metric", GIVE_UP, || {
-            let client = client.clone();
-            async move {
-                let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client, NAMESPACE);
-                api.get_status("ws-demo").await.is_ok_and(|h| {
-                    let s = h.status.unwrap_or_default();
-                    s.desired_replicas == 3 && s.current_metrics.is_some_and(|m| !m.is_empty())
-                })
-            }
-        })
-        .await;
+    wait_for_hpa_at(&cluster, 3).await;
 
     let (frozen, _) = pods.pods().into_iter().next().expect("a pod");
     pods.signal(&frozen, "STOP");

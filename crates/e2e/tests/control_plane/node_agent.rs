@@ -148,6 +148,17 @@ impl Pods {
             .collect()
     }
 
+    /// Names of the pods reported Ready and not terminating (whatever their labels).
+    pub(crate) fn ready(&self) -> std::collections::BTreeSet<String> {
+        let state = self.0.lock().expect("agent state");
+        state
+            .pods
+            .values()
+            .filter(|p| p.ready)
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
     /// `(pod name, address)` of every pod process, terminating ones included.
     pub(crate) fn pods(&self) -> Vec<(String, SocketAddr)> {
         let state = self.0.lock().expect("agent state");
