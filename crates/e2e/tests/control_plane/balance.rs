@@ -14,7 +14,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use ws_demo::load::{LoadGenerator, Progress};
+use ws_demo::load::{LoadGenerator, ReconnectMark, ServerCloses};
 
 use super::cluster::{Cluster, GIVE_UP, Options};
 use super::load_balancer::Balance;
@@ -44,6 +44,9 @@ fn rebalance_args() -> Vec<String> {
         "--rebalance-max-shed-fraction=0.5",
         "--rebalance-max-shed-rate=200",
         "--deletion-cost-max-patches-per-second=5",
+        // The harness runs the adapter outside a pod: name the namespace of its Lease (RBAC in
+        // cluster.rs).
+        "--rebalance-lease-namespace=ws-metrics",
     ]
     .map(String::from)
     .to_vec()
@@ -266,38 +269,38 @@ const LOST_AFTER: Duration = Duration::from_secs(5);
 /// What the load generator's clients went through after a moment.
 #[derive(Debug, Clone, PartialEq)]
 struct Reconnects {
-    /// Connections established since: each one a dropped client connecting again (the step's
-    /// count was reached before).
+    /// Dropped clients connected again since the mark.
     reconnects: u64,
-    /// Clients not connected again within [`LOST_AFTER`].
-    lost: usize,
-    /// Median time to connect again. Unit: milliseconds. `None` until the load generator
-    /// measures it.
-    p50_ms: Option<f64>,
+    /// Clients not connected again within 5 s of their drop (the load generator's
+    /// `LOST_AFTER`), counted once each.
+    lost: u64,
+    /// The same, seen from the pods' side: the most clients missing on every sample of some
+    /// [`LOST_AFTER`] window (a cross-check that needs nothing of the generator).
+    missing_throughout: usize,
+    /// Median time from a drop to connected again. Unit: milliseconds.
+    p50_ms: f64,
     /// 99th percentile of the same.
-    p99_ms: Option<f64>,
+    p99_ms: f64,
+    /// Server closes since the mark, by close code.
+    closes: ServerCloses,
 }
 
-/// [`Reconnects`] since `since` (the generator's progress then), for a step that wants `want`
+/// [`Reconnects`] since `mark` (taken when the phase began), for a step that wants `want`
 /// connections open, `open` the open count the sampler saw.
-///
-/// NB: the one place that reads reconnect figures, to adapt when the reconnecting load generator
-/// lands (issue 15, its own branch: reconnect with back-off and jitter, lost = not back within
-/// 5 s, reconnect latency percentiles). Today's generator already replaces a connection the
-/// server closes, but neither times it nor counts it apart, so: reconnects from its count of
-/// established connections; lost = the most clients missing on every sample of some
-/// [`LOST_AFTER`] window (a client away that long is lost); no latency.
 fn reconnects(
     load: &LoadGenerator,
-    since: &Progress,
+    mark: &ReconnectMark,
     open: &[(f64, usize)],
     want: usize,
 ) -> Reconnects {
+    let stats = load.reconnect_stats_since(mark);
     Reconnects {
-        reconnects: load.progress().established - since.established,
-        lost: missing_for(open, want, LOST_AFTER),
-        p50_ms: None,
-        p99_ms: None,
+        reconnects: stats.reconnects,
+        lost: stats.lost,
+        missing_throughout: missing_for(open, want, LOST_AFTER),
+        p50_ms: stats.latency_percentile_ms(0.50),
+        p99_ms: stats.latency_percentile_ms(0.99),
+        closes: stats.server_closes,
     }
 }
 
@@ -369,7 +372,7 @@ async fn rebalance_after_scale_up(balance: Balance) {
     let (load, load_task) = start_load(lb.addr, vec![step(CONNECTIONS, HOLD_UNTIL_ENDED)]);
     let sampler = Sampler::start(&cluster, Some(load.clone()));
     sampler.mark("load → 600");
-    let mut reached: Option<Progress> = None;
+    let mut reached: Option<ReconnectMark> = None;
     let mut six_ready: Option<(f64, Row)> = None;
     let converged = loop {
         assert!(
@@ -378,7 +381,7 @@ async fn rebalance_after_scale_up(balance: Balance) {
         );
         let progress = load.progress();
         if reached.is_none() && progress.open == CONNECTIONS {
-            reached = Some(progress);
+            reached = Some(load.reconnect_mark());
         }
         if let Some(row) = sampler.latest() {
             let ready = row.pods.values().filter(|p| p.ready).count();
@@ -436,7 +439,8 @@ async fn rebalance_after_scale_up(balance: Balance) {
         "BALANCE {name}: 6 Ready at t={t6:.1}s with imbalance {:.2} (max {}, mean {:.1}); \
          max/mean ≤ {BALANCED} {:.1} s later (imbalance {:.2}, adapter's gauge {:?}); \
          reconnects {} against a minimum of {minimum} (the excess over the mean), ratio {:.2}; \
-         lost (not back within {LOST_AFTER:?}) {}; reconnect p50/p99 {:?}/{:?} ms; \
+         lost (not back within {LOST_AFTER:?}) {} (missing throughout a window on the pods' \
+         side: {}); reconnect p50/p99 {:.0}/{:.0} ms; server closes {:?}; \
          shed requests {:?}, shed connections {}",
         spread6.imbalance().unwrap_or(f64::NAN),
         spread6.max,
@@ -450,8 +454,10 @@ async fn rebalance_after_scale_up(balance: Balance) {
         stats.reconnects,
         stats.reconnects as f64 / minimum.max(1.0),
         stats.lost,
+        stats.missing_throughout,
         stats.p50_ms,
         stats.p99_ms,
+        stats.closes,
         figures.shed_requests,
         figures.shed_connections,
     );
@@ -734,7 +740,7 @@ async fn rolling_update_loses_no_client_and_does_not_scale() {
         .await;
     wait_for_hpa_at(&cluster, 4).await;
     let scaled_before = last_scale_time(&cluster).await;
-    let before = load.progress();
+    let before = load.reconnect_mark();
     let old: BTreeSet<String> = even.keys().cloned().collect();
 
     let sampler = Sampler::start(&cluster, Some(load.clone()));
@@ -776,12 +782,22 @@ async fn rolling_update_loses_no_client_and_does_not_scale() {
     let min_held = rows.iter().map(|r| r.held).fold(f64::MAX, f64::min);
     eprintln!(
         "BALANCE rolling-update: {rollout:.1} s for 4 pods; reconnects {} (400 clients moved at \
-         least once: the old pods drained them), lost (not back within {LOST_AFTER:?}) {}, \
-         reconnect p50/p99 {:?}/{:?} ms; fewest connections held on a sample {min_held}; HPA \
+         least once: the old pods drained them), lost (not back within {LOST_AFTER:?}) {} \
+         (missing throughout a window on the pods' side: {}), reconnect p50/p99 {:.0}/{:.0} ms, \
+         server closes {:?}; fewest connections held on a sample {min_held}; HPA \
          desired replicas seen {desired:?}, lastScaleTime {scaled_before:?} → {scaled_after:?}",
-        stats.reconnects, stats.lost, stats.p50_ms, stats.p99_ms,
+        stats.reconnects,
+        stats.lost,
+        stats.missing_throughout,
+        stats.p50_ms,
+        stats.p99_ms,
+        stats.closes,
     );
     assert_eq!(stats.lost, 0, "clients lost in the rollout: {stats:?}");
+    assert_eq!(
+        stats.missing_throughout, 0,
+        "clients missing for {LOST_AFTER:?} on the pods' side during the rollout: {stats:?}"
+    );
     assert_eq!(
         desired,
         BTreeSet::from([4]),

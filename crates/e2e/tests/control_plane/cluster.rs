@@ -670,7 +670,9 @@ async fn start_adapter(
 /// The adapter's namespace, what it may read (pods) and do (TokenReview and SubjectAccessReview,
 /// read the front-proxy ConfigMap: spec §5.5), what it needs to manage its CA (its Secret,
 /// the two APIServices by name), and what `--rebalance` needs: watch HPAs and the workloads they
-/// scale (Deployments, their ReplicaSets, StatefulSets), patch pods (their deletion cost).
+/// scale (Deployments, StatefulSets), patch pods (their deletion cost), and hold its Lease in the
+/// adapter's namespace (the same rules as `manifests/cluster-role-workload-controller.yaml` and
+/// `manifests/role-leader-lease.yaml`).
 /// Applied before the adapter starts.
 fn rbac() -> String {
     format!(
@@ -689,8 +691,27 @@ rules:
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch]
 - apiGroups: [apps]
-  resources: [deployments, statefulsets, replicasets]
+  resources: [deployments, statefulsets]
   verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: ws-metrics-adapter-leader-lease, namespace: {ADAPTER_NAMESPACE}}}
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [ws-metrics-adapter-rebalance]
+  verbs: [get, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ws-metrics-adapter-leader-lease, namespace: {ADAPTER_NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: ws-metrics-adapter-leader-lease}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
