@@ -47,7 +47,8 @@ pub struct DemoArgs {
         default_value = "/tmp/ws-metrics-adapter-demo"
     )]
     pub dir: PathBuf,
-    /// Print one plain line per second instead of redrawing the screen.
+    /// Print the view as plain text, one block a second (the time, a row per pod, the HPA's
+    /// decision), instead of redrawing the screen.
     #[arg(long, env = "WS_DEMO_PLAIN")]
     pub plain: bool,
 }
@@ -78,7 +79,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// The load ramp, in multiples of the target so the replica count moves through a useful range:
-/// up to 1.5×, 4.5× and 9× the target in total, back down to 3×, then 1.5×.
+/// up to 1.5×, 4.5× and 9× the target in total, back down to 3×, then 1.5×, held until the demo
+/// ends (so the view shows load to its last second, however long `--duration` is).
 fn ramp(target: u32, targets: Vec<String>) -> LoadPlan {
     let t = f64::from(target.max(1));
     let step = |mult: f64, hold: u64| Step {
@@ -93,7 +95,8 @@ fn ramp(target: u32, targets: Vec<String>) -> LoadPlan {
             step(4.5, 12),
             step(9.0, 15),
             step(3.0, 12),
-            step(1.5, 10),
+            // Ended by the demo's stop signal, not by time.
+            step(1.5, 365 * 24 * 3600),
         ],
         churn_per_sec: 0.02,
         deadline: None,
@@ -181,6 +184,15 @@ fn parse_quantity_milli(s: &str) -> Option<i64> {
     digits.parse::<i64>().ok()?.checked_mul(mult)
 }
 
+/// `1 replica`, `3 replicas`.
+fn replicas(n: u32) -> String {
+    if n == 1 {
+        "1 replica".into()
+    } else {
+        format!("{n} replicas")
+    }
+}
+
 fn fmt_milli(m: i64) -> String {
     if m % 1000 == 0 {
         (m / 1000).to_string()
@@ -234,8 +246,6 @@ pub async fn run(
         "--scrape-interval".into(),
         "1s".into(),
     ];
-    let config =
-        ws_metrics_adapter::config::load(argv).map_err(|e| Error::Config(e.to_string()))?;
     let secure = TcpListener::bind(("127.0.0.1", args.port))
         .await
         .map_err(io(format!(
@@ -247,6 +257,16 @@ pub async fn run(
         .await
         .map_err(io("binding the adapter's metrics port"))?;
     let metrics_addr = metrics.local_addr().map_err(io("metrics address"))?;
+    // The configuration names the listeners actually bound, so that what the adapter logs (its
+    // static-mode warning names the API's address) is where it listens.
+    let argv = argv.into_iter().chain([
+        "--secure-port".into(),
+        port.to_string(),
+        "--metrics-bind-address".into(),
+        metrics_addr.to_string(),
+    ]);
+    let config =
+        ws_metrics_adapter::config::load(argv).map_err(|e| Error::Config(e.to_string()))?;
     let adapter = tokio::spawn(app::run(
         config,
         Listeners { secure, metrics },
@@ -271,11 +291,12 @@ pub async fn run(
         "ws-demo demo: {} WebSocket pods, the adapter on https://127.0.0.1:{port} (own metrics on http://{metrics_addr}/metrics)",
         servers.len()
     );
-    println!("Read what the HPA reads, with the real kubectl, while this runs:");
-    println!(
-        "  kubectl --kubeconfig {} get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/websocket_connections?labelSelector=app%3Dws-demo'",
+    let kubectl = format!(
+        "kubectl --kubeconfig {} get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/websocket_connections?labelSelector=app%3Dws-demo'",
         kubeconfig.display()
     );
+    println!("Read what the HPA reads, with the real kubectl, while this runs:");
+    println!("  {kubectl}");
     println!();
 
     let target = Target {
@@ -344,8 +365,8 @@ pub async fn run(
         match &api {
             Ok(values) => {
                 let decision = match hpa::desired_replicas(current, &pods, values, &target) {
-                    Ok(d) => d.to_string(),
-                    Err(e) => e.to_string(),
+                    Ok(d) => format!("would want {}", replicas(d)),
+                    Err(e) => format!("could not decide ({e})"),
                 };
                 let total: i64 = values.values().sum();
                 let avg = if values.is_empty() {
@@ -355,10 +376,9 @@ pub async fn run(
                 };
                 let _ = writeln!(
                     out,
-                    "  API average {} per pod, target {} → an HPA (tolerance 10 %, min 1, max 20) would want {} replicas (now {current})",
+                    "  API average {} per pod, target {} → an HPA (tolerance 10 %, min 1, max 20) {decision} (now {current})",
                     fmt_milli(avg),
                     args.target,
-                    decision
                 );
             }
             Err(e) => {
@@ -366,10 +386,10 @@ pub async fn run(
             }
         }
         if fancy {
+            // The screen is cleared at every redraw: the line to paste stays in the view.
             let _ = writeln!(
                 out,
-                "\n  Ctrl-C to stop; kubeconfig: {}",
-                kubeconfig.display()
+                "\n  Read it with the real kubectl (Ctrl-C to stop):\n  {kubectl}"
             );
         }
         print!("{out}");
@@ -407,9 +427,22 @@ mod tests {
     }
 
     #[test]
-    fn the_ramp_moves_through_several_replica_counts() {
+    fn the_ramp_moves_through_several_replica_counts_and_holds_its_last_step_to_the_end() {
         let plan = ramp(100, vec!["ws://x".into()]);
         let counts: Vec<usize> = plan.steps.iter().map(|s| s.connections).collect();
         assert_eq!(counts, vec![150, 450, 900, 300, 150]);
+        // The last step outlasts any demo: the view shows load until it stops.
+        let last = plan.steps.last().expect("steps");
+        assert!(
+            last.hold >= Duration::from_secs(365 * 24 * 3600),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn replica_counts_are_pluralized() {
+        assert_eq!(replicas(1), "1 replica");
+        assert_eq!(replicas(0), "0 replicas");
+        assert_eq!(replicas(7), "7 replicas");
     }
 }
