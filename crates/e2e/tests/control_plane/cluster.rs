@@ -670,8 +670,10 @@ async fn start_adapter(
 /// The adapter's namespace, what it may read (pods) and do (TokenReview and SubjectAccessReview,
 /// read the front-proxy ConfigMap: spec §5.5), what it needs to manage its CA (its Secret,
 /// the two APIServices by name), and what `--rebalance` needs: watch HPAs and the workloads they
-/// scale (Deployments, their ReplicaSets, StatefulSets), patch pods (their deletion cost).
-/// Applied before the adapter starts.
+/// scale (Deployments, their ReplicaSets, StatefulSets), patch pods (their deletion cost), and
+/// hold the Lease that elects the one replica that acts (in namespace `default`, where an adapter
+/// outside a pod, without a service account's namespace, keeps it). Applied before the adapter
+/// starts.
 fn rbac() -> String {
     format!(
         r#"apiVersion: v1
@@ -710,6 +712,19 @@ apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
 metadata: {{name: ws-metrics-adapter-serving-ca, namespace: {ADAPTER_NAMESPACE}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: ws-metrics-adapter-serving-ca}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: ws-metrics-adapter-rebalance-lease, namespace: default}}
+rules:
+- {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ws-metrics-adapter-rebalance-lease, namespace: default}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: ws-metrics-adapter-rebalance-lease}}
 subjects:
 - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ws-metrics-adapter}}
 ---
