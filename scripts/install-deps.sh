@@ -15,8 +15,7 @@ need=()
 { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 # Debian puts haproxy in /usr/sbin, which a non-root user's PATH may lack.
-haproxy_bin="$(command -v haproxy || { [ -x /usr/sbin/haproxy ] && echo /usr/sbin/haproxy; } || true)"
-[ -n "$haproxy_bin" ] || need+=(haproxy)
+{ command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null || need+=(haproxy)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 if command -v python3 >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then

@@ -170,11 +170,11 @@ impl Sampler {
             let (rows, open, api_reads) = (rows.clone(), open.clone(), api_reads.clone());
             async move {
                 loop {
-                    let t = started.elapsed().as_secs_f64();
                     if let Some(load) = &load {
+                        let t = started.elapsed().as_secs_f64();
                         open.lock().expect("open samples").push((t, load.open()));
                     }
-                    let (row, _) = sample(&client, &agent, t).await;
+                    let (row, _) = sample(&client, &agent, started).await;
                     if row.api_sum.is_some() {
                         api_reads.fetch_add(1, Ordering::SeqCst);
                     }
@@ -362,7 +362,7 @@ async fn rebalance_after_scale_up(balance: Balance) {
     .await;
     let lb = start_service(&mut cluster, balance).await;
     cluster
-        .kubectl_apply(&deployment_with(1, &[SHED_PATH]))
+        .kubectl_apply(&deployment_with(1, &[SHED_PATH], 0))
         .await;
     cluster.kubectl_apply(&hpa(1, 10, 300)).await;
     wait_for_hpa_at(&cluster, 1).await;
@@ -556,7 +556,7 @@ async fn scale_down_after_uneven_fall(deletion_cost: bool) {
     .await;
     let annotations: &[(&str, &str)] = if deletion_cost { &[DELETION_COST] } else { &[] };
     cluster
-        .kubectl_apply(&deployment_with(6, annotations))
+        .kubectl_apply(&deployment_with(6, annotations, 0))
         .await;
     let agent = cluster.agent.pods.clone();
     cluster
@@ -689,6 +689,12 @@ async fn scale_down_with_deletion_cost_cuts_only_the_least_loaded_pods() {
 /// default does; 0 would let the HPA act on the one sync that sees a pod's clients between pods.
 const ROLLOUT_SCALE_DOWN_WINDOW: u32 = 30;
 
+/// `minReadySeconds` of the rolling update: a pod here is Ready within milliseconds of its
+/// creation (no image to pull, nothing to warm up), so without it the Deployment replaces all 4
+/// pods in about a second, faster than one scrape; 5 s paces it one pod at a time, as the start
+/// time of a real pod does.
+const ROLLOUT_MIN_READY: u32 = 5;
+
 /// The Deployment's `status` says the rollout is done: every replica updated and available, no
 /// other pod left, the spec observed.
 fn rolled_out(d: &Deployment, replicas: i32) -> bool {
@@ -708,9 +714,10 @@ async fn last_scale_time(cluster: &Cluster) -> Option<String> {
     h.status?.last_scale_time.map(|t| format!("{:?}", t.0))
 }
 
-/// A 4-pod Deployment (maxSurge 1, maxUnavailable 0) holding 400 connections through HAProxy
-/// round-robin, the HPA (1 to 10 on 100 per pod) at 4; a pod-template annotation changes, and
-/// the Deployment replaces every pod, each old one draining its clients (close 1001) as it goes.
+/// A 4-pod Deployment (maxSurge 1, maxUnavailable 0, [`ROLLOUT_MIN_READY`]) holding 400
+/// connections through HAProxy round-robin, the HPA (1 to 10 on 100 per pod) at 4; a pod-template
+/// annotation changes, and the Deployment replaces every pod, each old one draining its clients
+/// (close 1001) as it goes.
 /// No `--rebalance`: what this needs is clients that come back. Asserts no client is lost (every
 /// dropped one connected again within [`LOST_AFTER`]) and the HPA never scales (its desired
 /// replicas stay 4 on every sample and its `lastScaleTime` does not move); reports the rollout's
@@ -727,7 +734,7 @@ async fn rolling_update_loses_no_client_and_does_not_scale() {
     let lb = start_service(&mut cluster, Balance::RoundRobin).await;
     const REVISION: &str = "ws-demo.example/revision";
     cluster
-        .kubectl_apply(&deployment_with(4, &[(REVISION, "1")]))
+        .kubectl_apply(&deployment_with(4, &[(REVISION, "1")], ROLLOUT_MIN_READY))
         .await;
     wait_for_backends(&cluster, &lb, 4).await;
     const CONNECTIONS: usize = 400;
@@ -747,7 +754,7 @@ async fn rolling_update_loses_no_client_and_does_not_scale() {
     sampler.mark("rollout");
     let started = Instant::now();
     cluster
-        .kubectl_apply(&deployment_with(4, &[(REVISION, "2")]))
+        .kubectl_apply(&deployment_with(4, &[(REVISION, "2")], ROLLOUT_MIN_READY))
         .await;
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), NAMESPACE);
     cluster
@@ -776,7 +783,7 @@ async fn rolling_update_loses_no_client_and_does_not_scale() {
     load_task.abort();
     let rows = sampler.finish(
         "rolling-update",
-        "Rolling update of 4 pods (maxSurge 1, maxUnavailable 0) holding 400 connections through HAProxy roundrobin",
+        "Rolling update: 4 pods, 400 connections, HAProxy roundrobin (maxSurge 1, minReadySeconds 5)",
     );
     let desired: BTreeSet<i32> = rows.iter().map(|r| r.desired).collect();
     let min_held = rows.iter().map(|r| r.held).fold(f64::MAX, f64::min);
@@ -830,7 +837,7 @@ async fn a_frozen_pod_is_never_shed_from_and_does_not_scale_the_workload() {
     })
     .await;
     cluster
-        .kubectl_apply(&deployment_with(3, &[SHED_PATH]))
+        .kubectl_apply(&deployment_with(3, &[SHED_PATH], 0))
         .await;
     let agent = cluster.agent.pods.clone();
     cluster

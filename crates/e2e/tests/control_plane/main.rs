@@ -43,12 +43,13 @@ const TARGET_AVERAGE: u32 = 100;
 
 /// Deployment `ws-demo`: pods bound to the agent's node, opted in to scraping on port 8080.
 fn deployment(replicas: u32) -> String {
-    deployment_with(replicas, &[])
+    deployment_with(replicas, &[], 0)
 }
 
-/// [`deployment`] with more pod-template `annotations` (`ws-metrics-adapter.io/shed-path`, …).
-/// A rolling update adds one pod before it removes one (maxSurge 1, maxUnavailable 0).
-fn deployment_with(replicas: u32, annotations: &[(&str, &str)]) -> String {
+/// [`deployment`] with more pod-template `annotations` (`ws-metrics-adapter.io/shed-path`, …)
+/// and `minReadySeconds`. A rolling update adds one pod before it removes one (maxSurge 1,
+/// maxUnavailable 0), and moves on once the new pod has been Ready for `min_ready_seconds`.
+fn deployment_with(replicas: u32, annotations: &[(&str, &str)], min_ready_seconds: u32) -> String {
     let extra: String = annotations
         .iter()
         .map(|(k, v)| format!("\n        {k}: \"{v}\""))
@@ -59,6 +60,7 @@ kind: Deployment
 metadata: {{name: ws-demo, namespace: {NAMESPACE}}}
 spec:
   replicas: {replicas}
+  minReadySeconds: {min_ready_seconds}
   selector: {{matchLabels: {{app: ws-demo}}}}
   strategy:
     type: RollingUpdate
@@ -217,17 +219,22 @@ async fn held(pods: &node_agent::Pods) -> BTreeMap<String, f64> {
 }
 
 /// One sample of a scenario: the HPA's status, what the API answers for the HPA's request, and
-/// every pod's own count and readiness.
-async fn sample(client: &Client, agent: &node_agent::Pods, t: f64) -> (Row, HpaState) {
-    let hpa = hpa_state(client).await;
-    let answer = match api_answer(client, "v1beta2").await {
+/// every pod's own count and readiness, read together; the row's time is taken on `clock` once
+/// they have all answered (a frozen pod's read answered by a thaw shows after the thaw).
+async fn sample(client: &Client, agent: &node_agent::Pods, clock: Instant) -> (Row, HpaState) {
+    let (hpa, answer, held) = tokio::join!(
+        hpa_state(client),
+        api_answer(client, "v1beta2"),
+        held(agent)
+    );
+    let t = clock.elapsed().as_secs_f64();
+    let answer = match answer {
         Ok(a) => Some(a.values),
         Err(e) => {
             eprintln!("t={t:.1}s: API read failed: {e}");
             None
         }
     };
-    let held = held(agent).await;
     let ready = agent.ready();
     let pods = agent
         .pods()
@@ -595,7 +602,7 @@ async fn scale_up_then_down(sync: Duration) {
                 label: format!("load → {}", progress.desired),
             });
         }
-        let (row, hpa) = sample(&cluster.client, &cluster.agent.pods, t).await;
+        let (row, hpa) = sample(&cluster.client, &cluster.agent.pods, started).await;
         samples.push(row.clone());
         if let Some(&(connections, replicas)) = SETTLE.get(progress.step.wrapping_sub(1)) {
             let settled = row.desired == replicas
