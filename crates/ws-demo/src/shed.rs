@@ -5,8 +5,9 @@
 use std::fmt;
 use std::num::NonZeroU64;
 
-/// The only `apiVersion` of request and response bodies this version of the contract knows.
-pub const API_VERSION: &str = "shed.ws-metrics-adapter.io/v1";
+/// The only `apiVersion` of request and response bodies this version of the contract knows: the
+/// adapter's own constant, so that the two sides of the contract cannot drift apart.
+pub const API_VERSION: &str = ws_metrics_adapter::rebalance::act::SHED_API_VERSION;
 
 /// Where a pod serves the shed endpoint unless its annotation [`PATH_ANNOTATION`] says otherwise
 /// (on the port the adapter scrapes).

@@ -21,7 +21,7 @@ pub mod plan;
 pub(crate) mod pods;
 pub(crate) mod workloads;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,6 +182,15 @@ impl RebalanceArgs {
 /// Identifies a workload between ticks.
 type WorkloadId = (String, &'static str, String);
 
+/// What the controller keeps of one workload between ticks.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// The rules' memory of its pods.
+    memory: Memory,
+    /// The hold last logged (`None` before its first tick), so that only changes are logged.
+    logged_hold: Option<Option<Hold>>,
+}
+
 /// The controller's state.
 struct Controller {
     store: Arc<Store>,
@@ -191,8 +200,7 @@ struct Controller {
     client: kube::Client,
     shedder: act::Shedder,
     settings: Settings,
-    memories: HashMap<WorkloadId, Memory>,
-    holds: HashMap<WorkloadId, Option<Hold>>,
+    tracked: HashMap<WorkloadId, Tracked>,
     shed_bucket: Bucket,
     patch_bucket: Bucket,
     /// This replica holds the Lease: only then does it act on pods.
@@ -238,8 +246,7 @@ pub(crate) async fn run<F>(
         workloads,
         shedder: act::Shedder::new(shed_tls, settings.shed_timeout),
         client,
-        memories: HashMap::new(),
-        holds: HashMap::new(),
+        tracked: HashMap::new(),
         shed_bucket: Bucket::new(settings.max_shed_rate, settings.max_shed_rate),
         patch_bucket: Bucket::new(settings.max_patch_rate, settings.max_patch_rate.max(1.0)),
         in_flight: Arc::new(Mutex::new(HashSet::new())),
@@ -296,32 +303,40 @@ impl Controller {
                     _ => None,
                 })
                 .collect();
-            let views: Vec<PodView> = self
+            // Each pod's facts, read once (in name order): the views and the shed URLs come
+            // from them.
+            let facts: BTreeMap<String, pods::Facts> = self
                 .store
                 .pod_names(&w.namespace, &w.selector)
                 .into_iter()
                 .map(|name| {
                     let key = PodKey {
                         namespace: w.namespace.clone(),
-                        name: name.clone(),
-                    };
-                    let facts = self.facts.get(&key).unwrap_or_default();
-                    let value = values.get(&name);
-                    PodView {
                         name,
+                    };
+                    let f = self.facts.get(&key).unwrap_or_default();
+                    (key.name, f)
+                })
+                .collect();
+            let views: Vec<PodView> = facts
+                .iter()
+                .map(|(name, f)| {
+                    let value = values.get(name);
+                    PodView {
+                        name: name.clone(),
                         value: value.map(|v| v.0),
                         sampled_at: value.map(|v| v.1),
-                        ready: facts.ready,
-                        sheddable: facts.shed_url.is_some(),
-                        cost_opt_in: facts.deletion_cost_opt_in,
-                        cost: facts.deletion_cost,
+                        ready: f.ready,
+                        sheddable: f.shed_url.is_some(),
+                        cost_opt_in: f.deletion_cost_opt_in,
+                        cost: f.deletion_cost,
                     }
                 })
                 .collect();
             // Taken out for the tick (put back below), so that the rest of `self` stays usable.
-            let mut memory = self.memories.remove(&id).unwrap_or_default();
+            let mut tracked = self.tracked.remove(&id).unwrap_or_default();
             let d = plan::decide(
-                &mut memory,
+                &mut tracked.memory,
                 w.rolling,
                 &views,
                 &self.settings.tuning,
@@ -329,8 +344,8 @@ impl Controller {
             );
             self.telemetry
                 .set_workload_balance(&w.namespace, w.kind, &w.name, d.imbalance, d.mean);
-            let last = self.holds.insert(id.clone(), d.hold.clone());
-            if last.as_ref() != Some(&d.hold) {
+            if tracked.logged_hold.as_ref() != Some(&d.hold) {
+                tracked.logged_hold = Some(d.hold.clone());
                 tracing::info!(namespace = %w.namespace, kind = w.kind, name = %w.name,
                     pods = views.len(), hold = ?d.hold, "workload shedding {}",
                     if d.hold.is_some() { "held" } else { "allowed" });
@@ -343,22 +358,22 @@ impl Controller {
                 (Vec::new(), Vec::new())
             };
             for (pod, want) in sheds {
+                let Some(url) = facts.get(&pod).and_then(|f| f.shed_url.clone()) else {
+                    continue;
+                };
                 let key = PodKey {
                     namespace: w.namespace.clone(),
                     name: pod.clone(),
-                };
-                let Some(url) = self.facts.get(&key).and_then(|f| f.shed_url) else {
-                    continue;
                 };
                 if !self.claim(&key, "shed") {
                     continue;
                 }
                 let count = self.shed_bucket.take(want, now.mono);
                 if count == 0 {
-                    self.release(&key, "shed");
+                    release(&self.in_flight, &key, "shed");
                     break;
                 }
-                memory.shed_sent(&pod, now.mono);
+                tracked.memory.shed_sent(&pod, now.mono);
                 let (shedder, telemetry, in_flight) = (
                     self.shedder.clone(),
                     self.telemetry.clone(),
@@ -386,10 +401,10 @@ impl Controller {
                     continue;
                 }
                 if self.patch_bucket.take(1, now.mono) == 0 {
-                    self.release(&key, "cost");
+                    release(&self.in_flight, &key, "cost");
                     break;
                 }
-                memory.cost_written(&pod, now.mono);
+                tracked.memory.cost_written(&pod, now.mono);
                 let (client, telemetry, in_flight) = (
                     self.client.clone(),
                     self.telemetry.clone(),
@@ -410,11 +425,10 @@ impl Controller {
                     release(&in_flight, &key, "cost");
                 });
             }
-            self.memories.insert(id, memory);
+            self.tracked.insert(id, tracked);
         }
-        self.memories.retain(|id, _| seen.contains(id));
         let telemetry = self.telemetry.clone();
-        self.holds.retain(|id, _| {
+        self.tracked.retain(|id, _| {
             let keep = seen.contains(id);
             if !keep {
                 telemetry.forget_workload(&id.0, id.1, &id.2);
@@ -428,10 +442,6 @@ impl Controller {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((key.clone(), what))
-    }
-
-    fn release(&self, key: &PodKey, what: &'static str) {
-        release(&self.in_flight, key, what);
     }
 }
 
