@@ -21,6 +21,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 
 # glibc + libgcc and a nonroot user; no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot AS ws-demo
+LABEL org.opencontainers.image.title="ws-demo" \
+      org.opencontainers.image.description="Demo WebSocket workload exporting websocket_connections_active" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
 COPY --from=builder /out/ws-demo /ws-demo
 USER 65532:65532
 # WebSocket routes, /metrics and /healthz on one port.
@@ -29,6 +33,10 @@ ENTRYPOINT ["/ws-demo"]
 CMD ["serve", "--listen", "0.0.0.0:9000"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS ws-metrics-adapter
+LABEL org.opencontainers.image.title="ws-metrics-adapter" \
+      org.opencontainers.image.description="Kubernetes custom.metrics.k8s.io adapter serving live WebSocket connection counts" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
 COPY --from=builder /out/ws-metrics-adapter /ws-metrics-adapter
 # Same UID/GID as runAsUser/runAsGroup in manifests/deployment.yaml.
 USER 65532:65532
