@@ -277,7 +277,14 @@ async fn churn_keeps_the_total_constant_while_opened_total_grows() {
     let s = summary(load, PATIENCE).await;
     assert_consistent(&s);
     assert!(num(&s, "established") >= 125.0, "{s}");
-    assert_eq!(num(&s, "established") as u64, a.server.opened(Route::Echo));
+    // The server counts a connection when it sends 101; a replacement whose 101 was on the wire
+    // when SIGTERM arrived is opened there but never established here (seen once in CI: 129
+    // established, 130 opened). Churn replaces 10 a second, so at most that many are in flight.
+    let (established, opened) = (num(&s, "established") as u64, a.server.opened(Route::Echo));
+    assert!(
+        (established..=established + 10).contains(&opened),
+        "server opened {opened}, load established {established}: {s}"
+    );
     assert_eq!(num(&s, "dropped"), 0.0, "{s}");
     assert_eq!(s["steps_reached"], 1, "{s}");
 }
