@@ -225,6 +225,7 @@ pub fn exposition_target(input: &[u8]) {
     let catalog = MetricCatalog::new(vec![MetricMapping {
         served: "websocket_connections".into(),
         family: FAMILY.into(),
+        rate: None,
     }]);
     let unservable = selected.iter().any(|s| !s.value.is_finite());
     let mut series: Vec<Vec<(String, String)>> = selected

@@ -23,6 +23,7 @@ fn catalog() -> MetricCatalog {
     MetricCatalog::new(vec![MetricMapping {
         served: "websocket_connections".into(),
         family: "websocket_connections_active".into(),
+        rate: None,
     }])
 }
 
@@ -60,8 +61,13 @@ impl Default for Settings {
 
 impl Rig {
     fn new(s: Settings) -> Self {
+        Self::serving(catalog(), s)
+    }
+
+    /// A rig serving `catalog` instead of the connections gauge alone.
+    fn serving(catalog: MetricCatalog, s: Settings) -> Self {
         ws_metrics_adapter::server::tls::install_provider();
-        let store = Arc::new(Store::new(catalog(), s.max_age));
+        let store = Arc::new(Store::new(catalog, s.max_age));
         let telemetry = Arc::new(Telemetry::new());
         let config = CollectConfig {
             interval: s.timeout.max(Duration::from_secs(1)),
@@ -90,6 +96,7 @@ impl Rig {
             uid: uid.into(),
             labels: [("app".to_owned(), "ws".to_owned())].into(),
             url,
+            ready: true,
         });
     }
 
@@ -157,6 +164,82 @@ async fn a_good_pod_is_recorded_with_the_sum_of_its_series_and_the_time_of_the_s
     );
     assert_eq!(rig.count("success"), 1);
     assert_eq!(pod.requests(), 1);
+}
+
+/// A counter family `messages_total{route="chat"}` at `value`.
+fn counter(value: u64) -> String {
+    format!("# TYPE messages counter\nmessages_total{{route=\"chat\"}} {value}\n")
+}
+
+#[tokio::test]
+async fn a_rate_is_exact_for_the_increments_the_test_makes_resets_included() {
+    let rig = Rig::serving(
+        MetricCatalog::new(vec![
+            MetricMapping {
+                served: "messages".into(),
+                family: "messages_total".into(),
+                rate: None,
+            },
+            MetricMapping {
+                served: "messages_per_second".into(),
+                family: "messages_total".into(),
+                rate: Some(Duration::from_secs(600)),
+            },
+        ]),
+        Settings::default(),
+    );
+    let pod = FakePod::start(Behavior::Body(counter(100))).await;
+    rig.track("ws-0", pod.url());
+    let all = Selector::everything();
+    // Scrapes `value` and returns (the scrape's time, the rate served then).
+    let scrape = |value: u64| {
+        pod.set(Behavior::Body(counter(value)));
+        async {
+            assert_eq!(rig.collector.tick().await, report(1, 1, &[]));
+            let now = Moment::now();
+            let read = rig
+                .store
+                .pod_value(&key("ws-0"), 0, &all, now)
+                .expect("counter");
+            let rate = rig.store.pod_value(&key("ws-0"), 1, &all, now);
+            (read.time.wall, rate)
+        }
+    };
+    let (t0, rate) = scrape(100).await;
+    assert!(rate.is_none(), "one scrape: no rate, never a 0: {rate:?}");
+    // The rate over the two reads: increase × 1000 (milli) / seconds between them.
+    let expect = |increase: f64, t: std::time::SystemTime| {
+        increase * 1000.0 / t.duration_since(t0).expect("later").as_secs_f64()
+    };
+    let close = |got: Option<PodValue>, want: f64, what: &str| {
+        let got = got.unwrap_or_else(|| panic!("{what}: no rate")).milli as f64;
+        // The adapter times reads on the monotonic clock, this test on the wall clock read with
+        // it: they differ by microseconds.
+        assert!(
+            (got - want).abs() <= want * 0.01 + 1.0,
+            "{what}: rate {got} milli/s, want {want}"
+        );
+    };
+    let (t1, rate) = scrape(130).await;
+    close(rate, expect(30.0, t1), "+30");
+    // A reset: 130 → 7 counts 7 more, never a negative rate.
+    let (t2, rate) = scrape(7).await;
+    close(rate, expect(37.0, t2), "reset to 7");
+    let (t3, rate) = scrape(20).await;
+    close(rate, expect(50.0, t3), "+13 after the reset");
+    // The counter vanishes from the pod's exposition: no rate (and no 0), then it starts over.
+    pod.set(Behavior::Body(exposition(&[("chat", 1)])));
+    rig.collector.tick().await;
+    assert!(
+        rig.store
+            .pod_value(&key("ws-0"), 1, &all, Moment::now())
+            .is_none()
+    );
+    let (_, rate) = scrape(25).await;
+    assert!(
+        rate.is_none(),
+        "a counter back after a gap starts over: {rate:?}"
+    );
 }
 
 #[tokio::test]
@@ -538,6 +621,7 @@ async fn a_pod_recreated_under_the_same_name_does_not_inherit_the_old_reading() 
         uid: "uid-newer".into(),
         labels: Default::default(),
         url: pod.url(),
+        ready: true,
     }]);
     assert_eq!(rig.milli("ws-0"), None);
 }

@@ -362,6 +362,7 @@ async fn clients_reconnect_after_a_shed(pod: &Pod) {
             hold: Duration::from_secs(24 * 3600),
         }],
         churn_per_sec: 0.0,
+        messages_per_sec: 0.0,
         deadline: Some(PATIENCE),
     });
     let runner = load.clone();

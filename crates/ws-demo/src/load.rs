@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
@@ -75,6 +75,10 @@ pub struct LoadPlan {
     pub steps: Vec<Step>,
     /// Fraction of open connections closed (and reopened) each second while holding.
     pub churn_per_sec: f64,
+    /// Text messages each open connection sends per second (0: none). On `/ws/echo` each is
+    /// answered, so a pod's `websocket_messages_received_total` grows by this rate per
+    /// connection it holds. Unit: 1/s.
+    pub messages_per_sec: f64,
     /// Time each step has, from its start, to reach its connection count. `Some`: the hold
     /// starts only once the count is reached (a count-ended ramp), and a step still short of it
     /// at the deadline ends the run, reported in [`Summary::unreached`]. `None`: a step that
@@ -148,6 +152,11 @@ pub struct LoadArgs {
     #[arg(long, env = "WS_DEMO_CHURN", default_value_t = 0.0)]
     pub churn: f64,
 
+    /// Text messages each open connection sends per second (e.g. 2; 0.5 is one every 2 s), for
+    /// a message rate the adapter can serve with `--metric …=rate(websocket_messages_received_total[…])`.
+    #[arg(long, env = "WS_DEMO_MESSAGE_RATE", default_value_t = 0.0)]
+    pub message_rate: f64,
+
     /// Each step must reach its connection count within this time of its start (e.g. 5m): the
     /// hold starts only once the count is reached, and a step short of it at the deadline ends
     /// the run with exit status 1. Without it, a step that falls short holds anyway after its
@@ -182,6 +191,7 @@ impl LoadArgs {
             targets: self.targets,
             steps,
             churn_per_sec: self.churn,
+            messages_per_sec: self.message_rate,
             deadline: self.deadline,
         };
         plan.validate()?;
@@ -291,6 +301,12 @@ impl LoadPlan {
         }
         if self.deadline.is_some_and(|d| d.is_zero()) {
             problems.push("--deadline 0s: must be positive".into());
+        }
+        if !(self.messages_per_sec.is_finite() && (0.0..=1000.0).contains(&self.messages_per_sec)) {
+            problems.push(format!(
+                "--message-rate {}: must be between 0 and 1000 messages per second per connection",
+                self.messages_per_sec
+            ));
         }
         if !(0.0..=1.0).contains(&self.churn_per_sec) {
             problems.push(format!(
@@ -1313,10 +1329,24 @@ enum Ended {
 /// Holds an open connection until the server drops it or the generator asks it to close.
 async fn hold(slot: &mut Slot, ws: &mut WebSocketStream<TcpStream>) -> Ended {
     let mut server_close = ServerClose::NoCloseFrame;
+    // Messages at the plan's rate, the first after a random part of one period so that the
+    // connections of a step do not send in bursts.
+    let rate = slot.shared.plan.messages_per_sec;
+    let mut messages = (rate > 0.0).then(|| {
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let first = period.mul_f64(fastrand::f64());
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every
+    });
     // Polling the read side keeps answering the server's pings (tungstenite queues the pong and
     // flushes it on the next read).
     loop {
         tokio::select! {
+            _ = async { messages.as_mut().expect("guarded").tick().await }, if messages.is_some() => {
+                // A failed send shows as the read side ending, handled below.
+                let _ = ws.send(Message::Text("load".into())).await;
+            }
             msg = ws.next() => match msg {
                 // The server's close frame: tungstenite replies; the next read ends the stream.
                 Some(Ok(Message::Close(frame))) => {
@@ -1579,6 +1609,7 @@ mod tests {
             targets: targets.iter().map(|s| s.to_string()).collect(),
             steps,
             churn_per_sec: churn,
+            messages_per_sec: 0.0,
             deadline: None,
         }
     }

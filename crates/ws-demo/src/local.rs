@@ -99,6 +99,7 @@ fn ramp(target: u32, targets: Vec<String>) -> LoadPlan {
             step(1.5, 365 * 24 * 3600),
         ],
         churn_per_sec: 0.02,
+        messages_per_sec: 0.0,
         deadline: None,
     }
 }

@@ -1,5 +1,6 @@
 //! The demo WebSocket service (`ws-demo serve`): chat, echo and ticker routes, an exact
-//! `websocket_connections_active{route}` gauge on `/metrics` (what the adapter scrapes), ping/pong
+//! `websocket_connections_active{route}` gauge on `/metrics` (what the adapter scrapes), the
+//! `websocket_messages_received_total`/`_sent_total{route}` counters (for a per-pod rate), ping/pong
 //! liveness, `/healthz`, the shed endpoint of the shed contract ([`crate::shed`]: close N
 //! connections, oldest first, with 1013), and a graceful drain that sends every client a 1001
 //! close frame.
@@ -284,6 +285,10 @@ struct RouteMetrics {
     active: Gauge,
     opened: Counter,
     closed: [Counter; 5],
+    /// Data frames (text or binary) read from clients.
+    received: Counter,
+    /// Data frames written to clients: echo replies, chat deliveries, ticks.
+    sent: Counter,
 }
 
 #[derive(Debug)]
@@ -341,6 +346,18 @@ impl DemoServer {
             "WebSocket connections ended, by route and reason (client_close, error, ping_timeout, drain, shed)",
             closed.clone(),
         );
+        let received = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "websocket_messages_received",
+            "WebSocket data messages read from clients, by route",
+            received.clone(),
+        );
+        let sent = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "websocket_messages_sent",
+            "WebSocket data messages written to clients (echo replies, chat deliveries, ticks), by route",
+            sent.clone(),
+        );
         let shed_requests = Family::<ShedLabels, Counter>::default();
         registry.register(
             "websocket_shed_requests",
@@ -367,6 +384,8 @@ impl DemoServer {
                         })
                         .clone()
                 }),
+                received: received.get_or_create(&labels).clone(),
+                sent: sent.get_or_create(&labels).clone(),
             }
         });
         let (chat, _) = broadcast::channel(CHAT_BACKLOG);
@@ -476,6 +495,18 @@ impl DemoServer {
     /// Connections upgraded on `route` since start.
     pub fn opened(&self, route: Route) -> u64 {
         self.inner.routes[route.index()].opened.get()
+    }
+
+    /// Data messages read from clients on `route` since start
+    /// (`websocket_messages_received_total{route}`).
+    pub fn messages_received(&self, route: Route) -> u64 {
+        self.inner.routes[route.index()].received.get()
+    }
+
+    /// Data messages written to clients on `route` since start
+    /// (`websocket_messages_sent_total{route}`).
+    pub fn messages_sent(&self, route: Route) -> u64 {
+        self.inner.routes[route.index()].sent.get()
     }
 
     /// Connections on `route` that ended for `reason` since start.
@@ -682,6 +713,7 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket, route: Route) {
     // False once the shed receiver has fired (picked, or the sender is gone): never polled again.
     let mut sheddable = true;
     let config = inner.config.clone();
+    let counts = &inner.routes[route.index()];
     let mut phase = inner.phase.subscribe();
     let mut chat = (route == Route::Chat).then(|| inner.chat.subscribe());
     let start = Instant::now();
@@ -734,6 +766,9 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket, route: Route) {
                     Some(Ok(msg)) => msg,
                 };
                 pong_deadline = None;
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    counts.received.inc();
+                }
                 match msg {
                     Message::Close(_) => {
                         if !closing {
@@ -748,6 +783,7 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket, route: Route) {
                             if !send(&mut socket, msg, config.pong_timeout).await {
                                 break;
                             }
+                            counts.sent.inc();
                         }
                         Route::Chat => {
                             // No receiver is impossible here (this connection subscribed).
@@ -786,8 +822,11 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket, route: Route) {
                     // Skip missed ticks rather than bursting them.
                     tick_due = Some((due + TICK_PERIOD).max(now));
                     let tick = Message::Text(format!("tick {ticks}").into());
-                    if !closing && !send(&mut socket, tick, config.pong_timeout).await {
-                        break;
+                    if !closing {
+                        if !send(&mut socket, tick, config.pong_timeout).await {
+                            break;
+                        }
+                        counts.sent.inc();
                     }
                 }
             }
@@ -811,6 +850,7 @@ async fn connection(inner: Arc<Inner>, mut socket: WebSocket, route: Route) {
                     if !send(&mut socket, msg, config.pong_timeout).await {
                         break;
                     }
+                    counts.sent.inc();
                 }
                 // Impossible while `inner` (which owns the sender) lives; stop listening.
                 None => chat = None,

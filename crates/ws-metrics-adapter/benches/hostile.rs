@@ -46,6 +46,7 @@ fn seed() -> Arc<Store> {
         MetricCatalog::new(vec![MetricMapping {
             served: "websocket_connections".into(),
             family: "websocket_connections_active".into(),
+            rate: None,
         }]),
         Duration::from_secs(24 * 3600),
     ));
@@ -63,6 +64,7 @@ fn seed() -> Arc<Store> {
             ]
             .into(),
             url: format!("http://127.0.0.1:1/{i}"),
+            ready: true,
         })
         .collect();
     store.replace_all(targets.clone());

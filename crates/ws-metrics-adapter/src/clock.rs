@@ -91,6 +91,12 @@ impl SampleTime {
         }
     }
 
+    /// Monotonic time from `earlier`'s read to this one's (zero if this was read first): the
+    /// span between two scrapes, whatever the wall clock did in between.
+    pub fn read_since(&self, earlier: &Self) -> Duration {
+        self.read_at.saturating_duration_since(earlier.read_at)
+    }
+
     /// The older of two sample times (the larger age); the first on a tie.
     pub fn older(self, other: Self) -> Self {
         // Ages at any common instant compare the same way; `read_at` of either is one.

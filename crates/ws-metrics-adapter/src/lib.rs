@@ -23,7 +23,8 @@
 //! - [`config`]: command-line flags (each with its environment fallback), `load` reporting every
 //!   parse and validation problem at once, and the value parsers shared by every flag and file
 //!   (durations, YAML with limits).
-//! - `discovery`: which pods to scrape, from a Kubernetes pod watch or a static YAML file.
+//! - `discovery`: which pods to scrape, from a Kubernetes pod watch or a static YAML file, and
+//!   the workloads and Services an Object metric names.
 //! - [`collect`]: the scrape loop: one bounded-concurrency round per interval; `ScrapeError`
 //!   keeps why a scrape failed and names its `outcome` label.
 //! - [`exposition`]: pure parser of the Prometheus text format and OpenMetrics text.

@@ -306,6 +306,36 @@ impl Selector {
             )
     }
 
+    /// A `metav1.LabelSelector` (a Deployment's or StatefulSet's `spec.selector`) as a
+    /// selector, as Go's `metav1.LabelSelectorAsSelector` makes it.
+    ///
+    /// # Errors
+    /// An operator that is not In, NotIn, Exists or DoesNotExist, or a key or value the selector
+    /// grammar refuses.
+    pub fn from_label_selector(s: &LabelSelector) -> Result<Self, String> {
+        let mut terms: Vec<String> = s
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for e in s.match_expressions.iter().flatten() {
+            let values = e.values.clone().unwrap_or_default().join(",");
+            terms.push(match e.operator.as_str() {
+                "In" => format!("{} in ({values})", e.key),
+                "NotIn" => format!("{} notin ({values})", e.key),
+                "Exists" => e.key.clone(),
+                "DoesNotExist" => format!("!{}", e.key),
+                other => {
+                    return Err(format!(
+                        "operator {other:?} is not a label selector operator"
+                    ));
+                }
+            });
+        }
+        Self::parse(&terms.join(",")).map_err(|e| e.to_string())
+    }
+
     /// The selector as a `metav1.LabelSelector` (k8s-openapi's type), as Go's
     /// `metav1.ParseToLabelSelector(sel.String())` produces it.
     ///
@@ -860,6 +890,34 @@ fn validate_value(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_selectors_become_selectors() {
+        let s: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "ws"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+            ],
+        }))
+        .expect("selector");
+        let sel = Selector::from_label_selector(&s).expect("usable");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(sel.matches_map(&labels(&[("app", "ws"), ("tier", "b")])));
+        assert!(!sel.matches_map(&labels(&[("app", "ws"), ("tier", "c")])));
+        assert!(!sel.matches_map(&labels(&[("app", "ws"), ("tier", "a"), ("canary", "1")])));
+        let bad: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchExpressions": [{"key": "x", "operator": "Gt", "values": ["1"]}],
+        }))
+        .expect("selector");
+        assert!(Selector::from_label_selector(&bad).is_err());
+    }
+
     use proptest::prelude::*;
     use serde_json::json;
 

@@ -12,8 +12,10 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use ws_metrics_adapter::api::{self, ApiState};
+use ws_metrics_adapter::selector::Selector;
 use ws_metrics_adapter::store::{
-    FamilyReading, MetricCatalog, MetricMapping, PodKey, PodTarget, Reading, Series, Store,
+    FamilyReading, MetricCatalog, MetricMapping, ObjectSpec, PodKey, PodTarget, Reading,
+    ResourceInfo, Series, Store, resource,
 };
 use ws_metrics_adapter::telemetry::Telemetry;
 
@@ -58,6 +60,7 @@ fn mapping(served: &str, family: &str) -> MetricMapping {
     MetricMapping {
         served: served.into(),
         family: family.into(),
+        rate: None,
     }
 }
 
@@ -105,6 +108,7 @@ fn seed(
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         url: format!("http://127.0.0.1:1/{name}"),
+        ready: true,
     });
     if let Some((time, families)) = reading {
         let time = SampleTime::read_at(moment(time));
@@ -1064,6 +1068,241 @@ async fn a_namespace_with_a_pod_lacking_a_fresh_value_is_an_internal_error_that_
             "InternalError",
             "Internal error occurred: unable to fetch metrics"
         )
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects: Deployments, StatefulSets, ReplicaSets and Services as the sum over their ready pods
+// ---------------------------------------------------------------------------------------------
+
+fn res(path: &str) -> &'static ResourceInfo {
+    resource::resolve_path(path).expect("a built-in resource")
+}
+
+fn object(labels: &[(&str, &str)], pods: Option<&str>) -> ObjectSpec {
+    ObjectSpec {
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        pods: pods.map(|p| Selector::parse(p).expect("selector")),
+    }
+}
+
+/// [`chat_store`] with watched objects in `chat`: StatefulSet `ws` (app=ws: ws-0…ws-4), Deployment
+/// `db` (app=db), Deployment `tier-a` (tier=a: ws-0, ws-4), Deployment `ghost` (selects no pod),
+/// Service `ws` (app=ws), Service `external` (no selector), and a ReplicaSet `pending` whose pod
+/// `pending-0` is ready and has no value yet. ReplicaSets are tracked, Services synced, and
+/// nothing else.
+fn object_store() -> Arc<Store> {
+    let store = chat_store();
+    for r in [
+        "statefulsets.apps",
+        "deployments.apps",
+        "services",
+        "replicasets.apps",
+    ] {
+        store.track_objects(res(r));
+    }
+    let ns = |name: &str, spec| ("chat".to_owned(), name.to_owned(), spec);
+    store.replace_objects(
+        res("statefulsets.apps"),
+        vec![ns("ws", object(&[("team", "rt")], Some("app=ws")))],
+    );
+    store.replace_objects(
+        res("deployments.apps"),
+        vec![
+            ns("db", object(&[("team", "data")], Some("app=db"))),
+            ns("tier-a", object(&[("team", "rt")], Some("tier=a"))),
+            ns("ghost", object(&[("team", "rt")], Some("app=ghost"))),
+        ],
+    );
+    store.replace_objects(
+        res("services"),
+        vec![
+            ns("ws", object(&[], Some("app=ws"))),
+            ns("external", object(&[], None)),
+        ],
+    );
+    seed(&store, "chat", "pending-0", &[("app", "pending")], None);
+    store.upsert_object(
+        res("replicasets.apps"),
+        "chat",
+        "pending",
+        object(&[], Some("app=pending")),
+    );
+    store
+}
+
+fn object_item(kind: &str, name: &str, ts: &str, value: &str) -> Value {
+    json!({
+        "describedObject": {"kind": kind, "namespace": "chat", "name": name, "apiVersion": if kind == "Service" { "v1" } else { "apps/v1" }},
+        "metric": {"name": "websocket_connections", "selector": null},
+        "timestamp": ts,
+        "value": value,
+    })
+}
+
+#[tokio::test]
+async fn an_object_answers_the_sum_over_its_pods_with_the_oldest_sample_time() {
+    let s = state(object_store());
+    // ws-0…ws-4: 7 + 1000 + 12000 + 0 + 1.5 connections, the oldest at T0 − 2 s.
+    for (path, kind) in [
+        ("statefulsets.apps", "StatefulSet"),
+        ("services", "Service"),
+    ] {
+        let a = get(
+            &s,
+            &format!("{CM2}/namespaces/chat/{path}/ws/websocket_connections"),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            a.body,
+            json!({
+                "kind": "MetricValueList",
+                "apiVersion": "custom.metrics.k8s.io/v1beta2",
+                "metadata": {},
+                "items": [object_item(kind, "ws", TS2, "13008500m")],
+            }),
+            "{path}"
+        );
+    }
+    // v1beta1, one route: 3 + 1000 + 1.5 on route=chat.
+    let a = get(
+        &s,
+        &format!(
+            "{CM1}/namespaces/chat/statefulsets.apps/ws/websocket_connections?metricLabelSelector=route%3Dchat"
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body,
+        json!({
+            "kind": "MetricValueList",
+            "apiVersion": "custom.metrics.k8s.io/v1beta1",
+            "metadata": {},
+            "items": [{
+                "describedObject": {"kind": "StatefulSet", "namespace": "chat", "name": "ws", "apiVersion": "apps/v1"},
+                "metricName": "websocket_connections",
+                "timestamp": TS2,
+                "value": "1004500m",
+                "selector": {"matchLabels": {"route": "chat"}},
+            }],
+        })
+    );
+}
+
+#[tokio::test]
+async fn objects_selected_by_their_own_labels_answer_one_item_each_in_name_order() {
+    let s = state(object_store());
+    // team=rt: ghost (no pod: left out) and tier-a (ws-0 + ws-4 = 7 + 1.5, both at T0).
+    let a = get(
+        &s,
+        &format!(
+            "{CM2}/namespaces/chat/deployments.apps/%2A/websocket_connections?labelSelector=team%3Drt"
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body["items"],
+        json!([object_item("Deployment", "tier-a", TS0, "8500m")])
+    );
+    // No selector: every Deployment of the namespace with a complete sum.
+    let a = get(
+        &s,
+        &format!("{CM2}/namespaces/chat/deployments.apps/%2A/websocket_connections"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body["items"],
+        json!([
+            object_item("Deployment", "db", TS0, "5"),
+            object_item("Deployment", "tier-a", TS0, "8500m"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn an_object_without_a_complete_sum_is_never_a_partial_or_a_zero() {
+    let s = state(object_store());
+    let cases = [
+        // The only pod is ready and has no value yet.
+        (
+            "replicasets.apps/pending",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            status_body(
+                500,
+                "InternalError",
+                "Internal error occurred: unable to fetch metrics",
+            ),
+        ),
+        // Known, selecting no tracked pod; a Service without a selector.
+        (
+            "deployments.apps/ghost",
+            StatusCode::NOT_FOUND,
+            status_body(
+                404,
+                "NotFound",
+                "the server could not find the metric websocket_connections for deployments.apps ghost: it selects no ready pod that is scraped",
+            ),
+        ),
+        (
+            "services/external",
+            StatusCode::NOT_FOUND,
+            status_body(
+                404,
+                "NotFound",
+                "the server could not find the metric websocket_connections for services external: it selects no ready pod that is scraped",
+            ),
+        ),
+        (
+            "statefulsets.apps/nope",
+            StatusCode::NOT_FOUND,
+            status_body(404, "NotFound", "statefulsets.apps \"nope\" not found"),
+        ),
+    ];
+    for (object, status, body) in cases {
+        let path = format!("{CM2}/namespaces/chat/{object}/websocket_connections");
+        let a = get(&s, &path).await;
+        assert_eq!(a.status, status, "{path}");
+        assert_eq!(a.body, body, "{path}");
+    }
+    // The ReplicaSets' watch has not listed them yet: no answer, never a 404.
+    let fresh = Store::new(ws_catalog(), MAX_AGE);
+    fresh.track_objects(res("replicasets.apps"));
+    let a = get(
+        &state(Arc::new(fresh)),
+        &format!("{CM2}/namespaces/chat/replicasets.apps/pending/websocket_connections"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn discovery_lists_every_tracked_object_resource() {
+    let s = state(object_store());
+    let a = get(&s, CM2).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let names: Vec<&str> = a.body["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pods/websocket_connections",
+            "namespaces/websocket_connections",
+            "statefulsets.apps/websocket_connections",
+            "deployments.apps/websocket_connections",
+            "services/websocket_connections",
+            "replicasets.apps/websocket_connections",
+        ]
     );
 }
 

@@ -1,5 +1,5 @@
 //! A one-machine Kubernetes control plane for tests, on 127.0.0.1 only: etcd, kube-apiserver with
-//! the aggregation layer, kube-controller-manager (deployment, replicaset, HPA and serviceaccount
+//! the aggregation layer, kube-controller-manager (deployment, replicaset, statefulset, HPA and serviceaccount
 //! controllers), the node agent standing in for a kubelet, the adapter binary registered by
 //! APIService objects with a `caBundle`, and on request HAProxy as the load balancer of the
 //! pods a selector picks ([`Cluster::start_load_balancer`]). The adapter runs with delegated authentication and
@@ -378,7 +378,7 @@ impl Cluster {
             &bin.join("kube-controller-manager"),
             &args(&[
                 &format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-                "--controllers=deployment-controller,replicaset-controller,horizontal-pod-autoscaler-controller,serviceaccount-controller",
+                "--controllers=deployment-controller,replicaset-controller,statefulset-controller,horizontal-pod-autoscaler-controller,serviceaccount-controller",
                 "--use-service-account-credentials=true",
                 &format!(
                     "--horizontal-pod-autoscaler-sync-period={}ms",
@@ -667,7 +667,9 @@ async fn start_adapter(
     cluster.adapter_metrics = bound("http").expect("logged, waited for above");
 }
 
-/// The adapter's namespace, what it may read (pods) and do (TokenReview and SubjectAccessReview,
+/// The adapter's namespace, what it may read (pods; the Deployments, StatefulSets, ReplicaSets
+/// and Services whose Object metrics it serves, as `manifests/cluster-role-resource-reader.yaml`
+/// allows) and do (TokenReview and SubjectAccessReview,
 /// read the front-proxy ConfigMap: spec §5.5), what it needs to manage its CA (its Secret,
 /// the two APIServices by name), and what `--rebalance` needs: watch HPAs and the workloads they
 /// scale (Deployments, StatefulSets), patch pods (their deletion cost), and hold its Lease in the
@@ -687,11 +689,14 @@ rules:
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch]
 - apiGroups: [apps]
-  resources: [deployments, statefulsets]
+  resources: [deployments, statefulsets, replicasets]
   verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1

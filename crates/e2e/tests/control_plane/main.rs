@@ -4,7 +4,8 @@
 //! `ws-demo serve` process on its own loopback address; HAProxy, its backends following the demo
 //! pods as a Service's endpoints would, is the load balancer the load generator connects through.
 //! `balance` holds the scenarios of "connections follow the replicas" (issue 15): rebalancing
-//! after a scale-up, deletion cost on a scale-down, a rolling update, a frozen pod.
+//! after a scale-up, deletion cost on a scale-down, a rolling update, a frozen pod. `objects`
+//! holds the Object metrics scenario (issue 13): a StatefulSet scaled on its own connections.
 //!
 //! Run with `make control-plane` (README). The scenarios write their timelines as CSV and SVG
 //! under `target/control-plane/`.
@@ -16,7 +17,9 @@ mod balance;
 mod cluster;
 mod load_balancer;
 mod node_agent;
+mod objects;
 mod pki;
+mod rates;
 mod serving_ca;
 mod timeline;
 
@@ -26,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::{Api, Client};
 use ws_demo::load::{LoadGenerator, LoadPlan, Step, Summary};
@@ -358,6 +362,7 @@ fn start_load(
         targets: vec![format!("ws://{target}/ws/echo")],
         steps,
         churn_per_sec: 0.0,
+        messages_per_sec: 0.0,
         deadline: Some(LOAD_DEADLINE),
     }));
     let runner = load.clone();
@@ -414,6 +419,7 @@ async fn apiservice_available_and_exact_counts_through_kube_apiserver() {
             targets: vec![format!("ws://{addr}/ws/echo")],
             steps: vec![step(count, HOLD_UNTIL_ENDED)],
             churn_per_sec: 0.0,
+            messages_per_sec: 0.0,
             deadline: Some(LOAD_DEADLINE),
         }));
         let runner = load.clone();
@@ -491,6 +497,36 @@ async fn apiservice_available_and_exact_counts_through_kube_apiserver() {
         *count
     );
 
+    // The Deployment and its ReplicaSet as Objects: the sum over their pods, by name and by `*`.
+    let total: f64 = want.values().sum();
+    objects::wait_for_items(
+        &cluster,
+        &format!("deployments.apps/ws-demo/{METRIC}"),
+        &[("Deployment", "ws-demo", total)],
+    )
+    .await;
+    objects::wait_for_items(
+        &cluster,
+        &format!("deployments.apps/*/{METRIC}"),
+        &[("Deployment", "ws-demo", total)],
+    )
+    .await;
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let listed = replica_sets
+        .list(&Default::default())
+        .await
+        .expect("list ReplicaSets");
+    let [rs] = listed.items.as_slice() else {
+        panic!("one ReplicaSet of ws-demo, found {}", listed.items.len());
+    };
+    let rs = rs.metadata.name.clone().expect("a name");
+    objects::wait_for_items(
+        &cluster,
+        &format!("replicasets.apps/{rs}/{METRIC}"),
+        &[("ReplicaSet", &rs, total)],
+    )
+    .await;
+
     // The adapter's own 404 messages come back through kube-apiserver.
     let (ok, _, err) = cluster
         .kubectl(&[
@@ -527,7 +563,16 @@ async fn apiservice_available_and_exact_counts_through_kube_apiserver() {
         .kubectl(&["get", "--raw", "/apis/custom.metrics.k8s.io/v1beta2"])
         .await;
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("pods/{METRIC}")), "{out}");
+    for resource in [
+        "pods",
+        "namespaces",
+        "deployments.apps",
+        "statefulsets.apps",
+        "replicasets.apps",
+        "services",
+    ] {
+        assert!(out.contains(&format!("\"{resource}/{METRIC}\"")), "{out}");
+    }
     for task in loads {
         task.abort();
     }

@@ -57,11 +57,14 @@ impl ApiError {
             Self::Read(e) => match e {
                 ReadError::UnknownMetric { .. }
                 | ReadError::NoValue { .. }
-                | ReadError::UnknownNamespace { .. } => StatusCode::NOT_FOUND,
+                | ReadError::UnknownNamespace { .. }
+                | ReadError::UnknownObject { .. }
+                | ReadError::NoPods { .. } => StatusCode::NOT_FOUND,
                 ReadError::Unanswerable(_) => StatusCode::BAD_REQUEST,
                 ReadError::IncompleteData { .. }
                 | ReadError::QueryFailed { .. }
-                | ReadError::NotYetQueried { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                | ReadError::NotYetQueried { .. }
+                | ReadError::NotSynced { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,

@@ -49,7 +49,7 @@ pub enum Target {
         namespace: String,
     },
     /// Forms A–D for a resource other than pods (`services`, `deployments.apps`, `nodes`, …):
-    /// served only by the Prometheus source's rules.
+    /// the scrape source's watched objects, or the Prometheus source's rules.
     Object {
         /// The group-resource as written in the path.
         resource: String,

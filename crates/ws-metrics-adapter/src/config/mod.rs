@@ -112,7 +112,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_SCRAPE_CA_FILE")]
     pub scrape_ca_file: Option<PathBuf>,
 
-    /// A served metric and the exact Prometheus family summed for it, as SERVED=FAMILY.
+    /// A served metric and the exact Prometheus family summed for it, as SERVED=FAMILY, or the
+    /// per-second rate of a counter family over the last WINDOW of scrapes, as
+    /// SERVED=rate(FAMILY[WINDOW]) (e.g. messages_per_second=rate(websocket_messages_received_total[30s])).
     /// Repeatable; replaces the default websocket_connections=websocket_connections_active.
     #[arg(
         long = "metric",
@@ -613,15 +615,34 @@ fn is_served_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
 }
 
-/// Parses one `SERVED=FAMILY` mapping.
+/// Parses one `SERVED=FAMILY` or `SERVED=rate(FAMILY[WINDOW])` mapping.
 ///
 /// # Errors
 /// A message naming what is wrong with it.
 pub fn parse_mapping(s: &str) -> Result<MetricMapping, String> {
     let Some((served, family)) = s.split_once('=') else {
-        return Err(format!("--metric {s:?}: expected SERVED=FAMILY"));
+        return Err(format!(
+            "--metric {s:?}: expected SERVED=FAMILY or SERVED=rate(FAMILY[WINDOW])"
+        ));
     };
     let (served, family) = (served.trim(), family.trim());
+    let (family, rate) = match family.strip_prefix("rate(") {
+        None => (family, None),
+        Some(rest) => {
+            let inner = rest.strip_suffix(')').and_then(|r| {
+                let (family, window) = r.trim().strip_suffix(']')?.split_once('[')?;
+                Some((family.trim(), window.trim()))
+            });
+            let Some((family, window)) = inner else {
+                return Err(format!(
+                    "--metric {s:?}: expected rate(FAMILY[WINDOW]), e.g. rate(websocket_messages_received_total[30s])"
+                ));
+            };
+            let window = parse_duration(window)
+                .map_err(|e| format!("--metric {s:?}: rate window {window:?}: {e}"))?;
+            (family, Some(window))
+        }
+    };
     if !is_served_name(served) {
         return Err(format!(
             "--metric {s:?}: served name {served:?} must be non-empty and use only letters, digits, '_', '-', '.', ':'"
@@ -635,6 +656,7 @@ pub fn parse_mapping(s: &str) -> Result<MetricMapping, String> {
     Ok(MetricMapping {
         served: served.to_owned(),
         family: family.to_owned(),
+        rate,
     })
 }
 
@@ -699,6 +721,19 @@ impl ServeArgs {
                         mapping.served
                     ))
                 }
+                Ok(MetricMapping {
+                    rate: Some(window), ..
+                }) if self.source == SourceKind::Prometheus => problems.push(format!(
+                    "--metric {m:?}: rate() is computed from the adapter's own scrapes; with --source=prometheus put the rate in --prometheus-query (window {})",
+                    humantime::format_duration(window)
+                )),
+                Ok(MetricMapping {
+                    rate: Some(window), ..
+                }) if window < interval * 2 => problems.push(format!(
+                    "--metric {m:?}: rate window {} must be at least 2 × --scrape-interval ({}), or no two scrapes fall in it",
+                    humantime::format_duration(window),
+                    humantime::format_duration(interval)
+                )),
                 Ok(mapping) => metrics.push(mapping),
                 Err(e) => problems.push(e),
             }
@@ -977,7 +1012,8 @@ mod tests {
             cfg.metrics,
             vec![MetricMapping {
                 served: "websocket_connections".into(),
-                family: "websocket_connections_active".into()
+                family: "websocket_connections_active".into(),
+                rate: None,
             }]
         );
     }
@@ -1143,6 +1179,57 @@ mod tests {
         .validate()
         .expect_err("duplicate");
         assert!(dup.to_string().contains("given twice"));
+    }
+
+    #[test]
+    fn a_rate_mapping_names_a_counter_and_a_window_of_at_least_two_scrapes() {
+        let m = parse_mapping("mps=rate(websocket_messages_received_total[30s])").expect("rate");
+        assert_eq!(m.family, "websocket_messages_received_total");
+        assert_eq!(m.rate, Some(Duration::from_secs(30)));
+        assert_eq!(parse_mapping("c=fam").expect("plain").rate, None);
+        for bad in [
+            "x=rate(fam)",
+            "x=rate(fam[30s]",
+            "x=rate(fam[soon])",
+            "x=rate(1x[5s])",
+        ] {
+            assert!(parse_mapping(bad).is_err(), "{bad}");
+        }
+        let err = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--scrape-interval",
+            "1s",
+            "--metric",
+            "a=rate(f_total[1500ms])",
+            "--metric",
+            "b=rate(f_total[2s])",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("too short");
+        let text = err.to_string();
+        assert!(
+            text.contains("rate window 1s 500ms must be at least 2 × --scrape-interval"),
+            "{text}"
+        );
+        assert!(!text.contains("\"b="), "{text}");
+        let err = args(&[
+            "--static-pods",
+            "p.yaml",
+            "--source",
+            "prometheus",
+            "--metric",
+            "a=rate(f_total[1m])",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("prometheus");
+        assert!(
+            err.to_string()
+                .contains("with --source=prometheus put the rate in --prometheus-query"),
+            "{err}"
+        );
     }
 
     #[test]

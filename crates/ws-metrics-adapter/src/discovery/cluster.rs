@@ -113,6 +113,7 @@ pub(crate) fn target_for(pod: &Pod, prefix: &str) -> Result<PodTarget, Skip> {
         uid: meta.uid.clone().unwrap_or_default(),
         labels: meta.labels.clone().unwrap_or_default(),
         url: format!("{scheme}://{host}:{port}{path}"),
+        ready: is_ready(pod),
     })
 }
 
@@ -135,7 +136,18 @@ pub(crate) fn tracked_for(pod: &Pod) -> Result<PodTarget, Skip> {
         uid: meta.uid.clone().unwrap_or_default(),
         labels: meta.labels.clone().unwrap_or_default(),
         url: String::new(),
+        ready: is_ready(pod),
     })
+}
+
+/// Whether the pod's `Ready` condition is `True` (what makes it a Service endpoint).
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 fn key_of(pod: &Pod) -> PodKey {
@@ -441,6 +453,7 @@ mod tests {
         let catalog = MetricCatalog::new(vec![MetricMapping {
             served: "websocket_connections".into(),
             family: "websocket_connections_active".into(),
+            rate: None,
         }]);
         let store = Arc::new(Store::new(catalog, Duration::from_secs(3)));
         let inv = Inventory::new(store.clone(), Arc::new(Telemetry::new()), P.into());

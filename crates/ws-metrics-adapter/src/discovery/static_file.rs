@@ -147,6 +147,8 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Vec<PodTarget>> {
             },
             labels: e.labels,
             url: e.metrics_url,
+            // No readiness here: a listed pod is taken as ready.
+            ready: true,
         });
     }
     if problems.is_empty() {
@@ -547,6 +549,7 @@ mod tests {
             MetricCatalog::new(vec![MetricMapping {
                 served: "m".into(),
                 family: "m".into(),
+                rate: None,
             }]),
             Duration::from_secs(3),
         ));

@@ -349,6 +349,7 @@ mod tests {
             MetricCatalog::new(vec![MetricMapping {
                 served: "websocket_connections".into(),
                 family: "websocket_connections_active".into(),
+                rate: None,
             }]),
             Duration::from_secs(60),
         );
@@ -362,6 +363,7 @@ mod tests {
                     uid: (*name).into(),
                     labels: [("app".to_owned(), (*app).to_owned())].into(),
                     url: "http://127.0.0.1:1/metrics".into(),
+                    ready: true,
                 })
                 .collect(),
         );
@@ -376,6 +378,7 @@ mod tests {
             &[MetricMapping {
                 served: "websocket_connections".into(),
                 family: "websocket_connections_active".into(),
+                rate: None,
             }],
             &template,
             "namespace",
@@ -411,6 +414,7 @@ mod tests {
             &[MetricMapping {
                 served: "websocket_connections".into(),
                 family: "websocket_connections_active".into(),
+                rate: None,
             }],
             &template,
             "namespace",
@@ -627,6 +631,7 @@ mod tests {
             &[MetricMapping {
                 served: "m".into(),
                 family: "f".into(),
+                rate: None,
             }],
             &template,
             "namespace",

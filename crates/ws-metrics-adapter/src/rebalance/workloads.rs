@@ -9,7 +9,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -160,7 +159,7 @@ impl Workloads {
             {
                 continue;
             }
-            match selector_of(&selector) {
+            match Selector::from_label_selector(&selector) {
                 Ok(selector) => out.push(Workload {
                     namespace,
                     kind,
@@ -202,66 +201,9 @@ pub(crate) fn statefulset_rolling(s: &StatefulSet) -> bool {
         || st.ready_replicas.unwrap_or(0) != want
 }
 
-/// A `metav1.LabelSelector` as a [`Selector`] (Go's `metav1.LabelSelectorAsSelector`).
-///
-/// # Errors
-/// An operator that is not In, NotIn, Exists or DoesNotExist, or a key or value the selector
-/// grammar refuses.
-pub(crate) fn selector_of(s: &LabelSelector) -> Result<Selector, String> {
-    let mut terms: Vec<String> = s
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in s.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        terms.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            "DoesNotExist" => format!("!{}", e.key),
-            other => {
-                return Err(format!(
-                    "operator {other:?} is not a label selector operator"
-                ));
-            }
-        });
-    }
-    Selector::parse(&terms.join(",")).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn label_selectors_become_selectors() {
-        let s: LabelSelector = serde_json::from_value(serde_json::json!({
-            "matchLabels": {"app": "ws"},
-            "matchExpressions": [
-                {"key": "tier", "operator": "In", "values": ["a", "b"]},
-                {"key": "canary", "operator": "DoesNotExist"},
-            ],
-        }))
-        .expect("selector");
-        let sel = selector_of(&s).expect("usable");
-        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert!(sel.matches_map(&labels(&[("app", "ws"), ("tier", "b")])));
-        assert!(!sel.matches_map(&labels(&[("app", "ws"), ("tier", "c")])));
-        assert!(!sel.matches_map(&labels(&[("app", "ws"), ("tier", "a"), ("canary", "1")])));
-        let bad: LabelSelector = serde_json::from_value(serde_json::json!({
-            "matchExpressions": [{"key": "x", "operator": "Gt", "values": ["1"]}],
-        }))
-        .expect("selector");
-        assert!(selector_of(&bad).is_err());
-    }
 
     fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
         serde_json::from_value(serde_json::json!({

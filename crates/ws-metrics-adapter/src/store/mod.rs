@@ -9,7 +9,12 @@
 //!
 //! - [`read`]: the read contract (what is published, asked, answered, refused).
 //! - [`resource`]: the resources a metric can be served for.
+//! - [`rates`]: per-pod rates of counter families from successive scrapes.
+//! - [`objects`]: the objects (Deployments, StatefulSets, ReplicaSets, Services) whose value is
+//!   the sum over their ready pods.
 
+pub mod objects;
+mod rates;
 pub mod read;
 pub mod resource;
 
@@ -23,6 +28,7 @@ use crate::clock::{Moment, SampleTime};
 use crate::quantity;
 use crate::selector::{Operator, Selector};
 
+pub use objects::ObjectSpec;
 pub use read::{Described, Item, Objects, ReadError, ServedMetric, Snapshot};
 pub use resource::ResourceInfo;
 
@@ -36,22 +42,31 @@ pub struct MetricMapping {
     pub served: String,
     /// Exact name of the Prometheus samples summed for it (e.g. `websocket_connections_active`).
     pub family: String,
+    /// `Some(window)`: the family is a counter and the metric is its per-second rate over the
+    /// last `window` of scrapes (`SERVED=rate(FAMILY[WINDOW])`, [`rates`]); `None`: its value.
+    pub rate: Option<Duration>,
 }
 
 /// The fixed set of metrics this adapter serves, decided at start-up.
+///
+/// A reading holds one slot per value a metric can read: first the exposition families kept from
+/// each scrape ([`MetricCatalog::families`], what the parser fills), then one per distinct
+/// (counter family, window) rate ([`MetricCatalog::rates`], filled by [`Store::record`]).
 #[derive(Debug, Clone)]
 pub struct MetricCatalog {
     mappings: Vec<MetricMapping>,
     families: Vec<String>,
-    /// For each mapping, the index of its family in `families`.
-    family_of: Vec<usize>,
+    /// Rate slots: (index of the counter family in `families`, window).
+    rates: Vec<(usize, Duration)>,
+    /// For each mapping, its slot.
+    slot_of: Vec<usize>,
 }
 
 impl MetricCatalog {
-    /// Builds the catalog. Several served names may share one family.
+    /// Builds the catalog. Several served names may share one family (or one rate).
     pub fn new(mappings: Vec<MetricMapping>) -> Self {
         let mut families: Vec<String> = Vec::new();
-        let mut family_of = Vec::with_capacity(mappings.len());
+        let mut raw_of = Vec::with_capacity(mappings.len());
         for m in &mappings {
             let idx = match families.iter().position(|f| *f == m.family) {
                 Some(i) => i,
@@ -60,13 +75,39 @@ impl MetricCatalog {
                     families.len() - 1
                 }
             };
-            family_of.push(idx);
+            raw_of.push(idx);
         }
+        let mut rates: Vec<(usize, Duration)> = Vec::new();
+        let slot_of = mappings
+            .iter()
+            .zip(raw_of)
+            .map(|(m, raw)| match m.rate {
+                None => raw,
+                Some(window) => {
+                    let i = rates
+                        .iter()
+                        .position(|r| *r == (raw, window))
+                        .unwrap_or_else(|| {
+                            rates.push((raw, window));
+                            rates.len() - 1
+                        });
+                    families.len() + i
+                }
+            })
+            .collect::<Vec<_>>();
+        // `families.len()` above is final: every family was added in the first pass.
         Self {
             mappings,
             families,
-            family_of,
+            rates,
+            slot_of,
         }
+    }
+
+    /// The rates computed from counter families: (index in [`MetricCatalog::families`],
+    /// window), in slot order after the families.
+    pub fn rates(&self) -> &[(usize, Duration)] {
+        &self.rates
     }
 
     /// The served metrics, in configuration order.
@@ -79,12 +120,13 @@ impl MetricCatalog {
         &self.families
     }
 
-    /// Looks a served metric up by exact name and returns the index of its family.
+    /// Looks a served metric up by exact name and returns its slot in a reading: the index of
+    /// its family, or of its rate after the families.
     pub fn family_index(&self, served: &str) -> Option<usize> {
         self.mappings
             .iter()
             .position(|m| m.served == served)
-            .map(|i| self.family_of[i])
+            .map(|i| self.slot_of[i])
     }
 }
 
@@ -109,6 +151,9 @@ pub struct PodTarget {
     pub labels: Labels,
     /// Full URL of the pod's metrics endpoint, e.g. `http://10.1.2.3:9090/metrics`.
     pub url: String,
+    /// The pod's `Ready` condition is `True` (always, in static mode): only ready pods count
+    /// toward an object's sum, as only they are a Service's endpoints.
+    pub ready: bool,
 }
 
 /// One series of a family as read from a pod: its Prometheus labels and value in milli-units.
@@ -147,7 +192,10 @@ struct PodEntry {
     uid: String,
     labels: Labels,
     url: Arc<str>,
+    ready: bool,
     reading: Option<Arc<Reading>>,
+    /// One counter history per [`MetricCatalog::rates`] entry (empty until the first reading).
+    rates: Vec<rates::CounterHistory>,
 }
 
 /// The pods of one namespace, with an inverted index of their labels so that a selector such as
@@ -290,6 +338,8 @@ pub struct Store {
     /// The query source's answers, once it publishes; while `None`, values are the pods'
     /// scrape readings. Swapped whole, so a read sees one round, never half of two.
     queried: ArcSwapOption<Snapshot>,
+    /// Objects whose value is the sum over their pods, for the resources discovery watches.
+    objects: objects::ObjectIndex,
 }
 
 impl Store {
@@ -301,6 +351,7 @@ impl Store {
             inner: RwLock::new(Inner::default()),
             last_round: RwLock::new(None),
             queried: ArcSwapOption::empty(),
+            objects: objects::ObjectIndex::default(),
         }
     }
 
@@ -316,8 +367,8 @@ impl Store {
     }
 
     /// The served (resource, metric) pairs, in discovery order, for the discovery documents:
-    /// those of the published snapshot, else `pods/<m>` then `namespaces/<m>` for every metric
-    /// of the catalog.
+    /// those of the published snapshot, else `pods/<m>`, `namespaces/<m>` and then every tracked
+    /// object resource's `<resource>/<m>` for every metric of the catalog.
     pub fn served(&self) -> Vec<(&'static ResourceInfo, String)> {
         if let Some(snap) = self.queried.load().as_deref() {
             return snap
@@ -328,6 +379,7 @@ impl Store {
         }
         [resource::pods(), resource::namespaces()]
             .into_iter()
+            .chain(self.objects.tracked())
             .flat_map(|r| {
                 self.catalog
                     .mappings()
@@ -345,7 +397,7 @@ impl Store {
                 .iter()
                 .any(|s| s.resource == resource && s.metric == metric),
             None => {
-                (resource.is_pods() || resource.is_namespaces())
+                (resource.is_pods() || resource.is_namespaces() || self.objects.tracks(resource))
                     && self.catalog.family_index(metric).is_some()
             }
         }
@@ -427,8 +479,166 @@ impl Store {
                     time,
                 }])
             }
+            objects if self.objects.tracks(resource) => {
+                self.object_values(resource, metric, objects, family, metric_selector, now)
+            }
             _ => Err(unknown()),
         }
+    }
+
+    /// Serves `resource` (a namespaced workload or Service) as the sum over each object's ready
+    /// pods, from objects discovery keeps with [`Store::replace_objects`] and the calls after it.
+    /// Until the first of those, a read of it is a 500 (not synced), never a 404.
+    pub fn track_objects(&self, resource: &'static ResourceInfo) {
+        self.objects.track(resource);
+    }
+
+    /// Replaces every object of a tracked `resource` (namespace, name, spec): a watch's list.
+    pub fn replace_objects(
+        &self,
+        resource: &'static ResourceInfo,
+        objects: Vec<(String, String, ObjectSpec)>,
+    ) {
+        self.objects.replace(resource, objects);
+    }
+
+    /// Adds or updates one object of a tracked resource.
+    pub fn upsert_object(
+        &self,
+        resource: &'static ResourceInfo,
+        namespace: &str,
+        name: &str,
+        spec: ObjectSpec,
+    ) {
+        self.objects.upsert(resource, namespace, name, spec);
+    }
+
+    /// Removes one object of a tracked resource.
+    pub fn remove_object(&self, resource: &'static ResourceInfo, namespace: &str, name: &str) {
+        self.objects.remove(resource, namespace, name);
+    }
+
+    /// Values of a tracked object resource: for one object, the sum over its ready pods or why
+    /// there is none; for a `labelSelector` over the objects, one item per matching object whose
+    /// sum is complete (an object with a pod lacking a fresh value is left out, never undercounted).
+    fn object_values(
+        &self,
+        resource: &'static ResourceInfo,
+        metric: &str,
+        objects: Objects<'_>,
+        family: usize,
+        series_selector: &Selector,
+        now: Moment,
+    ) -> Result<Vec<Item>, ReadError> {
+        let not_synced = || ReadError::NotSynced {
+            resource: resource.path(),
+        };
+        let item = |namespace: &str, name: &str, (milli, time): (i64, SampleTime)| Item {
+            described: read::described(resource, namespace, name),
+            milli,
+            time,
+        };
+        match objects {
+            Objects::One { namespace, name } => {
+                let spec = match self.objects.get(resource, namespace, name) {
+                    objects::Lookup::Found(spec) => spec,
+                    objects::Lookup::Missing => {
+                        return Err(ReadError::UnknownObject {
+                            resource: resource.path(),
+                            name: name.to_owned(),
+                        });
+                    }
+                    objects::Lookup::NotSynced | objects::Lookup::Untracked => {
+                        return Err(not_synced());
+                    }
+                };
+                let inner = self.locked();
+                let sum = self.object_sum(
+                    &inner,
+                    resource,
+                    metric,
+                    namespace,
+                    name,
+                    &spec,
+                    family,
+                    series_selector,
+                    now,
+                )?;
+                Ok(vec![item(namespace, name, sum)])
+            }
+            Objects::All {
+                namespace,
+                selector,
+            } => {
+                let found = self
+                    .objects
+                    .matching(resource, namespace, selector)
+                    .ok_or_else(not_synced)?;
+                let inner = self.locked();
+                Ok(found
+                    .into_iter()
+                    .filter_map(|(name, spec)| {
+                        let sum = self.object_sum(
+                            &inner,
+                            resource,
+                            metric,
+                            namespace,
+                            &name,
+                            &spec,
+                            family,
+                            series_selector,
+                            now,
+                        );
+                        sum.ok().map(|sum| item(namespace, &name, sum))
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// The sum over the ready tracked pods `spec` selects in `namespace`, with the oldest sample
+    /// time in it: the namespace total's rule (every pod fresh, or no value) over the object's
+    /// pods. Not-ready pods are left out: a pod that just started may not be scraped yet, and it
+    /// is not yet a Service endpoint holding connections.
+    #[allow(clippy::too_many_arguments)]
+    fn object_sum(
+        &self,
+        inner: &Inner,
+        resource: &'static ResourceInfo,
+        metric: &str,
+        namespace: &str,
+        name: &str,
+        spec: &ObjectSpec,
+        family: usize,
+        series_selector: &Selector,
+        now: Moment,
+    ) -> Result<(i64, SampleTime), ReadError> {
+        let no_pods = || ReadError::NoPods {
+            metric: metric.to_owned(),
+            resource: resource.path(),
+            name: name.to_owned(),
+        };
+        let (Some(pods), Some(ns)) = (spec.pods.as_ref(), inner.pods.get(namespace)) else {
+            return Err(no_pods());
+        };
+        let ready = |e: &&PodEntry| e.ready && pods.matches_map(&e.labels);
+        let entries: Vec<&PodEntry> = match ns.candidates(pods) {
+            Some(names) => names
+                .into_iter()
+                .filter_map(|n| ns.pods.get(n))
+                .filter(ready)
+                .collect(),
+            None => ns.pods.values().filter(ready).collect(),
+        };
+        if entries.is_empty() {
+            return Err(no_pods());
+        }
+        let values = entries
+            .into_iter()
+            .map(|e| self.fresh_value(e, family, series_selector, now.mono));
+        let (sum, oldest) =
+            read::sum_every_pod(|| format!("{} {namespace}/{name}", resource.path()), values)?;
+        Ok((sum, oldest.unwrap_or_else(|| SampleTime::read_at(now))))
     }
 
     /// The served metrics.
@@ -460,11 +670,13 @@ impl Store {
             Some(entry) => {
                 if entry.uid != target.uid {
                     entry.reading = None;
+                    entry.rates.clear();
                     entry.uid = target.uid;
                 }
                 if *entry.url != *target.url {
                     entry.url = Arc::from(target.url);
                 }
+                entry.ready = target.ready;
                 ns.set_labels(&target.key.name, target.labels);
                 false
             }
@@ -474,7 +686,9 @@ impl Store {
                     uid: target.uid,
                     labels: target.labels,
                     url: Arc::from(target.url),
+                    ready: target.ready,
                     reading: None,
+                    rates: Vec::new(),
                 },
             ),
         };
@@ -507,19 +721,22 @@ impl Store {
         let mut inner = self.write();
         let mut count = 0;
         for t in targets {
-            let reading = inner
+            let (reading, rates) = inner
                 .pods
-                .get(&t.key.namespace)
-                .and_then(|ns| ns.pods.get(&t.key.name))
+                .get_mut(&t.key.namespace)
+                .and_then(|ns| ns.pods.get_mut(&t.key.name))
                 .filter(|e| e.uid == t.uid)
-                .and_then(|e| e.reading.clone());
+                .map(|e| (e.reading.clone(), std::mem::take(&mut e.rates)))
+                .unwrap_or_default();
             let added = fresh.entry(t.key.namespace).or_default().insert(
                 t.key.name,
                 PodEntry {
                     uid: t.uid,
                     labels: t.labels,
                     url: Arc::from(t.url),
+                    ready: t.ready,
                     reading,
+                    rates,
                 },
             );
             if added {
@@ -598,6 +815,22 @@ impl Store {
             .and_then(|ns| ns.pods.get_mut(&key.name))
         {
             Some(entry) if entry.uid == uid => {
+                let mut reading = reading;
+                let rates = self.catalog.rates();
+                if !rates.is_empty() {
+                    if entry.rates.len() != rates.len() {
+                        entry.rates = rates
+                            .iter()
+                            .map(|&(_, window)| rates::CounterHistory::new(window))
+                            .collect();
+                    }
+                    reading.families.resize(self.catalog.families().len(), None);
+                    for (&(raw, _), history) in rates.iter().zip(&mut entry.rates) {
+                        let counter = reading.families[raw].as_ref();
+                        let rate = history.observe(counter, reading.time);
+                        reading.families.push(rate);
+                    }
+                }
                 entry.reading = Some(Arc::new(reading));
                 true
             }
@@ -729,7 +962,7 @@ impl Store {
             .into_iter()
             .flat_map(BTreeMap::values)
             .map(|entry| self.fresh_value(entry, family, series_selector, now.mono));
-        let (sum, oldest) = read::sum_every_pod(namespace, values)?;
+        let (sum, oldest) = read::sum_every_pod(|| format!("namespace {namespace}"), values)?;
         let time = oldest
             .or_else(|| self.last_round().map(SampleTime::read_at))
             .unwrap_or_else(|| SampleTime::read_at(now));
@@ -892,6 +1125,7 @@ mod tests {
         MetricCatalog::new(vec![MetricMapping {
             served: "websocket_connections".into(),
             family: "websocket_connections_active".into(),
+            rate: None,
         }])
     }
 
@@ -904,6 +1138,7 @@ mod tests {
             uid: uid.into(),
             labels: [("app".to_string(), app.to_string())].into(),
             url: format!("http://127.0.0.1:1/{name}"),
+            ready: true,
         }
     }
 
@@ -931,6 +1166,70 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn a_rate_is_served_from_the_second_scrape_of_its_counter_with_the_last_scrapes_time() {
+        let catalog = MetricCatalog::new(vec![
+            MetricMapping {
+                served: "messages".into(),
+                family: "messages_total".into(),
+                rate: None,
+            },
+            MetricMapping {
+                served: "messages_per_second".into(),
+                family: "messages_total".into(),
+                rate: Some(Duration::from_secs(10)),
+            },
+        ]);
+        assert_eq!(catalog.families().len(), 1);
+        assert_eq!(catalog.family_index("messages"), Some(0));
+        assert_eq!(catalog.family_index("messages_per_second"), Some(1));
+        let store = Store::new(catalog, Duration::from_secs(3));
+        store.upsert(target("ns", "a", "u1", "ws"));
+        let t0 = Moment::now();
+        let at = |ms: u64| Moment {
+            wall: t0.wall + Duration::from_millis(ms),
+            mono: t0.mono + Duration::from_millis(ms),
+        };
+        let all = Selector::everything();
+        let rate = |now: Moment, series: &Selector| {
+            store
+                .pod_value(&key("ns", "a"), 1, series, now)
+                .map(|v| (v.milli, v.time.wall))
+        };
+        store.record(
+            &key("ns", "a"),
+            "u1",
+            reading(at(0), &[("chat", 10_000), ("echo", 0)]),
+        );
+        assert_eq!(rate(at(0), &all), None, "one scrape: no rate yet");
+        store.record(
+            &key("ns", "a"),
+            "u1",
+            reading(at(2_000), &[("chat", 30_000), ("echo", 4_000)]),
+        );
+        // chat: 20 in 2 s, echo: 4 in 2 s; the time is the second scrape's.
+        assert_eq!(rate(at(2_000), &all), Some((12_000, at(2_000).wall)));
+        let chat = Selector::parse("route=chat").expect("selector");
+        assert_eq!(rate(at(2_000), &chat), Some((10_000, at(2_000).wall)));
+        // The counter itself is still served as read.
+        assert_eq!(
+            store
+                .pod_value(&key("ns", "a"), 0, &all, at(2_000))
+                .map(|v| v.milli),
+            Some(34_000)
+        );
+        // Stale like any value: nothing after --max-age without a scrape.
+        assert_eq!(rate(at(5_001), &all), None);
+        // The pod was replaced (new UID): its history starts over.
+        store.upsert(target("ns", "a", "u2", "ws"));
+        store.record(
+            &key("ns", "a"),
+            "u2",
+            reading(at(6_000), &[("chat", 1_000)]),
+        );
+        assert_eq!(rate(at(6_000), &all), None);
     }
 
     #[test]
@@ -987,10 +1286,12 @@ mod tests {
             MetricMapping {
                 served: "fresh".into(),
                 family: "a".into(),
+                rate: None,
             },
             MetricMapping {
                 served: "stale".into(),
                 family: "b".into(),
+                rate: None,
             },
         ]);
         let store = Store::new(catalog.clone(), Duration::from_secs(3));
@@ -1286,5 +1587,147 @@ mod tests {
             .map(|p| p.name)
             .collect();
         assert_eq!(names, vec!["a".to_string(), "c".to_string()]);
+    }
+
+    fn deployments() -> &'static ResourceInfo {
+        resource::resolve_path("deployments.apps").expect("known")
+    }
+
+    fn object(app: &str, team: &str) -> ObjectSpec {
+        ObjectSpec {
+            labels: [("team".to_string(), team.to_string())].into(),
+            pods: Some(Selector::parse(&format!("app={app}")).expect("selector")),
+        }
+    }
+
+    #[test]
+    fn an_object_is_the_complete_sum_over_its_ready_pods_with_the_oldest_time() {
+        let store = Store::new(catalog(), Duration::from_secs(3));
+        store.track_objects(deployments());
+        store.replace_objects(
+            deployments(),
+            vec![
+                ("ns".into(), "ws".into(), object("ws", "rt")),
+                ("ns".into(), "other".into(), object("other", "rt")),
+                (
+                    "ns".into(),
+                    "svcless".into(),
+                    ObjectSpec {
+                        labels: Labels::new(),
+                        pods: None,
+                    },
+                ),
+            ],
+        );
+        let t0 = Moment::now();
+        let t1 = Moment {
+            mono: t0.mono + Duration::from_millis(500),
+            wall: t0.wall + Duration::from_millis(500),
+        };
+        store.upsert(target("ns", "a", "u1", "ws"));
+        store.upsert(target("ns", "b", "u2", "ws"));
+        store.upsert(target("ns", "x", "u3", "other"));
+        // A Running pod that is not ready yet: never scraped, and not counted.
+        store.upsert(PodTarget {
+            ready: false,
+            ..target("ns", "c", "u4", "ws")
+        });
+        store.record(
+            &key("ns", "a"),
+            "u1",
+            reading(t0, &[("chat", 2000), ("echo", 1000)]),
+        );
+        let all = Selector::everything();
+        let one = |name| Objects::One {
+            namespace: "ns",
+            name,
+        };
+        let read = |objects, sel: &Selector| {
+            store.read(deployments(), "websocket_connections", objects, sel, t1)
+        };
+        // b is ready and has no value yet: no partial sum.
+        assert_eq!(
+            read(one("ws"), &all).map_err(|e| e.to_string()),
+            Err("1 of 2 pods of deployments.apps ns/ws have no fresh value".to_owned())
+        );
+        store.record(&key("ns", "b"), "u2", reading(t1, &[("chat", 4000)]));
+        let items = read(one("ws"), &all).expect("complete");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].milli, 7000);
+        assert_eq!(
+            items[0].time,
+            SampleTime::read_at(t0),
+            "the oldest sample's time"
+        );
+        assert_eq!(
+            items[0].described,
+            Described::Object {
+                kind: "Deployment",
+                api_version: "apps/v1",
+                namespace: Some("ns".into()),
+                name: "ws".into(),
+            }
+        );
+        // metricLabelSelector filters the series before the sum.
+        let chat = Selector::parse("route=chat").expect("selector");
+        assert_eq!(read(one("ws"), &chat).expect("complete")[0].milli, 6000);
+        // An object whose only pod has no value, one without a selector, and an unknown one.
+        assert!(matches!(
+            read(one("other"), &all),
+            Err(ReadError::IncompleteData { .. })
+        ));
+        assert!(matches!(
+            read(one("svcless"), &all),
+            Err(ReadError::NoPods { .. })
+        ));
+        assert_eq!(
+            read(one("nope"), &all).map_err(|e| e.to_string()),
+            Err("deployments.apps \"nope\" not found".to_owned())
+        );
+        // Form B: objects selected by their own labels; an incomplete one is left out.
+        let team = Selector::parse("team=rt").expect("selector");
+        let listed = read(
+            Objects::All {
+                namespace: "ns",
+                selector: &team,
+            },
+            &all,
+        )
+        .expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].milli, 7000);
+        // The pod going unready leaves the sum; a stale one makes it incomplete again.
+        store.upsert(PodTarget {
+            ready: false,
+            ..target("ns", "b", "u2", "ws")
+        });
+        assert_eq!(read(one("ws"), &all).expect("complete")[0].milli, 3000);
+        let late = Moment {
+            mono: t0.mono + Duration::from_millis(3200),
+            wall: t0.wall + Duration::from_millis(3200),
+        };
+        assert!(matches!(
+            store.read(
+                deployments(),
+                "websocket_connections",
+                one("ws"),
+                &all,
+                late
+            ),
+            Err(ReadError::IncompleteData { .. })
+        ));
+        // Discovery lists the tracked resource after pods and namespaces.
+        assert_eq!(
+            store
+                .served()
+                .iter()
+                .map(|(r, m)| format!("{}/{m}", r.path()))
+                .collect::<Vec<_>>(),
+            [
+                "pods/websocket_connections",
+                "namespaces/websocket_connections",
+                "deployments.apps/websocket_connections"
+            ]
+        );
     }
 }

@@ -183,15 +183,44 @@ pub enum ReadError {
     /// A selector the source cannot answer (400), with the reason.
     #[error("{0}")]
     Unanswerable(String),
-    /// Some pods of the namespace have no fresh value: a partial sum would undercount (500).
-    #[error("{missing} of {pods} pods in namespace {namespace} have no fresh value")]
+    /// Some pods of a namespace or object have no fresh value: a partial sum would undercount
+    /// (500).
+    #[error("{missing} of {pods} pods of {of} have no fresh value")]
     IncompleteData {
-        /// Namespace asked for.
-        namespace: String,
+        /// What was summed: `namespace chat`, `deployments.apps chat/ws`.
+        of: String,
         /// Pods without a fresh value.
         missing: usize,
-        /// Pods tracked in the namespace.
+        /// Pods summed over.
         pods: usize,
+    },
+    /// An object that is not there: the watch of its resource has listed every object and this
+    /// one is not among them (404).
+    #[error("{resource} \"{name}\" not found")]
+    UnknownObject {
+        /// Group-resource, e.g. `deployments.apps`.
+        resource: String,
+        /// Object name.
+        name: String,
+    },
+    /// The object selects no ready pod that is scraped (none opted in, none ready yet, or a
+    /// Service without a selector): its sum would be a zero nobody measured (404).
+    #[error(
+        "the server could not find the metric {metric} for {resource} {name}: it selects no ready pod that is scraped"
+    )]
+    NoPods {
+        /// Metric asked for.
+        metric: String,
+        /// Group-resource, e.g. `deployments.apps`.
+        resource: String,
+        /// Object name.
+        name: String,
+    },
+    /// The watch of the object's resource has not listed its objects yet (500).
+    #[error("the watch of {resource} has not synced yet")]
+    NotSynced {
+        /// Group-resource, e.g. `deployments.apps`.
+        resource: String,
     },
     /// The query behind the metric failed on its last run (500): never a zero.
     #[error("query for {metric} failed: {why}")]
@@ -209,11 +238,11 @@ pub enum ReadError {
     },
 }
 
-/// The sum over every pod of a namespace total, and the oldest sample time in it; refused when
+/// The sum over every pod of a namespace or object, and the oldest sample time in it; refused when
 /// any pod has no fresh value (`None`), since a partial sum would read as a drop in load. The
 /// one rule both value origins (scrape readings, a published snapshot) apply.
 pub(super) fn sum_every_pod(
-    namespace: &str,
+    of: impl FnOnce() -> String,
     values: impl IntoIterator<Item = Option<(i64, SampleTime)>>,
 ) -> Result<(i64, Option<SampleTime>), ReadError> {
     let (mut sum, mut oldest, mut missing, mut pods) = (0i64, None::<SampleTime>, 0, 0);
@@ -229,7 +258,7 @@ pub(super) fn sum_every_pod(
     }
     if missing > 0 {
         return Err(ReadError::IncompleteData {
-            namespace: namespace.to_owned(),
+            of: of(),
             missing,
             pods,
         });
@@ -237,7 +266,7 @@ pub(super) fn sum_every_pod(
     Ok((sum, oldest))
 }
 
-fn described(resource: &'static ResourceInfo, ns: &str, name: &str) -> Described {
+pub(super) fn described(resource: &'static ResourceInfo, ns: &str, name: &str) -> Described {
     if resource.is_pods() {
         Described::Pod {
             namespace: ns.to_owned(),
@@ -354,8 +383,10 @@ impl Snapshot {
                         namespace: name.to_owned(),
                     });
                 }
-                let (sum, oldest) =
-                    sum_every_pod(name, pods.iter().map(|pod| value_of(name, pod)))?;
+                let (sum, oldest) = sum_every_pod(
+                    || format!("namespace {name}"),
+                    pods.iter().map(|pod| value_of(name, pod)),
+                )?;
                 Ok(vec![item(
                     "",
                     name,
