@@ -219,6 +219,81 @@ async fn scenario_file_steps_up_then_down_and_the_servers_follow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rate_sends_that_many_messages_per_connection_and_echo_answers_each() {
+    let a = Running::start().await;
+    let mut load = ProcessGuard::spawn(
+        load_command(&[
+            "--target",
+            &a.echo_url(),
+            "--connections",
+            "20",
+            "--rate",
+            "500",
+            "--hold",
+            "24h",
+            "--deadline",
+            DEADLINE,
+            "--message-rate",
+            "5",
+            "--json",
+        ]),
+        "ws-demo load",
+    );
+    eventually(PATIENCE, "20 open", || async {
+        (a.server.active() == 20).then_some(())
+    })
+    .await;
+    // 20 connections × 5 a second = 100 messages a second; measured over the time the server
+    // takes to receive 300 more (ended on the count, not a time).
+    let (start, at) = (
+        a.server.messages_received(Route::Echo),
+        std::time::Instant::now(),
+    );
+    eventually(PATIENCE, "300 more messages received", || async {
+        (a.server.messages_received(Route::Echo) >= start + 300).then_some(())
+    })
+    .await;
+    let rate =
+        (a.server.messages_received(Route::Echo) - start) as f64 / at.elapsed().as_secs_f64();
+    assert!(
+        load.try_wait().is_none(),
+        "the load exited while holding:\n{}",
+        load.stderr()
+    );
+    load.signal("TERM");
+    let s = summary(load, PATIENCE).await;
+    assert_consistent(&s);
+    // Every message on /ws/echo is answered: sent catches up with received.
+    eventually(PATIENCE, "every message echoed", || async {
+        (a.server.messages_sent(Route::Echo) == a.server.messages_received(Route::Echo))
+            .then_some(())
+    })
+    .await;
+    // Not a speed claim: a busy machine delivers late, never more than was sent.
+    assert!(rate <= 100.0 * 1.5, "{rate:.1} messages/s for 100/s sent");
+    // The exposition carries both counters.
+    let body = a.server.render_openmetrics();
+    for family in [
+        "websocket_messages_received_total",
+        "websocket_messages_sent_total",
+    ] {
+        assert!(
+            body.contains(&format!("{family}{{route=\"echo\"}}")),
+            "{body}"
+        );
+    }
+    let bad = load_command(&["--target", &a.echo_url(), "--message-rate=-1"])
+        .output()
+        .expect("ws-demo load");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--message-rate -1"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_keeps_the_total_constant_while_opened_total_grows() {
     let a = Running::start().await;
     // Held until the test has seen enough churn (then SIGTERM): ended on a count, not a time.
