@@ -226,6 +226,7 @@ pub fn exposition_target(input: &[u8]) {
         served: "websocket_connections".into(),
         family: FAMILY.into(),
         rate: None,
+        filter: None,
     }]);
     let unservable = selected.iter().any(|s| !s.value.is_finite());
     let mut series: Vec<Vec<(String, String)>> = selected

@@ -24,6 +24,7 @@ fn catalog() -> MetricCatalog {
         served: "websocket_connections".into(),
         family: "websocket_connections_active".into(),
         rate: None,
+        filter: None,
     }])
 }
 
@@ -179,11 +180,13 @@ async fn a_rate_is_exact_for_the_increments_the_test_makes_resets_included() {
                 served: "messages".into(),
                 family: "messages_total".into(),
                 rate: None,
+                filter: None,
             },
             MetricMapping {
                 served: "messages_per_second".into(),
                 family: "messages_total".into(),
                 rate: Some(Duration::from_secs(600)),
+                filter: None,
             },
         ]),
         Settings::default(),

@@ -75,6 +75,7 @@ fn seed() -> Seeded {
         served: "websocket_connections".into(),
         family: "websocket_connections_active".into(),
         rate: None,
+        filter: None,
     }]);
     // Nothing may expire during the run.
     let store = Arc::new(Store::new(catalog, Duration::from_secs(24 * 3600)));

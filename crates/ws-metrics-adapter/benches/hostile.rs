@@ -47,6 +47,7 @@ fn seed() -> Arc<Store> {
             served: "websocket_connections".into(),
             family: "websocket_connections_active".into(),
             rate: None,
+            filter: None,
         }]),
         Duration::from_secs(24 * 3600),
     ));

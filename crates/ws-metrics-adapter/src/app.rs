@@ -198,6 +198,81 @@ async fn start_auth(
     Ok(auth)
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How often `--metrics-config` is looked at: a change is served within about this long (a
+/// ConfigMap mounted as a volume changes when the kubelet swaps its symlink, within a minute).
+const METRICS_CONFIG_PERIOD: Duration = Duration::from_secs(1);
+
+/// Re-reads `--metrics-config` every [`METRICS_CONFIG_PERIOD`]; when its text changed and it
+/// parses, the store serves the new metrics at once (what carries over keeps its values). A file
+/// that cannot be used is logged once per version with every problem, counted in
+/// `config_reload_failures_total`, and the previous metrics stay.
+async fn reload_metrics_config(
+    path: std::path::PathBuf,
+    scrape_interval: Duration,
+    store: Arc<Store>,
+    telemetry: Arc<Telemetry>,
+    shutdown: impl Future<Output = ()>,
+) {
+    // The last version looked at, good or bad: a bad one is reported once, not every second.
+    let mut last: Option<Result<String, String>> = None;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(METRICS_CONFIG_PERIOD) => {}
+        }
+        let p = path.clone();
+        let Ok(looked) = tokio::task::spawn_blocking(move || {
+            crate::config::metrics_file::read_text(&p)
+                .map_err(|e| format!("--metrics-config {}: {e}", p.display()))
+        })
+        .await
+        else {
+            continue;
+        };
+        if last.as_ref() == Some(&looked) {
+            continue;
+        }
+        let first = last.is_none();
+        last = Some(looked.clone());
+        let parsed = looked.and_then(|text| {
+            crate::config::metrics_file::parse(&text, scrape_interval).map_err(|problems| {
+                format!(
+                    "--metrics-config {}: {}",
+                    path.display(),
+                    problems.join("; ")
+                )
+            })
+        });
+        match parsed {
+            Ok(metrics) if metrics == store.catalog().mappings() => {
+                if !first {
+                    telemetry.config_applied(unix_now());
+                }
+            }
+            Ok(metrics) => {
+                tracing::info!(
+                    path = %path.display(),
+                    metrics_served = ?metrics.iter().map(|m| m.served.as_str()).collect::<Vec<_>>(),
+                    "metrics config reloaded"
+                );
+                store.replace_catalog(MetricCatalog::new(metrics));
+                telemetry.config_applied(unix_now());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "metrics config changed but cannot be used; keeping the previous metrics");
+                telemetry.config_reload_failed();
+            }
+        }
+    }
+}
+
 /// Runs the adapter until `shutdown` fires.
 ///
 /// # Errors
@@ -209,6 +284,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         MetricCatalog::new(config.metrics.clone()),
         config.max_age,
     ));
+    if let Some(path) = &config.metrics_config {
+        telemetry.config_applied(unix_now());
+        tokio::spawn(reload_metrics_config(
+            path.clone(),
+            config.collect.interval,
+            store.clone(),
+            telemetry.clone(),
+            shutdown.wait(),
+        ));
+    }
 
     // Serving certificate: files re-read when they change, or issued from the managed CA.
     let (resolver, files) = match &config.tls {

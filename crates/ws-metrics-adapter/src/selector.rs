@@ -259,6 +259,21 @@ impl Selector {
         }
     }
 
+    /// The selector matching what both `self` and `other` match (their requirements together):
+    /// a metric's own series filter combined with a request's `metricLabelSelector`.
+    #[must_use]
+    pub fn and(&self, other: &Self) -> Self {
+        if other.is_empty() {
+            return self.clone();
+        }
+        if self.is_empty() {
+            return other.clone();
+        }
+        let mut requirements = self.requirements.clone();
+        requirements.extend(other.requirements.iter().cloned());
+        Self::from_requirements(requirements)
+    }
+
     /// The selector that matches everything.
     #[must_use]
     pub fn everything() -> Self {
@@ -890,6 +905,16 @@ fn validate_value(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn and_matches_what_both_match() {
+        let both = parse("route in (chat,echo)").and(&parse("route!=echo,tier=a"));
+        assert!(both.matches_map(&labels(&[("route", "chat"), ("tier", "a")])));
+        assert!(!both.matches_map(&labels(&[("route", "echo"), ("tier", "a")])));
+        assert!(!both.matches_map(&labels(&[("route", "chat")])));
+        assert_eq!(parse("a=1").and(&Selector::everything()), parse("a=1"));
+        assert_eq!(Selector::everything().and(&parse("a=1")), parse("a=1"));
+    }
 
     #[test]
     fn label_selectors_become_selectors() {

@@ -133,6 +133,8 @@ pub struct Telemetry {
     served_age: Histogram,
     watch_events: Family<WatchLabels, Counter>,
     inventory_errors: Counter,
+    config_reload_failures: Counter,
+    config_last_success: Gauge<f64, AtomicU64>,
     prom_requests: Family<PromLabels, Counter>,
     prom_duration: Histogram,
     prom_dropped: Family<DropLabels, Counter>,
@@ -233,6 +235,18 @@ impl Telemetry {
             "Pod watch errors and static-file reload failures",
             inventory_errors.clone(),
         );
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Re-reads of --metrics-config that could not be used (the previous metrics stay)",
+            config_reload_failures.clone(),
+        );
+        let config_last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time at which the metrics config was last read and applied (at start, then on each change)",
+            config_last_success.clone(),
+        );
         let prom_requests = Family::<PromLabels, Counter>::default();
         registry.register(
             "prometheus_requests",
@@ -311,6 +325,8 @@ impl Telemetry {
             served_age,
             watch_events,
             inventory_errors,
+            config_reload_failures,
+            config_last_success,
         }
     }
 
@@ -474,6 +490,16 @@ impl Telemetry {
     /// Counts an inventory error.
     pub fn inventory_error(&self) {
         self.inventory_errors.inc();
+    }
+
+    /// Notes that the metrics config was read and applied at `unix` (seconds).
+    pub fn config_applied(&self, unix: f64) {
+        self.config_last_success.set(unix);
+    }
+
+    /// Counts a re-read of the metrics config that could not be used.
+    pub fn config_reload_failed(&self) {
+        self.config_reload_failures.inc();
     }
 
     /// Renders every metric in the OpenMetrics text format.

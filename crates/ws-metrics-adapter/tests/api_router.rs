@@ -61,6 +61,7 @@ fn mapping(served: &str, family: &str) -> MetricMapping {
         served: served.into(),
         family: family.into(),
         rate: None,
+        filter: None,
     }
 }
 

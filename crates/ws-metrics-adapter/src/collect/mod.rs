@@ -38,6 +38,12 @@ use crate::health::{self, Health};
 use crate::store::{PodKey, Reading, ScrapeJob, Store, readings_from_samples};
 use crate::telemetry::Telemetry;
 
+/// A scrape's reading and the catalog its families are indexed by.
+struct Parsed {
+    reading: Reading,
+    catalog: Arc<crate::store::MetricCatalog>,
+}
+
 /// Errors of building the collector.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -133,7 +139,7 @@ impl Collector {
         })
     }
 
-    async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Reading, ScrapeError> {
+    async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Parsed, ScrapeError> {
         if http1::is_plain_http(url) {
             let body = self.http1.get(url).await?;
             self.reading(body.bytes(), Moment::now())
@@ -191,17 +197,22 @@ impl Collector {
 
     /// The reading in a scrape's body, read at `at`. Exposition timestamps on the kept samples
     /// are honoured: the reading is as old as its oldest stamped sample.
-    fn reading(&self, body: &[u8], at: Moment) -> std::result::Result<Reading, ScrapeError> {
+    fn reading(&self, body: &[u8], at: Moment) -> std::result::Result<Parsed, ScrapeError> {
         let text = std::str::from_utf8(body).map_err(ScrapeError::NotUtf8)?;
-        let families = self.store.catalog().families();
+        // One catalog for the whole parse: a reload meanwhile is sorted out by `record_parsed`.
+        let catalog = self.store.catalog();
+        let families = catalog.families();
         let samples = exposition::parse_selected(text, |name| families.iter().any(|f| f == name))
             .map_err(ScrapeError::Unparseable)?;
         let declared = |family: &str| declares_family(text, family);
-        let families = readings_from_samples(self.store.catalog(), &samples, declared)
+        let families = readings_from_samples(&catalog, &samples, declared)
             .map_err(ScrapeError::NotServable)?;
         // Families whose series carry timestamps are aged by them (`FamilyReading::stamped_ms`).
         let time = SampleTime::read_at(at);
-        Ok(Reading { time, families })
+        Ok(Parsed {
+            reading: Reading { time, families },
+            catalog,
+        })
     }
 
     /// Scrapes one pod and records its reading; counts the outcome.
@@ -210,8 +221,11 @@ impl Collector {
         let result = match tokio::time::timeout(self.config.timeout, self.fetch(&job.url)).await {
             Err(_) => Err(ScrapeError::Timeout(self.config.timeout)),
             Ok(Err(error)) => Err(error),
-            Ok(Ok(reading)) => {
-                if self.store.record(&job.key, &job.uid, reading) {
+            Ok(Ok(parsed)) => {
+                if self
+                    .store
+                    .record_parsed(&job.key, &job.uid, parsed.reading, &parsed.catalog)
+                {
                     Ok(())
                 } else {
                     Err(ScrapeError::Discarded)

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::store::MetricMapping;
 pub use crate::telemetry::LogFormat;
 
+pub mod metrics_file;
 pub mod value;
 pub use value::{from_yaml, null_as_default, parse_duration};
 
@@ -122,6 +123,16 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub metrics: Vec<String>,
+
+    /// The served metrics from a YAML file instead of --metric: `metrics: [{name, family,
+    /// rate, seriesSelector}, …]`, or a ConfigMap holding that under `data.metrics.yaml`.
+    /// Re-read every second while running; a bad new file keeps the previous metrics.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_METRICS_CONFIG",
+        conflicts_with = "metrics"
+    )]
+    pub metrics_config: Option<PathBuf>,
 
     /// Prefix of the pod annotations that opt a pod in (`<prefix>/scrape: "true"`, `/port`,
     /// `/path`, `/scheme`).
@@ -336,6 +347,8 @@ pub struct Config {
     pub max_age: Duration,
     /// Served metrics.
     pub metrics: Vec<MetricMapping>,
+    /// Where `metrics` came from when it is a file that is re-read while running.
+    pub metrics_config: Option<PathBuf>,
     /// Annotation prefix.
     pub annotation_prefix: String,
     /// SIGTERM grace.
@@ -657,6 +670,7 @@ pub fn parse_mapping(s: &str) -> Result<MetricMapping, String> {
         served: served.to_owned(),
         family: family.to_owned(),
         rate,
+        filter: None,
     })
 }
 
@@ -707,12 +721,26 @@ impl ServeArgs {
         if self.scrape_max_body_bytes < 1024 {
             problems.push("--scrape-max-body-bytes: must be at least 1024".into());
         }
-        let raw: Vec<&str> = if self.metrics.is_empty() {
+        let raw: Vec<&str> = if self.metrics_config.is_some() {
+            Vec::new()
+        } else if self.metrics.is_empty() {
             vec![DEFAULT_METRIC]
         } else {
             self.metrics.iter().map(String::as_str).collect()
         };
         let mut metrics: Vec<MetricMapping> = Vec::new();
+        if let Some(path) = &self.metrics_config {
+            if self.source == SourceKind::Prometheus {
+                problems.push(
+                    "--metrics-config: serves the scrape source's metrics; with --source=prometheus use --metric or --prometheus-rules-file"
+                        .into(),
+                );
+            }
+            match metrics_file::read(path, interval) {
+                Ok(m) => metrics = m,
+                Err(e) => problems.push(e),
+            }
+        }
         for m in raw {
             match parse_mapping(m) {
                 Ok(mapping) if metrics.iter().any(|x| x.served == mapping.served) => {
@@ -842,6 +870,7 @@ impl ServeArgs {
             },
             max_age,
             metrics,
+            metrics_config: self.metrics_config,
             annotation_prefix: prefix,
             shutdown_grace: self.shutdown_grace,
             limits,
@@ -1014,6 +1043,7 @@ mod tests {
                 served: "websocket_connections".into(),
                 family: "websocket_connections_active".into(),
                 rate: None,
+                filter: None,
             }]
         );
     }

@@ -454,6 +454,7 @@ mod tests {
             served: "websocket_connections".into(),
             family: "websocket_connections_active".into(),
             rate: None,
+            filter: None,
         }]);
         let store = Arc::new(Store::new(catalog, Duration::from_secs(3)));
         let inv = Inventory::new(store.clone(), Arc::new(Telemetry::new()), P.into());

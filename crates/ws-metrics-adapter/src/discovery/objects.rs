@@ -225,6 +225,7 @@ mod tests {
                 served: "m".into(),
                 family: "f".into(),
                 rate: None,
+                filter: None,
             }]),
             Duration::from_secs(5),
         )

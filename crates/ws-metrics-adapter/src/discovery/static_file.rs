@@ -550,6 +550,7 @@ mod tests {
                 served: "m".into(),
                 family: "m".into(),
                 rate: None,
+                filter: None,
             }]),
             Duration::from_secs(3),
         ));

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::clock::{Moment, SampleTime};
 use crate::quantity;
@@ -45,6 +45,9 @@ pub struct MetricMapping {
     /// `Some(window)`: the family is a counter and the metric is its per-second rate over the
     /// last `window` of scrapes (`SERVED=rate(FAMILY[WINDOW])`, [`rates`]); `None`: its value.
     pub rate: Option<Duration>,
+    /// Only the family's series matching this count (a per-metric label filter of the metrics
+    /// config file); a request's `metricLabelSelector` filters them further.
+    pub filter: Option<Selector>,
 }
 
 /// The fixed set of metrics this adapter serves, decided at start-up.
@@ -123,10 +126,27 @@ impl MetricCatalog {
     /// Looks a served metric up by exact name and returns its slot in a reading: the index of
     /// its family, or of its rate after the families.
     pub fn family_index(&self, served: &str) -> Option<usize> {
-        self.mappings
-            .iter()
-            .position(|m| m.served == served)
-            .map(|i| self.slot_of[i])
+        self.lookup(served).map(|(slot, _)| slot)
+    }
+
+    /// A served metric's slot and its series filter, if it is served.
+    pub fn lookup(&self, served: &str) -> Option<(usize, Option<&Selector>)> {
+        let i = self.mappings.iter().position(|m| m.served == served)?;
+        Some((self.slot_of[i], self.mappings[i].filter.as_ref()))
+    }
+
+    /// For each slot of `to`, the slot of `self` holding the same values (the same family, or
+    /// the same family's rate over the same window), if any: how readings taken under `self`
+    /// carry over to `to`.
+    fn slots_in(&self, to: &MetricCatalog) -> Vec<Option<usize>> {
+        let raw = |name: &str| self.families.iter().position(|f| f == name);
+        let families = to.families.iter().map(|f| raw(f));
+        let rates = to.rates.iter().map(|&(family, window)| {
+            let old = raw(&to.families[family])?;
+            let i = self.rates.iter().position(|r| *r == (old, window))?;
+            Some(self.families.len() + i)
+        });
+        families.chain(rates).collect()
     }
 }
 
@@ -330,7 +350,9 @@ pub struct ScrapeJob {
 /// The shared store. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Store {
-    catalog: MetricCatalog,
+    /// What is served. Swapped whole by [`Store::replace_catalog`] (a reloaded metrics config)
+    /// while the inventory's write lock is held, so readings and the catalog change together.
+    catalog: ArcSwap<MetricCatalog>,
     max_age: Duration,
     inner: RwLock<Inner>,
     /// Time the last collection round ended, used as the timestamp of answers with no samples.
@@ -346,7 +368,7 @@ impl Store {
     /// An empty store. `max_age` is the age after which a reading is no longer served.
     pub fn new(catalog: MetricCatalog, max_age: Duration) -> Self {
         Self {
-            catalog,
+            catalog: ArcSwap::from_pointee(catalog),
             max_age,
             inner: RwLock::new(Inner::default()),
             last_round: RwLock::new(None),
@@ -377,11 +399,12 @@ impl Store {
                 .map(|s| (s.resource, s.metric.clone()))
                 .collect();
         }
+        let catalog = self.catalog.load();
         [resource::pods(), resource::namespaces()]
             .into_iter()
             .chain(self.objects.tracked())
             .flat_map(|r| {
-                self.catalog
+                catalog
                     .mappings()
                     .iter()
                     .map(move |m| (r, m.served.clone()))
@@ -398,7 +421,7 @@ impl Store {
                 .any(|s| s.resource == resource && s.metric == metric),
             None => {
                 (resource.is_pods() || resource.is_namespaces() || self.objects.tracks(resource))
-                    && self.catalog.family_index(metric).is_some()
+                    && self.catalog.load().family_index(metric).is_some()
             }
         }
     }
@@ -422,17 +445,58 @@ impl Store {
         if let Some(snap) = self.queried.load().as_deref() {
             return snap.read(self, resource, metric, objects, metric_selector, now);
         }
+        // A reload swaps the catalog and moves every reading to its slots under the write lock:
+        // an answer computed with the catalog that is still current after it used the right
+        // slots. Reloads are rare; one that lands mid-read costs that read one more pass.
+        let mut tries = 0;
+        loop {
+            let catalog = self.catalog.load_full();
+            let answer = self.read_with(
+                &catalog,
+                resource,
+                metric,
+                objects.clone(),
+                metric_selector,
+                now,
+            );
+            tries += 1;
+            if tries >= 3 || Arc::ptr_eq(&catalog, &self.catalog.load()) {
+                return answer;
+            }
+        }
+    }
+
+    /// [`Store::read`] with `catalog`'s slots and filters.
+    fn read_with(
+        &self,
+        catalog: &MetricCatalog,
+        resource: &'static ResourceInfo,
+        metric: &str,
+        objects: Objects<'_>,
+        metric_selector: &Selector,
+        now: Moment,
+    ) -> Result<Vec<Item>, ReadError> {
         let unknown = || ReadError::UnknownMetric {
             metric: metric.to_owned(),
             resource: resource.path(),
         };
-        let family = self.catalog.family_index(metric).ok_or_else(unknown)?;
+        let (family, filter) = catalog.lookup(metric).ok_or_else(unknown)?;
+        // The metric's own filter and the request's selector together; the request's alone
+        // names the answer (`with selector …`, the wire's `metric.selector`).
+        let combined;
+        let series_selector = match filter {
+            Some(filter) => {
+                combined = filter.and(metric_selector);
+                &combined
+            }
+            None => metric_selector,
+        };
         match objects {
             Objects::All {
                 namespace,
                 selector,
             } if resource.is_pods() => Ok(self
-                .pods_matching(namespace, selector, family, metric_selector, now)
+                .pods_matching(namespace, selector, family, series_selector, now)
                 .into_iter()
                 .map(|p| Item {
                     described: Described::Pod {
@@ -449,7 +513,7 @@ impl Store {
                     name: name.to_owned(),
                 };
                 let p = self
-                    .pod_value(&key, family, metric_selector, now)
+                    .pod_value(&key, family, series_selector, now)
                     .ok_or_else(|| ReadError::NoValue {
                         metric: metric.to_owned(),
                         resource: "pods".to_owned(),
@@ -470,7 +534,7 @@ impl Store {
                 }])
             }
             Objects::One { name, .. } if resource.is_namespaces() => {
-                let (milli, time) = self.namespace_total(name, family, metric_selector, now)?;
+                let (milli, time) = self.namespace_total(name, family, series_selector, now)?;
                 Ok(vec![Item {
                     described: Described::Namespace {
                         name: name.to_owned(),
@@ -480,7 +544,7 @@ impl Store {
                 }])
             }
             objects if self.objects.tracks(resource) => {
-                self.object_values(resource, metric, objects, family, metric_selector, now)
+                self.object_values(resource, metric, objects, family, series_selector, now)
             }
             _ => Err(unknown()),
         }
@@ -641,9 +705,55 @@ impl Store {
         Ok((sum, oldest.unwrap_or_else(|| SampleTime::read_at(now))))
     }
 
-    /// The served metrics.
-    pub fn catalog(&self) -> &MetricCatalog {
-        &self.catalog
+    /// The served metrics now (a reload may replace them: hold the `Arc` for one scrape's parse
+    /// and record with [`Store::record_parsed`]).
+    pub fn catalog(&self) -> Arc<MetricCatalog> {
+        self.catalog.load_full()
+    }
+
+    /// Serves `catalog` from now on (a reloaded metrics config). Every pod keeps what carries
+    /// over: the readings of families and rates both catalogs have (so an unchanged metric is
+    /// never without a value for a round), the counter histories of unchanged rates. A new
+    /// metric has values from each pod's next scrape (a new rate from its second); a removed one
+    /// is unknown at once.
+    pub fn replace_catalog(&self, catalog: MetricCatalog) {
+        let mut inner = self.write();
+        let old = self.catalog.load_full();
+        let slots = old.slots_in(&catalog);
+        let rate_of =
+            |new: usize| slots[catalog.families.len() + new].map(|s| s - old.families.len());
+        for ns in inner.pods.values_mut() {
+            for entry in ns.pods.values_mut() {
+                if let Some(reading) = &entry.reading {
+                    let families = slots
+                        .iter()
+                        .map(|s| s.and_then(|i| reading.families.get(i).cloned().flatten()))
+                        .collect();
+                    entry.reading = Some(Arc::new(Reading {
+                        time: reading.time,
+                        families,
+                    }));
+                }
+                if !entry.rates.is_empty() {
+                    let mut old_rates: Vec<Option<rates::CounterHistory>> =
+                        std::mem::take(&mut entry.rates)
+                            .into_iter()
+                            .map(Some)
+                            .collect();
+                    entry.rates = catalog
+                        .rates
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &(_, window))| {
+                            rate_of(k)
+                                .and_then(|i| old_rates.get_mut(i)?.take())
+                                .unwrap_or_else(|| rates::CounterHistory::new(window))
+                        })
+                        .collect();
+                }
+            }
+        }
+        self.catalog.store(Arc::new(catalog));
     }
 
     /// Age after which a reading is left out of answers.
@@ -808,15 +918,38 @@ impl Store {
     /// Records a good reading for the pod, unless the pod is gone or was re-created since the job
     /// was handed out. Returns whether it was recorded.
     pub fn record(&self, key: &PodKey, uid: &str, reading: Reading) -> bool {
+        let parsed_with = self.catalog.load_full();
+        self.record_parsed(key, uid, reading, &parsed_with)
+    }
+
+    /// [`Store::record`] of a reading whose families are indexed like `parsed_with`'s (the
+    /// catalog a scrape was parsed with): moved to the current catalog's slots if a reload
+    /// replaced it meanwhile.
+    pub fn record_parsed(
+        &self,
+        key: &PodKey,
+        uid: &str,
+        mut reading: Reading,
+        parsed_with: &Arc<MetricCatalog>,
+    ) -> bool {
         let mut inner = self.write();
+        let catalog = self.catalog.load_full();
+        if !Arc::ptr_eq(parsed_with, &catalog) {
+            let families = std::mem::take(&mut reading.families);
+            reading.families = parsed_with
+                .slots_in(&catalog)
+                .into_iter()
+                .take(catalog.families.len())
+                .map(|s| s.and_then(|i| families.get(i).cloned().flatten()))
+                .collect();
+        }
         match inner
             .pods
             .get_mut(&key.namespace)
             .and_then(|ns| ns.pods.get_mut(&key.name))
         {
             Some(entry) if entry.uid == uid => {
-                let mut reading = reading;
-                let rates = self.catalog.rates();
+                let rates = catalog.rates();
                 if !rates.is_empty() {
                     if entry.rates.len() != rates.len() {
                         entry.rates = rates
@@ -824,7 +957,7 @@ impl Store {
                             .map(|&(_, window)| rates::CounterHistory::new(window))
                             .collect();
                     }
-                    reading.families.resize(self.catalog.families().len(), None);
+                    reading.families.resize(catalog.families().len(), None);
                     for (&(raw, _), history) in rates.iter().zip(&mut entry.rates) {
                         let counter = reading.families[raw].as_ref();
                         let rate = history.observe(counter, reading.time);
@@ -1126,6 +1259,7 @@ mod tests {
             served: "websocket_connections".into(),
             family: "websocket_connections_active".into(),
             rate: None,
+            filter: None,
         }])
     }
 
@@ -1175,11 +1309,13 @@ mod tests {
                 served: "messages".into(),
                 family: "messages_total".into(),
                 rate: None,
+                filter: None,
             },
             MetricMapping {
                 served: "messages_per_second".into(),
                 family: "messages_total".into(),
                 rate: Some(Duration::from_secs(10)),
+                filter: None,
             },
         ]);
         assert_eq!(catalog.families().len(), 1);
@@ -1230,6 +1366,110 @@ mod tests {
             reading(at(6_000), &[("chat", 1_000)]),
         );
         assert_eq!(rate(at(6_000), &all), None);
+    }
+
+    fn mapping(
+        served: &str,
+        family: &str,
+        rate: Option<u64>,
+        filter: Option<&str>,
+    ) -> MetricMapping {
+        MetricMapping {
+            served: served.into(),
+            family: family.into(),
+            rate: rate.map(Duration::from_secs),
+            filter: filter.map(|f| Selector::parse(f).expect("selector")),
+        }
+    }
+
+    #[test]
+    fn a_new_catalog_keeps_what_carries_over_and_filters_each_metric_by_its_own_selector() {
+        let store = Store::new(
+            MetricCatalog::new(vec![
+                mapping("conns", "active", None, None),
+                mapping("msgs", "messages_total", Some(60), None),
+            ]),
+            Duration::from_secs(30),
+        );
+        store.upsert(target("ns", "a", "u1", "ws"));
+        let t0 = Moment::now();
+        let at = |ms: u64| Moment {
+            wall: t0.wall + Duration::from_millis(ms),
+            mono: t0.mono + Duration::from_millis(ms),
+        };
+        let both = |time, active: &[(&str, i64)], messages: &[(&str, i64)]| Reading {
+            families: vec![
+                reading(time, active).families.remove(0),
+                reading(time, messages).families.remove(0),
+            ],
+            ..reading(time, &[])
+        };
+        store.record(
+            &key("ns", "a"),
+            "u1",
+            both(at(0), &[("chat", 3000), ("echo", 4000)], &[("chat", 0)]),
+        );
+        store.record(
+            &key("ns", "a"),
+            "u1",
+            both(
+                at(1000),
+                &[("chat", 3000), ("echo", 4000)],
+                &[("chat", 5000)],
+            ),
+        );
+        let all = Selector::everything();
+        let value = |metric: &str| {
+            let read = store.read(
+                resource::pods(),
+                metric,
+                Objects::One {
+                    namespace: "ns",
+                    name: "a",
+                },
+                &all,
+                at(1000),
+            );
+            read.map(|items| items[0].milli).map_err(|e| e.to_string())
+        };
+        assert_eq!(value("conns"), Ok(7000));
+        assert_eq!(value("msgs"), Ok(5000));
+        // Reordered families, a new filtered metric, the rate kept, `conns` removed.
+        store.replace_catalog(MetricCatalog::new(vec![
+            mapping("msgs", "messages_total", Some(60), None),
+            mapping("chat", "active", None, Some("route=chat")),
+        ]));
+        assert_eq!(value("chat"), Ok(3000), "carried over, filtered");
+        assert_eq!(value("msgs"), Ok(5000), "the rate's history carried over");
+        assert!(value("conns").is_err(), "removed at once");
+        // A scrape parsed with the old catalog (families in its order) is moved to the new one.
+        let old = Arc::new(MetricCatalog::new(vec![
+            mapping("conns", "active", None, None),
+            mapping("msgs", "messages_total", Some(60), None),
+        ]));
+        store.record_parsed(
+            &key("ns", "a"),
+            "u1",
+            both(at(2000), &[("chat", 9000)], &[("chat", 11_000)]),
+            &old,
+        );
+        let read = |metric: &str| {
+            store
+                .read(
+                    resource::pods(),
+                    metric,
+                    Objects::One {
+                        namespace: "ns",
+                        name: "a",
+                    },
+                    &all,
+                    at(2000),
+                )
+                .map(|items| items[0].milli)
+        };
+        assert_eq!(read("chat").ok(), Some(9000));
+        // 11 messages over 2 s since the first scrape.
+        assert_eq!(read("msgs").ok(), Some(5500));
     }
 
     #[test]
@@ -1287,11 +1527,13 @@ mod tests {
                 served: "fresh".into(),
                 family: "a".into(),
                 rate: None,
+                filter: None,
             },
             MetricMapping {
                 served: "stale".into(),
                 family: "b".into(),
                 rate: None,
+                filter: None,
             },
         ]);
         let store = Store::new(catalog.clone(), Duration::from_secs(3));
