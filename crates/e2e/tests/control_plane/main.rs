@@ -20,6 +20,7 @@ mod node_agent;
 mod objects;
 mod pki;
 mod rates;
+mod reload;
 mod serving_ca;
 mod timeline;
 
