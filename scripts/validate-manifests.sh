@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Validates the kustomize output of manifests/ and manifests/examples/ offline (no cluster):
+# Validates the kustomize output of manifests/, manifests/examples/ and
+# overlays/external-metrics/ offline (no cluster):
 # every rendered object against the Kubernetes OpenAPI schemas with `kubernetes-validate
 # --strict`, then a few cross-object references no schema can express.
 #
@@ -17,7 +18,7 @@ PYTHON=${PYTHON:-python3}
 TOOLS_DIR=${TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/ws-metrics-adapter/tools}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # kustomization directory and a short name for each rendered set
-SETS=("base:manifests" "examples:manifests/examples")
+SETS=("base:manifests" "examples:manifests/examples" "external:overlays/external-metrics")
 
 die() { echo "validate-manifests: $*" >&2; exit 2; }
 

@@ -459,6 +459,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     };
 
     // Listeners. Health routes are merged after the auth layer: probes need no credentials.
+    let api_state = if config.serve_external_metrics {
+        tracing::info!(
+            "serving external.metrics.k8s.io/v1beta1 as well (--serve-external-metrics)"
+        );
+        api_state.serving_external_metrics()
+    } else {
+        api_state
+    };
     let mut api_app = api::router(api_state);
     if let Some(auth) = auth {
         let layer = crate::auth::layer::AuthLayer {

@@ -1308,6 +1308,112 @@ async fn discovery_lists_every_tracked_object_resource() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// external.metrics.k8s.io (only with --serve-external-metrics)
+// ---------------------------------------------------------------------------------------------
+
+const EM: &str = "/apis/external.metrics.k8s.io/v1beta1";
+
+#[tokio::test]
+async fn the_external_group_is_not_served_unless_asked_for() {
+    let s = state(chat_store());
+    for path in [
+        "/apis/external.metrics.k8s.io".to_owned(),
+        EM.to_owned(),
+        format!("{EM}/namespaces/chat/websocket_connections"),
+    ] {
+        let a = get(&s, &path).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let a = get(&s, "/apis").await;
+    assert_eq!(a.body["groups"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn external_discovery_lists_every_served_metric_as_a_namespaced_resource() {
+    let s = state(chat_store()).serving_external_metrics();
+    let a = get(&s, "/apis").await;
+    let names: Vec<&str> = a.body["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(names, ["custom.metrics.k8s.io", "external.metrics.k8s.io"]);
+    let a = get(&s, "/apis/external.metrics.k8s.io").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body["preferredVersion"],
+        json!({"groupVersion": "external.metrics.k8s.io/v1beta1", "version": "v1beta1"})
+    );
+    let a = get(&s, EM).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body,
+        json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "external.metrics.k8s.io/v1beta1",
+            "resources": [{
+                "name": "websocket_connections",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "ExternalMetricValueList",
+                "verbs": ["get"],
+            }],
+        })
+    );
+}
+
+#[tokio::test]
+async fn an_external_metric_is_the_namespace_total_over_the_selected_series() {
+    let s = state(chat_store()).serving_external_metrics();
+    let a = get(&s, &format!("{EM}/namespaces/chat/websocket_connections")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body,
+        json!({
+            "kind": "ExternalMetricValueList",
+            "apiVersion": "external.metrics.k8s.io/v1beta1",
+            "metadata": {},
+            "items": [{
+                "metricName": "websocket_connections",
+                "metricLabels": {},
+                "timestamp": TS2,
+                "value": "13013500m",
+            }],
+        })
+    );
+    let a = get(
+        &s,
+        &format!("{EM}/namespaces/chat/websocket_connections?labelSelector=route%3Dchat"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["items"][0]["value"], "1009500m");
+    assert_eq!(a.body["items"][0]["metricLabels"], json!({"route": "chat"}));
+    // Unknown metric, bad selector, a namespace with a pod lacking a value.
+    let a = get(&s, &format!("{EM}/namespaces/chat/nope")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        a.body["message"],
+        "the server could not find the metric nope for external.metrics.k8s.io"
+    );
+    let a = get(
+        &s,
+        &format!("{EM}/namespaces/chat/websocket_connections?labelSelector=route%3D%3D%3D"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let mixed = state(mixed_store()).serving_external_metrics();
+    let a = get(
+        &mixed,
+        &format!("{EM}/namespaces/mixed/websocket_connections"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Unknown metrics and resources
 // ---------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ use ws_e2e as support;
 mod auth;
 mod balance;
 mod cluster;
+mod external;
 mod load_balancer;
 mod node_agent;
 mod objects;

@@ -40,6 +40,8 @@ pub struct ApiState {
     clock: Clock,
     group_list: Arc<[u8]>,
     group: Arc<[u8]>,
+    /// `--serve-external-metrics`: also answer `external.metrics.k8s.io`.
+    external: bool,
 }
 
 impl ApiState {
@@ -51,12 +53,23 @@ impl ApiState {
     /// Like [`ApiState::new`] with an explicit clock.
     pub fn with_clock(store: Arc<Store>, telemetry: Arc<Telemetry>, clock: Clock) -> Self {
         Self {
-            group_list: wire::api_group_list().into(),
+            group_list: wire::api_group_list(false).into(),
             group: wire::api_group().into(),
             store,
             telemetry,
             clock,
+            external: false,
         }
+    }
+
+    /// Also serves `external.metrics.k8s.io/v1beta1` (off by default: KEDA owns that group in
+    /// most clusters, and one group has one APIService): each served metric as a namespaced
+    /// total over the series its `labelSelector` selects.
+    #[must_use]
+    pub fn serving_external_metrics(mut self) -> Self {
+        self.external = true;
+        self.group_list = wire::api_group_list(true).into();
+        self
     }
 }
 
@@ -97,7 +110,14 @@ fn accepts_json(req: &Request) -> bool {
 /// Labels of the request-duration metric: which kind of request it was.
 fn route_kind(route: &Result<Route, PathError>) -> &'static str {
     match route {
-        Ok(Route::GroupList | Route::Group | Route::ResourceList(_)) => "discovery",
+        Ok(
+            Route::GroupList
+            | Route::Group
+            | Route::ResourceList(_)
+            | Route::ExternalGroup
+            | Route::ExternalResourceList,
+        ) => "discovery",
+        Ok(Route::ExternalMetric { .. }) => "external",
         Ok(Route::Metric {
             target: Target::AllPods { .. },
             ..
@@ -167,7 +187,78 @@ fn answer(
             let query = path::parse_query(req.uri().query());
             read_metric(state, version, target, &metric, &query)
         }
+        Route::ExternalGroup | Route::ExternalResourceList | Route::ExternalMetric { .. }
+            if !state.external =>
+        {
+            Err(ApiError::PathNotFound)
+        }
+        Route::ExternalGroup => Ok(wire::external_api_group()),
+        Route::ExternalResourceList => {
+            let metrics: Vec<String> = state
+                .store
+                .catalog()
+                .mappings()
+                .iter()
+                .map(|m| m.served.clone())
+                .collect();
+            Ok(wire::external_resource_list(&metrics))
+        }
+        Route::ExternalMetric { namespace, metric } => {
+            let query = path::parse_query(req.uri().query());
+            read_external(state, &namespace, &metric, &query)
+        }
     }
+}
+
+/// An external metric read: the namespace's total of `metric` over the series the request's
+/// `labelSelector` selects (the HPA sends `metric.selector` there), under the namespace total's
+/// rule: every tracked pod of the namespace fresh, or no value (500). `metricLabels` are the
+/// selector's equality terms.
+fn read_external(
+    state: &ApiState,
+    namespace: &str,
+    metric: &str,
+    query: &path::Query,
+) -> Result<Vec<u8>, ApiError> {
+    if !state.store.serves(resource::namespaces(), metric) {
+        return Err(ApiError::Read(ReadError::UnknownMetric {
+            metric: metric.to_owned(),
+            resource: wire::EXTERNAL_GROUP.to_owned(),
+        }));
+    }
+    let series = parse_selector("labelSelector", query.label_selector.as_deref())?;
+    let now = (state.clock)();
+    let items = state.store.read(
+        resource::namespaces(),
+        metric,
+        Objects::One {
+            namespace: "",
+            name: namespace,
+        },
+        &series,
+        now,
+    )?;
+    let Some(item) = items.first() else {
+        return Err(ApiError::Read(ReadError::NoValue {
+            metric: metric.to_owned(),
+            resource: "namespaces".to_owned(),
+            with: String::new(),
+            name: namespace.to_owned(),
+        }));
+    };
+    state
+        .telemetry
+        .observe_served_age(item.time.age(now.mono).as_secs_f64());
+    let labels = series
+        .to_label_selector()
+        .and_then(|s| s.match_labels)
+        .unwrap_or_default();
+    Ok(wire::external_metric_value_list(
+        metric,
+        &labels,
+        item.milli,
+        item.time.wall,
+    ))
 }
 
 fn parse_selector(param: &str, value: Option<&str>) -> Result<Selector, ApiError> {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
-use super::wire::{GROUP, Version};
+use super::wire::{EXTERNAL_GROUP, GROUP, Version};
 
 /// What a request path addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,18 @@ pub enum Route {
         version: Version,
         /// Which objects.
         target: Target,
+        /// Metric name, exactly as requested.
+        metric: String,
+    },
+    /// `/apis/external.metrics.k8s.io` (served only with `--serve-external-metrics`).
+    ExternalGroup,
+    /// `/apis/external.metrics.k8s.io/v1beta1`.
+    ExternalResourceList,
+    /// `/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}`, the only read form of
+    /// that group (k8s.io/metrics external_metrics/v1beta1).
+    ExternalMetric {
+        /// Namespace.
+        namespace: String,
         /// Metric name, exactly as requested.
         metric: String,
     },
@@ -151,6 +163,16 @@ pub fn parse(raw_path: &str) -> Result<Route, PathError> {
                 metric: metric.to_owned(),
             })
         }
+        ["apis", g] if *g == EXTERNAL_GROUP => Ok(Route::ExternalGroup),
+        ["apis", g, "v1beta1"] if *g == EXTERNAL_GROUP => Ok(Route::ExternalResourceList),
+        ["apis", g, "v1beta1", "namespaces", ns, metric] if *g == EXTERNAL_GROUP => {
+            check_name("namespace", ns)?;
+            check_metric(metric)?;
+            Ok(Route::ExternalMetric {
+                namespace: (*ns).to_owned(),
+                metric: (*metric).to_owned(),
+            })
+        }
         _ => Err(PathError::NotFound),
     }
 }
@@ -266,8 +288,24 @@ mod tests {
             route("/apis/custom.metrics.k8s.io/v1"),
             Err(PathError::NotFound)
         );
+        // The external group parses; the handler answers 404 unless it is served.
         assert_eq!(
             route("/apis/external.metrics.k8s.io/v1beta1"),
+            Ok(Route::ExternalResourceList)
+        );
+        assert_eq!(
+            route("/apis/external.metrics.k8s.io/v1beta1/namespaces/chat/websocket_connections"),
+            Ok(Route::ExternalMetric {
+                namespace: "chat".into(),
+                metric: "websocket_connections".into(),
+            })
+        );
+        assert_eq!(
+            route("/apis/external.metrics.k8s.io/v1beta2"),
+            Err(PathError::NotFound)
+        );
+        assert_eq!(
+            route("/apis/external.metrics.k8s.io/v1beta1/namespaces/chat/pods/x/m"),
             Err(PathError::NotFound)
         );
         assert_eq!(route("/openapi/v2"), Err(PathError::NotFound));

@@ -84,14 +84,35 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// `GET /apis`: an APIGroupList with our one group. k8s-openapi writes `kind`/`apiVersion` on
-/// every `APIGroup`, but Go leaves the `TypeMeta` of list items empty [apimachinery:
-/// pkg/apis/meta/v1/types.go `APIGroupList`; spec §1.2], so they are taken off the items.
-pub fn api_group_list() -> Vec<u8> {
-    let mut body = serde_json::to_value(APIGroupList {
-        groups: vec![group()],
-    })
-    .unwrap_or_default();
+/// The external metrics group, served only with `--serve-external-metrics`.
+pub const EXTERNAL_GROUP: &str = "external.metrics.k8s.io";
+
+/// Its one version (k8s.io/metrics pkg/apis/external_metrics/v1beta1).
+pub const EXTERNAL_GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
+
+fn external_group() -> APIGroup {
+    let version = GroupVersionForDiscovery {
+        group_version: EXTERNAL_GROUP_VERSION.to_owned(),
+        version: "v1beta1".to_owned(),
+    };
+    APIGroup {
+        name: EXTERNAL_GROUP.to_owned(),
+        preferred_version: Some(version.clone()),
+        server_address_by_client_cidrs: None,
+        versions: vec![version],
+    }
+}
+
+/// `GET /apis`: an APIGroupList with our group (and the external one when served). k8s-openapi
+/// writes `kind`/`apiVersion` on every `APIGroup`, but Go leaves the `TypeMeta` of list items
+/// empty [apimachinery: pkg/apis/meta/v1/types.go `APIGroupList`; spec §1.2], so they are taken
+/// off the items.
+pub fn api_group_list(external: bool) -> Vec<u8> {
+    let mut groups = vec![group()];
+    if external {
+        groups.push(external_group());
+    }
+    let mut body = serde_json::to_value(APIGroupList { groups }).unwrap_or_default();
     if let Some(groups) = body.get_mut("groups").and_then(Value::as_array_mut) {
         for g in groups.iter_mut().filter_map(Value::as_object_mut) {
             g.remove("kind");
@@ -104,6 +125,63 @@ pub fn api_group_list() -> Vec<u8> {
 /// `GET /apis/custom.metrics.k8s.io`: the APIGroup, v1beta2 preferred.
 pub fn api_group() -> Vec<u8> {
     to_json(&group())
+}
+
+/// `GET /apis/external.metrics.k8s.io`.
+pub fn external_api_group() -> Vec<u8> {
+    to_json(&external_group())
+}
+
+/// `GET /apis/external.metrics.k8s.io/v1beta1`: one namespaced resource per served metric, as
+/// the Go adapters list them (custom-metrics-apiserver `installer.go`, kind
+/// `ExternalMetricValueList`).
+pub fn external_resource_list(metrics: &[String]) -> Vec<u8> {
+    to_json(&APIResourceList {
+        group_version: EXTERNAL_GROUP_VERSION.to_owned(),
+        resources: metrics
+            .iter()
+            .map(|m| APIResource {
+                name: m.clone(),
+                singular_name: String::new(),
+                namespaced: true,
+                kind: "ExternalMetricValueList".to_owned(),
+                verbs: vec!["get".to_owned()],
+                ..APIResource::default()
+            })
+            .collect(),
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExternalItem<'a> {
+    metric_name: &'a str,
+    metric_labels: &'a std::collections::BTreeMap<String, String>,
+    timestamp: String,
+    value: String,
+}
+
+/// An `ExternalMetricValueList` with one item: `metric`'s value (milli-units) at `time`, with
+/// `labels` as its `metricLabels`.
+pub fn external_metric_value_list(
+    metric: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    milli: i64,
+    time: SystemTime,
+) -> Vec<u8> {
+    serde_json::to_vec(&List {
+        kind: "ExternalMetricValueList",
+        api_version: EXTERNAL_GROUP_VERSION,
+        metadata: Empty {},
+        items: vec![ExternalItem {
+            metric_name: metric,
+            metric_labels: labels,
+            timestamp: timestamp(time),
+            value: quantity::format_milli(milli),
+        }],
+    })
+    // Plain structs and a string map: serializing cannot fail.
+    .unwrap_or_default()
 }
 
 /// `GET /apis/custom.metrics.k8s.io/{version}`: one `{resource}/{metric}` entry per served pair,
@@ -317,7 +395,7 @@ mod tests {
             body["versions"][1]["groupVersion"],
             "custom.metrics.k8s.io/v1beta1"
         );
-        let list: Value = serde_json::from_slice(&api_group_list()).expect("json");
+        let list: Value = serde_json::from_slice(&api_group_list(false)).expect("json");
         assert!(list["groups"][0].get("kind").is_none());
     }
 }

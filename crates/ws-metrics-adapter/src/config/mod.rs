@@ -165,6 +165,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Also serve external.metrics.k8s.io/v1beta1: each served metric as a namespaced total over
+    /// the series a labelSelector picks. Off by default: KEDA owns that group in most clusters,
+    /// and a group has one APIService (overlays/external-metrics registers it).
+    #[arg(long, env = "WS_METRICS_ADAPTER_SERVE_EXTERNAL_METRICS")]
+    pub serve_external_metrics: bool,
+
     /// Log format.
     #[arg(long, env = "WS_METRICS_ADAPTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -355,6 +361,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Connection limits of both listeners.
     pub limits: crate::server::Limits,
+    /// Serve external.metrics.k8s.io too.
+    pub serve_external_metrics: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Where values come from.
@@ -875,6 +883,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             limits,
             log_format: self.log_format,
+            serve_external_metrics: self.serve_external_metrics,
             source,
             auth,
             rebalance,
