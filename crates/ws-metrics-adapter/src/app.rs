@@ -393,15 +393,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             // pod may have values, annotated or not.
             if matches!(config.source, Source::Prometheus(_)) {
                 inventory = inventory.tracking_all_running_pods();
-            } else {
-                // Object metrics (`deployments.apps/ws/…`): the sum over the object's pods. The
-                // Prometheus source serves objects from its rules instead.
-                let stop = shutdown.clone();
-                crate::discovery::objects::start(&client, &store, &telemetry, move || {
-                    let stop = stop.clone();
-                    async move { stop.wait().await }
-                });
             }
+            // Object metrics (`deployments.apps/ws/…`): with the scrape source the sum over the
+            // object's pods; with the Prometheus source the rules' values, and the watched
+            // objects' labels answer a `labelSelector` over them.
+            let stop = shutdown.clone();
+            crate::discovery::objects::start(&client, &store, &telemetry, move || {
+                let stop = stop.clone();
+                async move { stop.wait().await }
+            });
             if let Some(settings) = &config.rebalance {
                 let facts = Arc::new(crate::rebalance::PodFacts::default());
                 inventory = inventory.feeding(facts.clone());

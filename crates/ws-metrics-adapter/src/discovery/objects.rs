@@ -1,8 +1,9 @@
-//! Cluster mode, scrape source: the objects an Object metric can name (Deployments,
-//! StatefulSets, ReplicaSets, Services), one kube-runtime watcher per resource over all
-//! namespaces (one LIST at start and after a desync, then WATCH). Each event updates the store's
-//! object index at once, so a read of `deployments.apps/ws` never asks the API server and a
-//! changed selector counts from the next answer.
+//! Cluster mode: the objects an Object metric can name (Deployments, StatefulSets, ReplicaSets,
+//! Services), one kube-runtime watcher per resource over all namespaces (one LIST at start and
+//! after a desync, then WATCH). Each event updates the store's object index at once, so a read of
+//! `deployments.apps/ws` never asks the API server and a changed selector counts from the next
+//! answer. With the scrape source an object's value is the sum over its pods; with the Prometheus
+//! source the rules give the values and the objects' labels answer a `labelSelector` over them.
 
 use std::future::Future;
 use std::sync::Arc;

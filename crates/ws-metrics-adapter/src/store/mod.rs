@@ -577,6 +577,24 @@ impl Store {
         self.objects.upsert(resource, namespace, name, spec);
     }
 
+    /// Whether `resource` is one whose objects discovery watches.
+    pub fn tracks_objects(&self, resource: &'static ResourceInfo) -> bool {
+        self.objects.tracks(resource)
+    }
+
+    /// The names of the objects of `resource` in `namespace` whose own labels match `selector`;
+    /// `None` when the resource is not watched or its watch has not listed yet.
+    pub fn objects_matching(
+        &self,
+        resource: &'static ResourceInfo,
+        namespace: &str,
+        selector: &Selector,
+    ) -> Option<Vec<String>> {
+        self.objects
+            .matching(resource, namespace, selector)
+            .map(|found| found.into_iter().map(|(name, _)| name).collect())
+    }
+
     /// Removes one object of a tracked resource.
     pub fn remove_object(&self, resource: &'static ResourceInfo, namespace: &str, name: &str) {
         self.objects.remove(resource, namespace, name);
@@ -1470,6 +1488,80 @@ mod tests {
         assert_eq!(read("chat").ok(), Some(9000));
         // 11 messages over 2 s since the first scrape.
         assert_eq!(read("msgs").ok(), Some(5500));
+    }
+
+    #[test]
+    fn with_a_query_source_a_label_selector_over_watched_objects_picks_them_by_their_labels() {
+        use read::{ObjectValue, Outcome, Served, Table, Values};
+        let store = Store::new(catalog(), Duration::from_secs(30));
+        let now = Moment::now();
+        let value = |milli| ObjectValue {
+            series: vec![(Vec::new(), milli)],
+            total_milli: milli,
+            time: SampleTime::read_at(now),
+        };
+        let table = Table {
+            objects: [
+                (("prod".to_owned(), "web".to_owned()), value(2000)),
+                (("prod".to_owned(), "api".to_owned()), value(5000)),
+            ]
+            .into(),
+            kept_labels: Default::default(),
+        };
+        let services = resource::resolve_path("services").expect("built in");
+        store.publish(Snapshot {
+            served: vec![
+                Served {
+                    resource: deployments(),
+                    metric: "queue_depth".into(),
+                    values: Values::Query(0),
+                },
+                Served {
+                    resource: services,
+                    metric: "queue_depth".into(),
+                    values: Values::Query(0),
+                },
+            ]
+            .into(),
+            outcomes: vec![Outcome::Ready(Arc::new(table))],
+        });
+        let all = Selector::everything();
+        let web = Selector::parse("team=web").expect("selector");
+        let read = |resource, selector: &Selector| {
+            store
+                .read(
+                    resource,
+                    "queue_depth",
+                    Objects::All {
+                        namespace: "prod",
+                        selector,
+                    },
+                    &all,
+                    now,
+                )
+                .map(|items| items.into_iter().map(|i| i.milli).collect::<Vec<_>>())
+        };
+        // Not watched: the selector cannot be answered (400); without one, every object.
+        assert!(matches!(
+            read(services, &web),
+            Err(ReadError::Unanswerable(_))
+        ));
+        assert_eq!(read(services, &all).ok(), Some(vec![5000, 2000]));
+        // Watched, not listed yet: no answer rather than a wrong one.
+        store.track_objects(deployments());
+        assert!(matches!(
+            read(deployments(), &web),
+            Err(ReadError::NotSynced { .. })
+        ));
+        store.replace_objects(
+            deployments(),
+            vec![
+                ("prod".into(), "web".into(), object("web", "web")),
+                ("prod".into(), "api".into(), object("api", "platform")),
+            ],
+        );
+        assert_eq!(read(deployments(), &web).ok(), Some(vec![2000]));
+        assert_eq!(read(deployments(), &all).ok(), Some(vec![5000, 2000]));
     }
 
     #[test]

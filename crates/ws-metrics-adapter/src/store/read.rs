@@ -429,18 +429,33 @@ impl Snapshot {
                         })
                         .collect());
                 }
-                if !selector.is_empty() {
-                    return Err(ReadError::Unanswerable(format!(
-                        "labelSelector is only supported for pods: this adapter does not watch {}",
-                        resource.path()
-                    )));
-                }
+                // Objects selected by their own labels: only for the resources discovery
+                // watches (cluster mode), from their labels in memory.
+                let selected: Option<std::collections::HashSet<String>> = if selector.is_empty() {
+                    None
+                } else {
+                    match store.objects_matching(resource, namespace, selector) {
+                        Some(names) => Some(names.into_iter().collect()),
+                        None if store.tracks_objects(resource) => {
+                            return Err(ReadError::NotSynced {
+                                resource: resource.path(),
+                            });
+                        }
+                        None => {
+                            return Err(ReadError::Unanswerable(format!(
+                                "labelSelector is only supported for pods and, in cluster mode, deployments.apps, statefulsets.apps, replicasets.apps and services: this adapter does not watch {}",
+                                resource.path()
+                            )));
+                        }
+                    }
+                };
                 let ns = if resource.namespaced { namespace } else { "" };
                 let mut names: Vec<&String> = table
                     .objects
                     .keys()
                     .filter(|(n, _)| n == ns)
                     .map(|(_, name)| name)
+                    .filter(|name| selected.as_ref().is_none_or(|s| s.contains(*name)))
                     .collect();
                 names.sort();
                 Ok(names
