@@ -194,12 +194,13 @@ fn answer(
         }
         Route::ExternalGroup => Ok(wire::external_api_group()),
         Route::ExternalResourceList => {
+            // What is served for namespaces (the read is a namespace total), whichever source.
             let metrics: Vec<String> = state
                 .store
-                .catalog()
-                .mappings()
-                .iter()
-                .map(|m| m.served.clone())
+                .served()
+                .into_iter()
+                .filter(|(resource, _)| resource.is_namespaces())
+                .map(|(_, metric)| metric)
                 .collect();
             Ok(wire::external_resource_list(&metrics))
         }

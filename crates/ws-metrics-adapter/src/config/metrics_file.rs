@@ -30,6 +30,10 @@ use crate::store::MetricMapping;
 /// Largest metrics config file read (a ConfigMap holds at most 1 MiB).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Longest rate window: a rate keeps every scrape of the window per series and pod (3,600 at a
+/// 1 s interval), so the window bounds that memory.
+pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(3600);
+
 /// The ConfigMap data key holding the metrics list when the file is a whole ConfigMap.
 pub const CONFIGMAP_KEY: &str = "metrics.yaml";
 
@@ -126,6 +130,14 @@ pub fn parse(text: &str, scrape_interval: Duration) -> Result<Vec<MetricMapping>
                     "{at}: rate window {} must be at least 2 × --scrape-interval ({}), or no two scrapes fall in it",
                     humantime::format_duration(window),
                     humantime::format_duration(scrape_interval)
+                ));
+                None
+            }
+            Some(Ok(window)) if window > MAX_RATE_WINDOW => {
+                problems.push(format!(
+                    "{at}: rate window {} is longer than {} (every scrape in it is kept per series)",
+                    humantime::format_duration(window),
+                    humantime::format_duration(MAX_RATE_WINDOW)
                 ));
                 None
             }
@@ -232,6 +244,7 @@ mod tests {
   - {name: 'x/y', family: f, rate: soon}
   - {name: r, family: f_total, rate: 1s}
   - {name: s, family: f, seriesSelector: 'route in ('}
+  - {name: t, family: f_total, rate: 2h}
 ";
         let problems = parse(bad, SECOND).expect_err("invalid");
         let text = problems.join("\n");
@@ -242,10 +255,11 @@ mod tests {
             "metrics[2] (\"x/y\"): rate \"soon\"",
             "metrics[3] (\"r\"): rate window 1s must be at least 2 × --scrape-interval (1s)",
             "metrics[4] (\"s\"): seriesSelector",
+            "metrics[5] (\"t\"): rate window 2h is longer than 1h",
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }
-        assert_eq!(problems.len(), 6, "{text}");
+        assert_eq!(problems.len(), 7, "{text}");
     }
 
     #[test]

@@ -770,6 +770,13 @@ impl ServeArgs {
                     humantime::format_duration(window),
                     humantime::format_duration(interval)
                 )),
+                Ok(MetricMapping {
+                    rate: Some(window), ..
+                }) if window > metrics_file::MAX_RATE_WINDOW => problems.push(format!(
+                    "--metric {m:?}: rate window {} is longer than {} (every scrape in it is kept per series)",
+                    humantime::format_duration(window),
+                    humantime::format_duration(metrics_file::MAX_RATE_WINDOW)
+                )),
                 Ok(mapping) => metrics.push(mapping),
                 Err(e) => problems.push(e),
             }

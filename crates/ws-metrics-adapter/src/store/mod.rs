@@ -447,8 +447,8 @@ impl Store {
         }
         // A reload swaps the catalog and moves every reading to its slots under the write lock:
         // an answer computed with the catalog that is still current after it used the right
-        // slots. Reloads are rare; one that lands mid-read costs that read one more pass.
-        let mut tries = 0;
+        // slots. Reloads come at most once a second; one that lands mid-read costs that read one
+        // more pass.
         loop {
             let catalog = self.catalog.load_full();
             let answer = self.read_with(
@@ -459,8 +459,7 @@ impl Store {
                 metric_selector,
                 now,
             );
-            tries += 1;
-            if tries >= 3 || Arc::ptr_eq(&catalog, &self.catalog.load()) {
+            if Arc::ptr_eq(&catalog, &self.catalog.load()) {
                 return answer;
             }
         }

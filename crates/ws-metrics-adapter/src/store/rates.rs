@@ -7,7 +7,7 @@
 //! edges: the rate is exact for the samples read, and its time is the last read (the window's
 //! end). A series needs two samples in the window; until the family has two, the pod has no value.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::clock::SampleTime;
@@ -17,7 +17,7 @@ use super::{FamilyReading, Series};
 /// One series' samples within the window.
 #[derive(Debug)]
 struct CounterSeries {
-    /// Prometheus labels, sorted as the parser gives them.
+    /// Prometheus labels, sorted by name (an exporter may write them in any order).
     labels: Vec<(String, String)>,
     /// Last raw value read. Unit: milli-units.
     last_raw: i64,
@@ -59,21 +59,27 @@ impl CounterHistory {
             self.series.clear();
             return None;
         };
+        // By label set, so that a family of many series costs one hash lookup per series (this
+        // runs under the store's write lock).
+        let mut previous: HashMap<Vec<(String, String)>, CounterSeries> = self
+            .series
+            .drain(..)
+            .map(|s| (s.labels.clone(), s))
+            .collect();
         let mut kept = Vec::with_capacity(family.series.len());
         for s in &family.series {
-            let mut series = match self.series.iter().position(|old| old.labels == s.labels) {
-                Some(i) => self.series.swap_remove(i),
-                None => CounterSeries {
-                    labels: s.labels.clone(),
-                    last_raw: s.milli,
-                    points: VecDeque::new(),
-                },
-            };
+            let mut labels = s.labels.clone();
+            labels.sort();
+            let mut series = previous.remove(&labels).unwrap_or(CounterSeries {
+                labels,
+                last_raw: s.milli,
+                points: VecDeque::new(),
+            });
             let adjusted = match series.points.back() {
                 None => s.milli,
                 // A drop is a reset: the counter restarted from zero and rose to `s.milli`.
                 Some(&(_, prev)) if s.milli < series.last_raw => prev.saturating_add(s.milli),
-                Some(&(_, prev)) => prev.saturating_add(s.milli - series.last_raw),
+                Some(&(_, prev)) => prev.saturating_add(s.milli.saturating_sub(series.last_raw)),
             };
             series.last_raw = s.milli;
             series.points.push_back((time, adjusted));
@@ -104,20 +110,27 @@ impl CounterHistory {
                 if elapsed == 0 {
                     return None;
                 }
-                let per_sec = i128::from(v1 - v0) * 1_000_000 / i128::try_from(elapsed).ok()?;
+                let per_sec =
+                    (i128::from(v1) - i128::from(v0)) * 1_000_000 / i128::try_from(elapsed).ok()?;
                 Some(Series {
                     labels: s.labels.clone(),
                     milli: i64::try_from(per_sec).unwrap_or(i64::MAX),
                 })
             })
             .collect();
+        // Series, none with two samples yet (all new, or relabelled): no value, not a 0. A family
+        // exposed with no series at all is a 0, as for a gauge.
+        if series.is_empty() && !family.series.is_empty() {
+            return None;
+        }
         let total_milli = series
             .iter()
             .fold(0i64, |sum, s| sum.saturating_add(s.milli));
         Some(FamilyReading {
             series,
             total_milli,
-            stamped_ms: None,
+            // A counter stamped long ago is as stale as its stamp: the rate ages with it.
+            stamped_ms: family.stamped_ms,
         })
     }
 }
@@ -188,6 +201,52 @@ mod tests {
             .observe(Some(&counter(&[("echo", 60_000)])), at(start, 11_000))
             .expect("rate");
         assert_eq!(r.total_milli, 3_888);
+    }
+
+    #[test]
+    fn labels_in_another_order_are_the_same_series_and_extreme_counters_do_not_overflow() {
+        let start = Moment::now();
+        let mut h = CounterHistory::new(Duration::from_secs(60));
+        // {a="1",b="2"}, written in the order given.
+        let two = |first: &str, second: &str, milli| FamilyReading {
+            series: vec![Series {
+                labels: [first, second]
+                    .iter()
+                    .map(|k| {
+                        (
+                            (*k).to_owned(),
+                            if *k == "a" { "1" } else { "2" }.to_owned(),
+                        )
+                    })
+                    .collect(),
+                milli,
+            }],
+            total_milli: milli,
+            stamped_ms: Some(1_000),
+        };
+        h.observe(Some(&two("b", "a", 0)), at(start, 0));
+        let r = h
+            .observe(Some(&two("a", "b", 3_000)), at(start, 1_000))
+            .expect("the same series");
+        assert_eq!(r.total_milli, 3_000);
+        assert_eq!(r.stamped_ms, Some(1_000), "aged by the counter's own stamp");
+        // Only new series: no value rather than a 0.
+        assert_eq!(
+            h.observe(Some(&counter(&[("other", 1)])), at(start, 2_000)),
+            None
+        );
+        let mut h = CounterHistory::new(Duration::from_secs(60));
+        h.observe(
+            Some(&counter(&[("x", -9_000_000_000_000_000)])),
+            at(start, 0),
+        );
+        let r = h
+            .observe(
+                Some(&counter(&[("x", 9_000_000_000_000_000)])),
+                at(start, 1_000),
+            )
+            .expect("rate");
+        assert!(r.total_milli > 0, "{r:?}");
     }
 
     #[test]
