@@ -34,6 +34,26 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// 1 s interval), so the window bounds that memory.
 pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(3600);
 
+/// Why a rate window cannot be used with `scrape_interval`, if it cannot: it must hold two
+/// scrapes and be at most [`MAX_RATE_WINDOW`]. The one check of `--metric …=rate()` and of this
+/// file's `rate:`.
+pub fn check_rate_window(window: Duration, scrape_interval: Duration) -> Result<(), String> {
+    let shown = humantime::format_duration(window);
+    if window < scrape_interval * 2 {
+        Err(format!(
+            "rate window {shown} must be at least 2 × --scrape-interval ({}), or no two scrapes fall in it",
+            humantime::format_duration(scrape_interval)
+        ))
+    } else if window > MAX_RATE_WINDOW {
+        Err(format!(
+            "rate window {shown} is longer than {} (every scrape in it is kept per series)",
+            humantime::format_duration(MAX_RATE_WINDOW)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The ConfigMap data key holding the metrics list when the file is a whole ConfigMap.
 pub const CONFIGMAP_KEY: &str = "metrics.yaml";
 
@@ -125,23 +145,13 @@ pub fn parse(text: &str, scrape_interval: Duration) -> Result<Vec<MetricMapping>
         }
         let rate = match e.rate.as_deref().map(parse_duration) {
             None => None,
-            Some(Ok(window)) if window < scrape_interval * 2 => {
-                problems.push(format!(
-                    "{at}: rate window {} must be at least 2 × --scrape-interval ({}), or no two scrapes fall in it",
-                    humantime::format_duration(window),
-                    humantime::format_duration(scrape_interval)
-                ));
-                None
-            }
-            Some(Ok(window)) if window > MAX_RATE_WINDOW => {
-                problems.push(format!(
-                    "{at}: rate window {} is longer than {} (every scrape in it is kept per series)",
-                    humantime::format_duration(window),
-                    humantime::format_duration(MAX_RATE_WINDOW)
-                ));
-                None
-            }
-            Some(Ok(window)) => Some(window),
+            Some(Ok(window)) => match check_rate_window(window, scrape_interval) {
+                Ok(()) => Some(window),
+                Err(why) => {
+                    problems.push(format!("{at}: {why}"));
+                    None
+                }
+            },
             Some(Err(why)) => {
                 problems.push(format!(
                     "{at}: rate {:?}: {why}",

@@ -765,18 +765,9 @@ impl ServeArgs {
                 )),
                 Ok(MetricMapping {
                     rate: Some(window), ..
-                }) if window < interval * 2 => problems.push(format!(
-                    "--metric {m:?}: rate window {} must be at least 2 × --scrape-interval ({}), or no two scrapes fall in it",
-                    humantime::format_duration(window),
-                    humantime::format_duration(interval)
-                )),
-                Ok(MetricMapping {
-                    rate: Some(window), ..
-                }) if window > metrics_file::MAX_RATE_WINDOW => problems.push(format!(
-                    "--metric {m:?}: rate window {} is longer than {} (every scrape in it is kept per series)",
-                    humantime::format_duration(window),
-                    humantime::format_duration(metrics_file::MAX_RATE_WINDOW)
-                )),
+                }) if let Err(why) = metrics_file::check_rate_window(window, interval) => {
+                    problems.push(format!("--metric {m:?}: {why}"));
+                }
                 Ok(mapping) => metrics.push(mapping),
                 Err(e) => problems.push(e),
             }

@@ -49,16 +49,13 @@ fn workload_pods(meta: &ObjectMeta, selector: Option<&LabelSelector>) -> Option<
     }
 }
 
-fn info_of(group: &str, plural: &str) -> &'static ResourceInfo {
-    resource::RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.plural == plural)
-        .expect("a built-in resource")
+fn info_of(path: &str) -> &'static ResourceInfo {
+    resource::resolve_path(path).expect("a built-in resource")
 }
 
 impl Watched for Deployment {
     fn info() -> &'static ResourceInfo {
-        info_of("apps", "deployments")
+        info_of("deployments.apps")
     }
     fn pods(&self) -> Option<Selector> {
         workload_pods(&self.metadata, self.spec.as_ref().map(|s| &s.selector))
@@ -67,7 +64,7 @@ impl Watched for Deployment {
 
 impl Watched for StatefulSet {
     fn info() -> &'static ResourceInfo {
-        info_of("apps", "statefulsets")
+        info_of("statefulsets.apps")
     }
     fn pods(&self) -> Option<Selector> {
         workload_pods(&self.metadata, self.spec.as_ref().map(|s| &s.selector))
@@ -76,7 +73,7 @@ impl Watched for StatefulSet {
 
 impl Watched for ReplicaSet {
     fn info() -> &'static ResourceInfo {
-        info_of("apps", "replicasets")
+        info_of("replicasets.apps")
     }
     fn pods(&self) -> Option<Selector> {
         workload_pods(&self.metadata, self.spec.as_ref().map(|s| &s.selector))
@@ -85,7 +82,7 @@ impl Watched for ReplicaSet {
 
 impl Watched for Service {
     fn info() -> &'static ResourceInfo {
-        info_of("", "services")
+        info_of("services")
     }
     /// `spec.selector` (equality only). A Service without one has endpoints managed by hand: no
     /// pod of it is known here.

@@ -89,7 +89,7 @@ impl CounterHistory {
         self.series = kept;
         self.present.push_back(time);
         let window = self.window;
-        let outside = |t: &SampleTime| since(t, &time) > window;
+        let outside = |t: &SampleTime| time.read_since(t) > window;
         while self.present.front().is_some_and(outside) {
             self.present.pop_front();
         }
@@ -106,7 +106,7 @@ impl CounterHistory {
             .iter()
             .filter_map(|s| {
                 let (&(t0, v0), &(t1, v1)) = (s.points.front()?, s.points.back()?);
-                let elapsed = since(&t0, &t1).as_micros();
+                let elapsed = t1.read_since(&t0).as_micros();
                 if elapsed == 0 {
                     return None;
                 }
@@ -133,12 +133,6 @@ impl CounterHistory {
             stamped_ms: family.stamped_ms,
         })
     }
-}
-
-/// Time from `earlier`'s read to `later`'s (monotonic: a stepped wall clock does not change a
-/// rate).
-fn since(earlier: &SampleTime, later: &SampleTime) -> Duration {
-    later.read_since(earlier)
 }
 
 #[cfg(test)]
