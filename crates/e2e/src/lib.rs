@@ -296,6 +296,26 @@ where
     }
 }
 
+/// Like [`eventually`], but `f` says why it is not done yet: on timeout the panic shows the last
+/// reason, so a failure on a busy CI machine can be read from its log alone.
+pub async fn eventually_ok<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {what}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A tiny HTTPS client over hyper-util + hyper-rustls that trusts one CA file.
 pub mod reqwest_like {
     use bytes::Bytes;

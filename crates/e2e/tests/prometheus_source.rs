@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use support::e2e::{ProcessGuard, free_port, sample};
 use support::prometheus::{Prometheus, Target, scrape_config};
-use support::{Adapter, StaticPod, eventually, plain_get, static_pods_yaml};
+use support::{Adapter, StaticPod, eventually, eventually_ok, plain_get, static_pods_yaml};
 
 fn demo_bin() -> std::path::PathBuf {
     support::e2e::bin("ws-demo")
@@ -194,13 +194,17 @@ async fn values_equal_the_demo_pods_real_counts_and_a_dead_pod_disappears() {
         ],
         "the demo pods' own gauges"
     );
-    let body = eventually(Duration::from_secs(20), "the pods' counts", || async {
+    let body = eventually_ok(Duration::from_secs(60), "the pods' counts", || async {
         let r = client.get(adapter.api, PODS).await;
         let got: Vec<(String, String)> = items(&r.json())
             .into_iter()
             .map(|(n, v, _)| (n, v))
             .collect();
-        (r.status == 200 && got == want).then(|| r.json())
+        if r.status == 200 && got == want {
+            Ok(r.json())
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
     })
     .await;
     // Sample times come from Prometheus (newest raw sample), not from the adapter's clock, and
@@ -228,10 +232,14 @@ async fn values_equal_the_demo_pods_real_counts_and_a_dead_pod_disappears() {
     // ws-1 dies (still listed by the inventory): Prometheus marks its series stale and it leaves
     // the answer; the namespace total is refused rather than undercounted.
     w.pods[1].kill();
-    eventually(Duration::from_secs(20), "ws-1 to disappear", || async {
+    eventually_ok(Duration::from_secs(60), "ws-1 to disappear", || async {
         let r = client.get(adapter.api, PODS).await;
         let names: Vec<String> = items(&r.json()).into_iter().map(|(n, _, _)| n).collect();
-        (r.status == 200 && names == ["ws-0", "ws-2"]).then_some(())
+        if r.status == 200 && names == ["ws-0", "ws-2"] {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
     })
     .await;
     let ns = client.get(adapter.api, NS).await;
@@ -268,9 +276,14 @@ async fn prometheus_stopped_mid_run_answers_500_never_zero_and_recovers() {
             .collect();
         (r.status, got, r.body)
     };
-    eventually(Duration::from_secs(20), "values", || async {
-        let (code, got, _) = values().await;
-        (code == 200 && got == want).then_some(())
+    // Generous: three Prometheus servers start at once in this binary on a 2-core machine.
+    eventually_ok(Duration::from_secs(60), "values", || async {
+        let (code, got, body) = values().await;
+        if code == 200 && got == want {
+            Ok(())
+        } else {
+            Err(format!("{code} {body}"))
+        }
     })
     .await;
 
@@ -307,12 +320,16 @@ async fn prometheus_stopped_mid_run_answers_500_never_zero_and_recovers() {
     // Prometheus comes back on the same port and data dir; the values return.
     w.prometheus.restart();
     w.prometheus.wait_ready(Duration::from_secs(30)).await;
-    eventually(
-        Duration::from_secs(30),
+    eventually_ok(
+        Duration::from_secs(60),
         "recovery after restart",
         || async {
-            let (code, got, _) = values().await;
-            (code == 200 && got == want).then_some(())
+            let (code, got, body) = values().await;
+            if code == 200 && got == want {
+                Ok(())
+            } else {
+                Err(format!("{code} {body}"))
+            }
         },
     )
     .await;
