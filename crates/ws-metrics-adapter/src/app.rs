@@ -318,6 +318,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 PodSource::Static { .. } => None,
             };
             let client = kube_client(kubeconfig).await?;
+            let managed = &managed.clone().in_namespace(client.default_namespace());
             let ca = serving_ca::load_or_create(&client, managed).await?;
             let resolver = Arc::new(tls::CertResolver::new(
                 ca.issue(&managed.dns_names, managed.validity)?,

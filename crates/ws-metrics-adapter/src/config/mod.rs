@@ -1163,7 +1163,10 @@ mod tests {
         let TlsSource::Managed(managed) = cfg.tls else {
             panic!("managed expected, got {:?}", cfg.tls);
         };
-        assert_eq!(managed.dns_names, vec!["ws-metrics-adapter.ws-metrics.svc"]);
+        assert_eq!(
+            managed.clone().in_namespace("elsewhere").dns_names,
+            vec!["ws-metrics-adapter.ws-metrics.svc"]
+        );
         assert_eq!(managed.apiservices.len(), 2);
         for extra in [
             &[
