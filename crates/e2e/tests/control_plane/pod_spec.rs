@@ -4,11 +4,12 @@
 //! API), its volumes (`emptyDir`, `configMap`, `secret`, and `projected` ones: the ServiceAccount
 //! token from the TokenRequest API bound to the pod, `kube-root-ca.crt`, the namespace) bind-mounted
 //! at their `mountPath` in a mount namespace of the pod's own, the user of its `securityContext`,
-//! `KUBERNETES_SERVICE_HOST/PORT`, and its `readinessProbe` (HTTP GET) deciding when it is Ready.
+//! `KUBERNETES_SERVICE_HOST/PORT`, `readOnlyRootFilesystem` (the root mount and `/run` read-only
+//! in that mount namespace; the volumes stay writable), and its `readinessProbe` (HTTP GET)
+//! deciding when it is Ready.
 //!
-//! Not emulated, and why: image pulls (the binaries are local), a read-only root filesystem and
-//! dropped capabilities (the process runs with what `setpriv` leaves: no extra ones, but the root
-//! filesystem stays writable), resource limits, liveness probes (a dead process is simply gone),
+//! Not emulated, and why: image pulls (the binaries are local), dropped capabilities beyond what
+//! `setpriv` to a non-root user leaves, resource limits, liveness probes (a dead process is simply gone),
 //! and more than one container per pod (the shipped pods have one). A spec needing any other
 //! kind of volume, env source or probe is refused with the reason, and the pod never turns Ready.
 
@@ -43,6 +44,8 @@ pub(crate) struct Launch {
     pub mounts: Vec<(PathBuf, String)>,
     /// `runAsUser`, `runAsGroup`.
     pub user: Option<(i64, i64)>,
+    /// `readOnlyRootFilesystem`.
+    pub read_only_root: bool,
     /// The HTTP GET readiness probe: `(port, path, period, failure threshold)`.
     pub readiness: Option<Probe>,
 }
@@ -476,6 +479,7 @@ pub(crate) async fn prepare(
         .and_then(|s| s.run_as_group)
         .or(pod_sc.and_then(|s| s.run_as_group));
     let user = uid.map(|u| (u, gid.unwrap_or(u)));
+    let read_only_root = sc.and_then(|s| s.read_only_root_filesystem) == Some(true);
 
     let readiness = match &container.readiness_probe {
         None => None,
@@ -508,6 +512,7 @@ pub(crate) async fn prepare(
         env,
         mounts,
         user,
+        read_only_root,
         readiness,
     })
 }
@@ -519,8 +524,9 @@ fn quote(s: &str) -> String {
 
 impl Launch {
     /// The process, started in network namespace `netns` and a mount namespace of its own where
-    /// `/run` is a fresh tmpfs and each volume is bind-mounted at its `mountPath`; then, as its
-    /// `securityContext` user, the binary itself (`exec`: the child's pid is the binary's).
+    /// `/run` is a fresh tmpfs, each volume is bind-mounted at its `mountPath` and, with
+    /// `readOnlyRootFilesystem`, the rest is read-only; then, as its `securityContext` user, the
+    /// binary itself (`exec`: the child's pid is the binary's).
     pub(crate) fn spawn(&self, netns: &str, log: &Path) -> std::io::Result<std::process::Child> {
         let mut script = String::from("set -e\nmount -t tmpfs -o mode=0755 tmpfs /run\n");
         for (src, target) in &self.mounts {
@@ -530,6 +536,10 @@ impl Launch {
                 t = quote(target),
                 s = quote(&src.display().to_string())
             );
+        }
+        if self.read_only_root {
+            // Each volume is a mount of its own and keeps its flags.
+            script.push_str("mount -o remount,bind,ro /run\nmount -o remount,bind,ro /\n");
         }
         match self.user {
             Some((uid, gid)) => {

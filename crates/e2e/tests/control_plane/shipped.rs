@@ -82,7 +82,19 @@ fn uid_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// The APIService's spec and whether it is Available.
+/// Whether process `pid` sees its root filesystem read-only (`/proc/PID/mountinfo`: the mount
+/// point is the 5th field, its options the 6th).
+fn root_read_only(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.get(4) == Some(&"/"))
+        .last()
+        .is_some_and(|f| f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro")))
+}
+
+/// The APIService object.
 async fn apiservice(cluster: &Cluster, name: &str) -> serde_json::Value {
     let req = http::Request::get(format!(
         "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
@@ -115,7 +127,7 @@ async fn adapter_as_shipped_scales_the_example(cluster: &Cluster, what: &str, ap
         })
         .await;
     let ready_at = applied.elapsed();
-    // They run as the securityContext's user, not as root.
+    // They run as the securityContext's user, not as root, on a read-only root filesystem.
     for (name, _) in cluster.agent.pods.pods() {
         if name.starts_with("ws-metrics-adapter-") {
             let pid = cluster.agent.pods.pid(&name);
@@ -123,6 +135,10 @@ async fn adapter_as_shipped_scales_the_example(cluster: &Cluster, what: &str, ap
                 uid_of(pid),
                 Some(65532),
                 "{name} (pid {pid}) runs as another user"
+            );
+            assert!(
+                root_read_only(pid),
+                "{name} (pid {pid}) has a writable root"
             );
         }
     }
