@@ -113,6 +113,26 @@ impl Shutdown {
         (ShutdownTrigger(tx), Self(rx))
     }
 
+    /// A receiver that resolves `delay` after this one does; `health` turns not ready at once.
+    /// Serving and collecting go on meanwhile: the Service's endpoints drop this replica before
+    /// it stops answering (kube-apiserver's --shutdown-delay-duration, for the same reason).
+    fn delayed(self, delay: Duration, health: Arc<Health>) -> Self {
+        let (trigger, delayed) = Self::new();
+        tokio::spawn(async move {
+            self.wait().await;
+            health.begin_drain();
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "not ready; serving on for --shutdown-delay-duration before the listeners close"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            trigger.trigger();
+        });
+        delayed
+    }
+
     /// Resolves once shutdown is triggered (or the trigger is dropped).
     pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.0.clone();
@@ -279,6 +299,11 @@ async fn reload_metrics_config(
 /// Start-up failures (certificates, static file, kube config, CA file) and listener failures.
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<()> {
     tls::install_provider();
+    let health = Arc::new(match &config.source {
+        Source::Scrape => Health::new(config.collect.interval, config.collect.timeout),
+        Source::Prometheus(prom) => Health::new(prom.interval, prom.timeout),
+    });
+    let shutdown = shutdown.delayed(config.shutdown_delay, health.clone());
     let telemetry = Arc::new(Telemetry::new());
     let store = Arc::new(Store::new(
         MetricCatalog::new(config.metrics.clone()),
@@ -349,11 +374,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     }
 
     // Health: live while the collection (or query) loop ticks on time.
-    let health = Arc::new(match &config.source {
-        Source::Scrape => Health::new(config.collect.interval, config.collect.timeout),
-        Source::Prometheus(prom) => Health::new(prom.interval, prom.timeout),
-    });
-
     // Pod inventory, and in cluster mode delegated authentication.
     let mut auth: Option<Arc<Auth>> = None;
     match &config.pods {

@@ -37,7 +37,7 @@ const PORT_ATTEMPTS: u32 = 5;
 
 /// Bearer tokens of the static token file (`token,user,uid,"groups"`). Tokens keep the harness
 /// simple; the identities are the ones a real cluster gives these components.
-const ADMIN_TOKEN: &str = "admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "admin-token";
 const KCM_TOKEN: &str = "kcm-token";
 const ADAPTER_TOKEN: &str = "adapter-token";
 

@@ -630,7 +630,9 @@ async fn report(client: &Client, pod: &Pod, ip: Ipv4Addr, started: &str, ready: 
 
 /// The kubelet's readiness prober: an HTTP GET every period after the initial delay; Ready on a
 /// success, not Ready after `failureThreshold` failures in a row; each change reported. A pod with
-/// no readiness probe is Ready once started.
+/// no readiness probe is Ready once started. Like the kubelet's pod lifecycle events (a relist
+/// every second), a process that exits makes the pod not Ready within a second; the harness does
+/// not restart it (a kubelet would, with `restartPolicy: Always`).
 async fn probe_readiness(
     client: Client,
     state: Arc<Mutex<State>>,
@@ -640,44 +642,65 @@ async fn probe_readiness(
     started: String,
     probe: Option<pod_spec::Probe>,
 ) {
-    let Some(probe) = probe else {
-        report(&client, &pod, ip, &started, true).await;
-        if let Some(p) = state.lock().expect("agent state").pods.get_mut(&key) {
-            p.ready = !p.terminating;
-        }
-        return;
-    };
-    tokio::time::sleep(probe.initial_delay).await;
-    let addr = SocketAddr::from((ip, probe.port));
+    const TICK: Duration = Duration::from_millis(200);
     let mut ready = false;
     let mut failures = 0;
+    let mut next_probe =
+        Instant::now() + probe.as_ref().map_or(Duration::ZERO, |p| p.initial_delay);
     loop {
-        let ok = matches!(
-            tokio::time::timeout(Duration::from_secs(1), plain_get(addr, &probe.path)).await,
-            Ok(Ok((200..=399, _)))
-        );
-        let now_ready = if ok {
-            failures = 0;
-            true
-        } else {
-            failures += 1;
-            ready && failures < probe.failure_threshold
-        };
-        if now_ready != ready {
-            ready = now_ready;
-            report(&client, &pod, ip, &started, ready).await;
-            if let Some(p) = state.lock().expect("agent state").pods.get_mut(&key) {
-                p.ready = ready && !p.terminating;
+        let exited = state
+            .lock()
+            .expect("agent state")
+            .pods
+            .get_mut(&key)
+            .is_none_or(|p| !matches!(p.process.try_wait(), Ok(None)));
+        if exited {
+            if ready {
+                report(&client, &pod, ip, &started, false).await;
+                if let Some(p) = state.lock().expect("agent state").pods.get_mut(&key) {
+                    p.ready = false;
+                }
             }
+            eprintln!(
+                "node agent: pod {key}'s process exited; the pod is not Ready (not restarted)"
+            );
+            return;
         }
-        // Until the first success, probe every 200 ms rather than every period: the pod turns
-        // Ready as soon as it answers (a kubelet probes at the period; this only shortens the
-        // wait, it never makes an unready pod Ready).
-        let wait = if ready {
-            probe.period
-        } else {
-            probe.period.min(Duration::from_millis(200))
-        };
-        tokio::time::sleep(wait).await;
+        if Instant::now() >= next_probe {
+            let now_ready = match &probe {
+                None => true,
+                Some(probe) => {
+                    let addr = SocketAddr::from((ip, probe.port));
+                    let ok = matches!(
+                        tokio::time::timeout(Duration::from_secs(1), plain_get(addr, &probe.path))
+                            .await,
+                        Ok(Ok((200..=399, _)))
+                    );
+                    if ok {
+                        failures = 0;
+                        true
+                    } else {
+                        failures += 1;
+                        ready && failures < probe.failure_threshold
+                    }
+                }
+            };
+            if now_ready != ready {
+                ready = now_ready;
+                report(&client, &pod, ip, &started, ready).await;
+                if let Some(p) = state.lock().expect("agent state").pods.get_mut(&key) {
+                    p.ready = ready && !p.terminating;
+                }
+            }
+            // Until the first success, probe every tick rather than every period: the pod turns
+            // Ready as soon as it answers (a kubelet probes at the period; this only shortens the
+            // wait, it never makes an unready pod Ready).
+            next_probe = Instant::now()
+                + match (&probe, ready) {
+                    (Some(p), true) => p.period,
+                    _ => TICK,
+                };
+        }
+        tokio::time::sleep(TICK).await;
     }
 }

@@ -11,6 +11,8 @@ use super::*;
 use k8s_openapi::api::core::v1::Pod;
 use tokio_tungstenite::connect_async;
 
+use crate::cluster;
+
 /// The example HPA's target (manifests/examples/hpa.yaml): 500 connections per pod on average.
 /// 1,200 connections over its 2 replicas make 600 per pod: it asks for ⌈2 × 600 / 500⌉ = 3, and
 /// at 3 replicas (400 per pod) it stays there.
@@ -89,8 +91,7 @@ fn root_read_only(pid: u32) -> bool {
         .unwrap_or_default()
         .lines()
         .map(|l| l.split(' ').collect::<Vec<_>>())
-        .filter(|f| f.get(4) == Some(&"/"))
-        .last()
+        .rfind(|f| f.get(4) == Some(&"/"))
         .is_some_and(|f| f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro")))
 }
 
@@ -276,4 +277,277 @@ async fn kustomize_manifests_applied_as_shipped_scale_the_example() {
     let (ok, out, err) = run_line(&cluster, base).await;
     assert!(ok, "{base}: {out}{err}");
     adapter_as_shipped_scales_the_example(&cluster, "kustomize", applied).await;
+}
+
+/// Applies the quick start's base and examples lines, waits for both adapter pods Ready and both
+/// APIServices Available, and for the example's two ws-demo pods.
+async fn apply_quick_start(cluster: &Cluster) {
+    for line in readme_commands("Then apply the adapter")
+        .iter()
+        .filter(|l| l.starts_with("kubectl apply -k manifests/"))
+    {
+        let (ok, out, err) = run_line(cluster, line).await;
+        assert!(ok, "{line}: {out}{err}");
+    }
+    cluster
+        .wait("both adapter pods Ready", GIVE_UP, || async {
+            ready_pods(cluster, "ws-metrics", ADAPTER_PODS).await.len() == 2
+        })
+        .await;
+    for version in ["v1beta2", "v1beta1"] {
+        let name = format!("{version}.custom.metrics.k8s.io");
+        let client = cluster.client.clone();
+        cluster
+            .wait(&format!("APIService {name} Available"), GIVE_UP, || {
+                let client = client.clone();
+                let name = name.clone();
+                async move { cluster::apiservice_available(&client, &name).await }
+            })
+            .await;
+    }
+    cluster
+        .wait("both ws-demo pods Ready", GIVE_UP, || async {
+            ready_pods(cluster, NAMESPACE, "app=ws-demo").await.len() == 2
+        })
+        .await;
+}
+
+/// The adapter pods' label selector.
+const ADAPTER_PODS: &str = "app.kubernetes.io/name=ws-metrics-adapter";
+
+/// What the HPA asks for, through kube-apiserver.
+const PODS_QUERY: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/websocket_connections?labelSelector=app%3Dws-demo";
+
+/// One replica's answer to the HPA's query, read from it directly (its pod address, its managed
+/// serving certificate checked against the CA in its Secret, the admin's token passed to its
+/// delegated authentication) with curl: pod name → (value, timestamp).
+async fn replica_answer(
+    ip: &str,
+    ca: &std::path::Path,
+) -> Result<BTreeMap<String, (String, String)>, String> {
+    let host = "ws-metrics-adapter.ws-metrics.svc";
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:6443:{ip}")])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", cluster::ADMIN_TOKEN),
+        ])
+        .arg(format!(
+            "https://{host}:6443{}",
+            PODS_QUERY.replace('*', "%2A")
+        ));
+    let out = crate::support::e2e::run(cmd, "curl", GIVE_UP).await;
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "curl {ip}: {}{body}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{ip}: not JSON ({e}): {body}"))?;
+    Ok(v["items"]
+        .as_array()
+        .ok_or_else(|| format!("{ip}: no items: {body}"))?
+        .iter()
+        .map(|i| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                s(&i["describedObject"]["name"]),
+                (s(&i["value"]), s(&i["timestamp"])),
+            )
+        })
+        .collect())
+}
+
+/// Reads through kube-apiserver every 100 ms until `until` is true: (reads, failures with their
+/// first error).
+async fn read_through_loss<F, Fut>(cluster: &Cluster, mut until: F) -> (u32, Vec<String>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let (mut reads, mut failures) = (0, Vec::new());
+    while !until().await {
+        assert!(
+            start.elapsed() < GIVE_UP,
+            "the loss did not end within {GIVE_UP:?}"
+        );
+        let req = http::Request::get(PODS_QUERY.replace('*', "%2A"))
+            .body(Vec::new())
+            .expect("request");
+        reads += 1;
+        match cluster.client.request_text(req).await {
+            Ok(text) if text.contains("\"items\"") => {}
+            Ok(text) => failures.push(format!("t={:.1}s {text}", start.elapsed().as_secs_f64())),
+            Err(e) => failures.push(format!("t={:.1}s {e}", start.elapsed().as_secs_f64())),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (reads, failures)
+}
+
+/// The HPA's `ScalingActive` condition (`True`: its last metric read worked).
+async fn hpa_scaling_active(client: &Client) -> Option<String> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), NAMESPACE);
+    let hpa = api.get_status("ws-demo").await.ok()?;
+    hpa.status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "ScalingActive")
+        .map(|c| format!("{} {}", c.status, c.reason.unwrap_or_default()))
+}
+
+/// HA as shipped (issue 16, item 6): the two replicas answer alike, read directly; one deleted as
+/// a rollout or a drain deletes it (SIGTERM, `--shutdown-delay-duration`) costs no read through
+/// kube-apiserver; one killed outright (SIGKILL) costs at most the reads until its pod is not
+/// Ready, and the HPA's replica count never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_adapter_replicas_answer_alike_and_losing_one_moves_no_replica() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(Options {
+        from_spec: true,
+        ..Options::default()
+    })
+    .await;
+    apply_quick_start(&cluster).await;
+    // 600 connections on one pod: 300 per pod on average, under the example's 500, so the HPA
+    // stays at its minimum of 2 throughout.
+    let pods = ready_pods(&cluster, NAMESPACE, "app=ws-demo").await;
+    let ip = pods[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("podIP");
+    let mut clients = Vec::new();
+    for i in 0..600 {
+        let (ws, _) = connect_async(format!("ws://{ip}:9000/ws/echo"))
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} to {ip}: {e}"));
+        clients.push(ws);
+    }
+    wait_for_hpa_at(&cluster, 2).await;
+
+    // The CA the replicas share, from their Secret.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), "ws-metrics");
+    let ca = secrets
+        .get("ws-metrics-adapter-serving-ca")
+        .await
+        .expect("the serving CA Secret")
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .expect("ca.crt");
+    let ca_file = cluster.dir().join("adapter-ca.pem");
+    std::fs::write(&ca_file, ca.0).expect("write CA");
+
+    // Both replicas answer alike: the same values once each has scraped the 600, sample times
+    // within a scrape interval and the API's one-second timestamp granularity of each other.
+    let replicas: Vec<String> = ready_pods(&cluster, "ws-metrics", ADAPTER_PODS)
+        .await
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    assert_eq!(replicas.len(), 2);
+    let start = Instant::now();
+    let (a, b) = loop {
+        let a = replica_answer(&replicas[0], &ca_file).await;
+        let b = replica_answer(&replicas[1], &ca_file).await;
+        let values = |m: &BTreeMap<String, (String, String)>| {
+            m.iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        if let (Ok(a), Ok(b)) = (&a, &b)
+            && values(a) == values(b)
+            && a.values().any(|(v, _)| v == "600")
+        {
+            break (a.clone(), b.clone());
+        }
+        assert!(
+            start.elapsed() < GIVE_UP,
+            "the replicas never agreed: {a:?} / {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (pod, (_, ta)) in &a {
+        let t = |s: &str| humantime::parse_rfc3339(s).expect("RFC 3339");
+        let tb = &b[pod].1;
+        let gap = t(ta)
+            .duration_since(t(tb))
+            .or_else(|_| t(tb).duration_since(t(ta)))
+            .expect("ordered");
+        assert!(gap <= Duration::from_secs(2), "{pod}: {ta} vs {tb}");
+    }
+
+    // One replica deleted (SIGTERM): every read through kube-apiserver answered, from the moment
+    // of the delete until its replacement is Ready and it is gone.
+    let victim = ready_pods(&cluster, "ws-metrics", ADAPTER_PODS).await[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    let (ok, out, err) = cluster
+        .kubectl(&["delete", "pod", "-n", "ws-metrics", &victim, "--wait=false"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let (reads, failures) = read_through_loss(&cluster, || async {
+        let ready = ready_pods(&cluster, "ws-metrics", ADAPTER_PODS).await;
+        let gone = !cluster.agent.pods.pods().iter().any(|(n, _)| *n == victim);
+        gone && ready.len() == 2
+    })
+    .await;
+    assert!(
+        failures.is_empty(),
+        "{} of {reads} reads failed while {victim} was deleted: {failures:#?}",
+        failures.len()
+    );
+    let (desired, current) = hpa_replicas(&cluster.client).await;
+    assert_eq!((desired, current), (2, 2));
+    eprintln!(
+        "HA: {reads} reads through kube-apiserver while {victim} was deleted and replaced, 0 failed"
+    );
+
+    // One replica killed outright: its pod turns not Ready within a second (the agent's
+    // lifecycle check), the EndpointSlice drops it, and the HPA's replicas never move.
+    let victim = ready_pods(&cluster, "ws-metrics", ADAPTER_PODS).await[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    cluster.agent.pods.signal(&victim, "KILL");
+    let killed = Instant::now();
+    let moved = std::sync::Mutex::new(None);
+    let (reads, failures) = read_through_loss(&cluster, || {
+        let moved = &moved;
+        let client = cluster.client.clone();
+        async move {
+            let (desired, current) = hpa_replicas(&client).await;
+            if (desired, current) != (2, 2) {
+                *moved.lock().expect("moved") = Some((desired, current));
+            }
+            // 15 s: the HPA syncs every second, so it has read the metric many times since.
+            killed.elapsed() > Duration::from_secs(15)
+        }
+    })
+    .await;
+    assert_eq!(
+        moved.into_inner().expect("moved"),
+        None,
+        "the HPA's replicas moved after {victim} was killed"
+    );
+    let active = hpa_scaling_active(&cluster.client).await;
+    assert!(
+        active.as_deref().is_some_and(|a| a.starts_with("True")),
+        "ScalingActive: {active:?}"
+    );
+    eprintln!(
+        "HA: {victim} killed (SIGKILL): {} of {reads} reads through kube-apiserver failed in the \
+         next 15 s, HPA at 2 throughout: {failures:?}",
+        failures.len()
+    );
+    drop(clients);
 }
