@@ -277,6 +277,39 @@ async fn kustomize_manifests_applied_as_shipped_scale_the_example() {
     let (ok, out, err) = run_line(&cluster, base).await;
     assert!(ok, "{base}: {out}{err}");
     adapter_as_shipped_scales_the_example(&cluster, "kustomize", applied).await;
+    assert_adapter_logs_clean(&cluster);
+}
+
+/// The adapter pods' logs hold no refusal by kube-apiserver (the shipped RBAC covers every call
+/// it makes: watches, the serving CA Secret and APIServices, the Lease, deletion-cost patches)
+/// and no error; their warnings are printed.
+fn assert_adapter_logs_clean(cluster: &Cluster) {
+    let dir = cluster.dir().join("pods");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("pod logs") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !name.starts_with("ws-metrics_ws-metrics-adapter-") {
+            continue;
+        }
+        seen += 1;
+        let log = std::fs::read_to_string(&path).expect("adapter log");
+        for line in log.lines() {
+            let lower = line.to_ascii_lowercase();
+            assert!(
+                !lower.contains("forbidden") && !lower.contains("\"level\":\"error\""),
+                "{name}: {line}"
+            );
+            if lower.contains("\"level\":\"warn\"") {
+                eprintln!("{name}: {line}");
+            }
+        }
+    }
+    assert!(seen >= 2, "no adapter pod logs in {}", dir.display());
 }
 
 /// Applies the quick start's base and examples lines, waits for both adapter pods Ready and both
