@@ -1,7 +1,8 @@
 //! The Grafana dashboard and the alerts of `overlays/monitoring` against a real Prometheus
-//! (Debian's package) scraping real `ws-demo serve` pods and two adapters (the scrape source and
-//! the Prometheus source) as the ServiceMonitor would: every panel's expression answers with data,
-//! every alert's expression parses and evaluates.
+//! (Debian's package) scraping real `ws-demo serve` pods and three adapters (static pods with the
+//! scrape source and with the Prometheus source; cluster mode, authenticating, against a mock
+//! apiserver) as the ServiceMonitor would: every panel's expression answers with data, every
+//! alert's expression parses and evaluates.
 
 use ws_e2e as support;
 
@@ -26,19 +27,13 @@ const VARIABLES: &[(&str, &str)] = &[
     ("$namespace", "chat"),
 ];
 /// Panel targets (panel title, a fragment of the expression) that cannot have data here, with
-/// the reason. They must still be accepted and evaluated by Prometheus.
-const ALLOWED_EMPTY: &[(&str, &str, &str)] = &[
-    (
-        "Imbalance (max ÷ mean per workload)",
-        "ws_metrics_adapter_workload_imbalance_ratio",
-        "--rebalance needs cluster mode (a pod watch and a Lease); these adapters read a static pods file",
-    ),
-    (
-        "Auth decisions",
-        "ws_metrics_adapter_auth_decisions_total",
-        "static mode serves without authentication: no decision is made, so none is counted",
-    ),
-];
+/// the reason. They must still be accepted and evaluated by Prometheus. (Auth decisions have
+/// data: a third adapter runs in cluster mode, authenticating, against a mock apiserver.)
+const ALLOWED_EMPTY: &[(&str, &str, &str)] = &[(
+    "Imbalance (max ÷ mean per workload)",
+    "ws_metrics_adapter_workload_imbalance_ratio",
+    "--rebalance needs a Lease to lead and HPAs and workloads to watch; the mock apiserver here serves pods only",
+)];
 /// The job the ServiceMonitor gives the adapter (the Service's name), which the alerts name.
 const ADAPTER_JOB: &str = "ws-metrics-adapter";
 
@@ -105,6 +100,90 @@ fn alert_rules(path: &Path) -> Vec<(String, String)> {
     }
     assert!(!out.is_empty(), "no alerts in {}", path.display());
     out
+}
+
+/// A plain-HTTP apiserver just large enough for cluster mode: `/version`, a pod LIST of `pods`
+/// and a pod WATCH that never sends an event; every other resource is 404 (the object watches
+/// log it and retry). What the adapter scrapes comes from the pods' annotations, as in a cluster.
+async fn mock_apiserver(pods: Vec<Value>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind mock apiserver");
+    let addr = listener.local_addr().expect("addr");
+    let list = serde_json::json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "100"}, "items": pods,
+    })
+    .to_string();
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            while connections.try_join_next().is_some() {}
+            let list = list.clone();
+            connections.spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let list = list.clone();
+                    async move {
+                        let watch = req.uri().query().unwrap_or("").contains("watch=true");
+                        let (code, body) = match req.uri().path() {
+                            "/version" => (
+                                200,
+                                axum::body::Body::from(
+                                    r#"{"major":"1","minor":"33","gitVersion":"v1.33.0"}"#,
+                                ),
+                            ),
+                            "/api/v1/pods" if watch => (
+                                200,
+                                axum::body::Body::from_stream(futures::stream::pending::<
+                                    Result<bytes::Bytes, std::convert::Infallible>,
+                                >()),
+                            ),
+                            "/api/v1/pods" => (200, axum::body::Body::from(list)),
+                            _ => (
+                                404,
+                                axum::body::Body::from(
+                                    r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404}"#,
+                                ),
+                            ),
+                        };
+                        hyper::Response::builder()
+                            .status(code)
+                            .header("content-type", "application/json")
+                            .body(body)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A Running pod opted in for scraping on `port`.
+fn pod_json(name: &str, port: u16) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "chat",
+            "uid": format!("uid-{name}"),
+            "resourceVersion": "1",
+            "labels": {"app": "ws"},
+            "annotations": {
+                "ws-metrics-adapter.io/scrape": "true",
+                "ws-metrics-adapter.io/port": port.to_string(),
+            },
+        },
+        "spec": {"containers": [{"name": "ws", "image": "ws:latest"}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1"},
+    })
 }
 
 fn finite_values(result: &[Value]) -> usize {
@@ -207,40 +286,82 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
         ],
     )
     .await;
+    // Cluster mode, authenticating every caller, over the same pods from a mock apiserver. The
+    // flags give both CAs (any CA will do: no caller here presents a certificate), so no
+    // ConfigMap is read and the authentication config is in force at once.
+    let (mock, mock_task) = mock_apiserver(
+        pods.iter()
+            .map(|p| pod_json(p.name, p.addr.port()))
+            .collect(),
+    )
+    .await;
+    let cluster_dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = cluster_dir.path().join("kubeconfig");
+    support::e2e::write_kubeconfig(&kubeconfig, &format!("http://{mock}"), None, None);
+    let ca = scrape.ca_path().display().to_string();
+    let argv: Vec<String> = [
+        "ws-metrics-adapter",
+        "serve",
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--client-ca-file",
+        &ca,
+        "--requestheader-client-ca-file",
+        &ca,
+        "--cert-dir",
+        &cluster_dir.path().join("certs").display().to_string(),
+        "--scrape-interval",
+        "1s",
+        "--scrape-timeout",
+        "800ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cluster = Adapter::start_with(argv, cluster_dir, kubeconfig).await;
     write_targets(
         &targets_file,
         &[
             (&scrape, "ws-metrics-adapter-scrape"),
             (&source, "ws-metrics-adapter-prometheus"),
+            (&cluster, "ws-metrics-adapter-cluster"),
         ],
     );
     scrape.wait_ready(Duration::from_secs(60)).await;
     source.wait_ready(Duration::from_secs(60)).await;
+    cluster.wait_ready(Duration::from_secs(60)).await;
     // A static-file reload is an inventory event (the inventory panel counts them).
     std::fs::write(&scrape.pods_file, format!("{pods_yaml}# reloaded\n")).expect("rewrite pods");
 
-    // An HPA's worth of reads on both adapters for the whole test: API latency, codes, value age.
-    let readers: Vec<_> = [&scrape, &source]
-        .into_iter()
-        .map(|a| {
-            let (client, api) = (a.client(), a.api);
-            tokio::spawn(async move {
-                loop {
-                    let _ = client.get(api, PODS).await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
+    // An HPA's worth of reads on every adapter for the whole test: API latency, codes, value
+    // age; on the authenticating one, without credentials (401, `unauthenticated`) and on an
+    // always-allowed path (`always_allowed`).
+    let readers: Vec<_> = [
+        (&scrape, PODS),
+        (&source, PODS),
+        (&cluster, PODS),
+        (&cluster, "/healthz"),
+    ]
+    .into_iter()
+    .map(|(a, path)| {
+        let (client, api) = (a.client(), a.api);
+        tokio::spawn(async move {
+            loop {
+                let _ = client.get(api, path).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         })
-        .collect();
+    })
+    .collect();
 
-    // Both adapters are scraped under the alerts' job.
+    // The three adapters are scraped under the alerts' job.
     eventually_ok(
         Duration::from_secs(60),
-        "both adapters up under the ServiceMonitor's job",
+        "three adapters up under the ServiceMonitor's job",
         || async {
             let q = format!("up{{job=\"{ADAPTER_JOB}\"}} == 1");
             match prometheus.query_result(&q).await {
-                Ok(r) if r.len() == 2 => Ok(()),
+                Ok(r) if r.len() == 3 => Ok(()),
                 Ok(r) => Err(format!("{} series: {r:?}", r.len())),
                 Err(e) => Err(format!("{e:?}")),
             }
@@ -305,7 +426,8 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     .await;
 
     // Every alert expression is accepted and evaluated (firing or not); the adapter-down alert,
-    // which depends on the job name, is silent while both adapters are up.
+    // which depends on the job name, and the authentication config alert, on the gauge of the
+    // authenticating adapter, are silent while the adapters are up and ready.
     for (alert, expr) in &alerts {
         let r = eventually_ok(Duration::from_secs(60), alert, || async {
             match prometheus.query_result(expr).await {
@@ -317,10 +439,12 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
             }
         })
         .await;
-        if alert == "WsMetricsAdapterDown" {
+        if alert == "WsMetricsAdapterDown"
+            || alert == "WsMetricsAdapterAuthenticationConfigNotLoaded"
+        {
             assert!(
                 r.is_empty(),
-                "{alert} fires while both adapters are up: {r:?}"
+                "{alert} would fire while every adapter is up and ready: {r:?}"
             );
         }
     }
@@ -331,6 +455,8 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     }
     scrape.stop().await;
     source.stop().await;
+    cluster.stop().await;
+    mock_task.abort();
     prometheus.stop();
     drop(pods);
 }
