@@ -318,13 +318,29 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let cluster = Adapter::start_with(argv, cluster_dir, kubeconfig).await;
+    let cluster = Adapter::start_with(argv.clone(), cluster_dir, kubeconfig.clone()).await;
+    // The same without the CA flags: it waits for ConfigMap
+    // kube-system/extension-apiserver-authentication, which the mock does not have, so it never
+    // becomes ready and its authentication-config gauge stays 0 (the alert's case).
+    let unready_dir = tempfile::tempdir().expect("tempdir");
+    let mut unready_argv: Vec<String> = argv
+        .iter()
+        .filter(|a| !a.ends_with("-ca-file") && **a != ca)
+        .cloned()
+        .collect();
+    let cert_flag = unready_argv
+        .iter()
+        .position(|a| a == "--cert-dir")
+        .expect("--cert-dir");
+    unready_argv[cert_flag + 1] = unready_dir.path().join("certs").display().to_string();
+    let unready = Adapter::start_with(unready_argv, unready_dir, kubeconfig).await;
     write_targets(
         &targets_file,
         &[
             (&scrape, "ws-metrics-adapter-scrape"),
             (&source, "ws-metrics-adapter-prometheus"),
             (&cluster, "ws-metrics-adapter-cluster"),
+            (&unready, "ws-metrics-adapter-unready"),
         ],
     );
     scrape.wait_ready(Duration::from_secs(60)).await;
@@ -354,14 +370,14 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     })
     .collect();
 
-    // The three adapters are scraped under the alerts' job.
+    // The four adapters are scraped under the alerts' job.
     eventually_ok(
         Duration::from_secs(60),
-        "three adapters up under the ServiceMonitor's job",
+        "four adapters up under the ServiceMonitor's job",
         || async {
             let q = format!("up{{job=\"{ADAPTER_JOB}\"}} == 1");
             match prometheus.query_result(&q).await {
-                Ok(r) if r.len() == 3 => Ok(()),
+                Ok(r) if r.len() == 4 => Ok(()),
                 Ok(r) => Err(format!("{} series: {r:?}", r.len())),
                 Err(e) => Err(format!("{e:?}")),
             }
@@ -425,9 +441,9 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     )
     .await;
 
-    // Every alert expression is accepted and evaluated (firing or not); the adapter-down alert,
-    // which depends on the job name, and the authentication config alert, on the gauge of the
-    // authenticating adapter, are silent while the adapters are up and ready.
+    // Every alert expression is accepted and evaluated (firing or not). The adapter-down alert,
+    // which depends on the job name, is silent while the adapters are up; the
+    // authentication-config alert holds exactly the adapter that has no config.
     for (alert, expr) in &alerts {
         let r = eventually_ok(Duration::from_secs(60), alert, || async {
             match prometheus.query_result(expr).await {
@@ -439,13 +455,26 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
             }
         })
         .await;
-        if alert == "WsMetricsAdapterDown"
-            || alert == "WsMetricsAdapterAuthenticationConfigNotLoaded"
-        {
-            assert!(
-                r.is_empty(),
-                "{alert} would fire while every adapter is up and ready: {r:?}"
-            );
+        if alert == "WsMetricsAdapterDown" {
+            assert!(r.is_empty(), "{alert} while every adapter is up: {r:?}");
+        }
+        if alert == "WsMetricsAdapterAuthenticationConfigNotLoaded" {
+            eventually_ok(Duration::from_secs(60), alert, || async {
+                let r = prometheus
+                    .query_result(expr)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                let pods: Vec<&str> = r
+                    .iter()
+                    .map(|s| s["metric"]["pod"].as_str().unwrap_or(""))
+                    .collect();
+                if pods == ["ws-metrics-adapter-unready"] {
+                    Ok(())
+                } else {
+                    Err(format!("{r:?}"))
+                }
+            })
+            .await;
         }
     }
     println!("panel targets allowed to be empty here: {empty_allowed:#?}");
@@ -456,6 +485,7 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     scrape.stop().await;
     source.stop().await;
     cluster.stop().await;
+    unready.stop().await;
     mock_task.abort();
     prometheus.stop();
     drop(pods);
