@@ -1,8 +1,10 @@
 //! The Grafana dashboard and the alerts of `overlays/monitoring` against a real Prometheus
-//! (Debian's package) scraping real `ws-demo serve` pods and three adapters (static pods with the
-//! scrape source and with the Prometheus source; cluster mode, authenticating, against a mock
-//! apiserver) as the ServiceMonitor would: every panel's expression answers with data, every
-//! alert's expression parses and evaluates.
+//! (Debian's package) scraping real `ws-demo serve` pods and four adapters as the ServiceMonitor
+//! would (static pods with the scrape source and with the Prometheus source; cluster mode against
+//! a mock apiserver, authenticating and measuring with `--rebalance`, once with its
+//! authentication config and once without): every target of every panel answers with data, the
+//! per-workload and imbalance panels with the right values, and every alert's expression parses
+//! and evaluates.
 
 use ws_e2e as support;
 
@@ -26,14 +28,6 @@ const VARIABLES: &[(&str, &str)] = &[
     ("${namespace}", "chat"),
     ("$namespace", "chat"),
 ];
-/// Panel targets (panel title, a fragment of the expression) that cannot have data here, with
-/// the reason. They must still be accepted and evaluated by Prometheus. (Auth decisions have
-/// data: a third adapter runs in cluster mode, authenticating, against a mock apiserver.)
-const ALLOWED_EMPTY: &[(&str, &str, &str)] = &[(
-    "Imbalance (max ÷ mean per workload)",
-    "ws_metrics_adapter_workload_imbalance_ratio",
-    "--rebalance needs a Lease to lead and HPAs and workloads to watch; the mock apiserver here serves pods only",
-)];
 /// The job the ServiceMonitor gives the adapter (the Service's name), which the alerts name.
 const ADAPTER_JOB: &str = "ws-metrics-adapter";
 
@@ -102,20 +96,30 @@ fn alert_rules(path: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// A plain-HTTP apiserver just large enough for cluster mode: `/version`, a pod LIST of `pods`
-/// and a pod WATCH that never sends an event; every other resource is 404 (the object watches
-/// log it and retry). What the adapter scrapes comes from the pods' annotations, as in a cluster.
-async fn mock_apiserver(pods: Vec<Value>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+/// A plain-HTTP apiserver just large enough for cluster mode: `/version`, a LIST of each
+/// collection in `lists` (path → items) and WATCHes that never send an event; everything else is
+/// 404 (those watches, and the Lease, log it and retry). What the adapter scrapes comes from the
+/// pods' annotations, as in a cluster.
+async fn mock_apiserver(
+    lists: Vec<(&'static str, &'static str, Vec<Value>)>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind mock apiserver");
     let addr = listener.local_addr().expect("addr");
-    let list = serde_json::json!({
-        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "100"}, "items": pods,
-    })
-    .to_string();
+    let lists: std::sync::Arc<BTreeMap<&'static str, String>> = std::sync::Arc::new(
+        lists
+            .into_iter()
+            .map(|(path, kind, items)| {
+                let list = serde_json::json!({
+                    "kind": kind, "metadata": {"resourceVersion": "100"}, "items": items,
+                });
+                (path, list.to_string())
+            })
+            .collect(),
+    );
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -123,26 +127,29 @@ async fn mock_apiserver(pods: Vec<Value>) -> (std::net::SocketAddr, tokio::task:
                 return;
             };
             while connections.try_join_next().is_some() {}
-            let list = list.clone();
+            let lists = lists.clone();
             connections.spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let list = list.clone();
+                    let lists = lists.clone();
                     async move {
                         let watch = req.uri().query().unwrap_or("").contains("watch=true");
-                        let (code, body) = match req.uri().path() {
+                        let path = req.uri().path();
+                        let (code, body) = match path {
                             "/version" => (
                                 200,
                                 axum::body::Body::from(
                                     r#"{"major":"1","minor":"33","gitVersion":"v1.33.0"}"#,
                                 ),
                             ),
-                            "/api/v1/pods" if watch => (
+                            _ if watch && lists.contains_key(path) => (
                                 200,
                                 axum::body::Body::from_stream(futures::stream::pending::<
                                     Result<bytes::Bytes, std::convert::Infallible>,
                                 >()),
                             ),
-                            "/api/v1/pods" => (200, axum::body::Body::from(list)),
+                            _ if lists.contains_key(path) => {
+                                (200, axum::body::Body::from(lists[path].clone()))
+                            }
                             _ => (
                                 404,
                                 axum::body::Body::from(
@@ -165,8 +172,8 @@ async fn mock_apiserver(pods: Vec<Value>) -> (std::net::SocketAddr, tokio::task:
     (addr, task)
 }
 
-/// A Running pod opted in for scraping on `port`.
-fn pod_json(name: &str, port: u16) -> Value {
+/// A Running, Ready pod of workload `app` opted in for scraping on `port`.
+fn pod_json(name: &str, app: &str, port: u16) -> Value {
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -175,14 +182,46 @@ fn pod_json(name: &str, port: u16) -> Value {
             "namespace": "chat",
             "uid": format!("uid-{name}"),
             "resourceVersion": "1",
-            "labels": {"app": "ws"},
+            "labels": {"app": app},
             "annotations": {
                 "ws-metrics-adapter.io/scrape": "true",
                 "ws-metrics-adapter.io/port": port.to_string(),
             },
         },
         "spec": {"containers": [{"name": "ws", "image": "ws:latest"}]},
-        "status": {"phase": "Running", "podIP": "127.0.0.1"},
+        "status": {"phase": "Running", "podIP": "127.0.0.1",
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+/// Deployment `ws` of namespace `chat`, steady at 2 replicas (not rolling: the controller sizes
+/// it up).
+fn deployment_json() -> Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "ws", "namespace": "chat", "uid": "uid-ws", "resourceVersion": "1", "generation": 1},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "ws"}},
+                 "template": {"metadata": {"labels": {"app": "ws"}}, "spec": {"containers": [{"name": "ws", "image": "ws:latest"}]}}},
+        "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                   "availableReplicas": 2, "readyReplicas": 2},
+    })
+}
+
+/// The HPA scaling Deployment `ws` on the served `websocket_connections`.
+fn hpa_json() -> Value {
+    serde_json::json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "ws", "namespace": "chat", "uid": "uid-hpa", "resourceVersion": "1"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ws"},
+            "minReplicas": 1, "maxReplicas": 10,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": "websocket_connections"},
+                "target": {"type": "AverageValue", "averageValue": "100"},
+            }}],
+        },
     })
 }
 
@@ -216,14 +255,6 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     let monitoring = root.join("overlays/monitoring");
     let queries = dashboard_queries(&monitoring.join("dashboard.json"));
     let alerts = alert_rules(&monitoring.join("prometheus-rule.yaml"));
-    for (panel, fragment, _) in ALLOWED_EMPTY {
-        assert!(
-            queries
-                .iter()
-                .any(|q| q.panel == *panel && q.expr.contains(fragment)),
-            "ALLOWED_EMPTY names {panel:?} / {fragment:?}, which the dashboard no longer has"
-        );
-    }
 
     // Two workloads as the cluster would name their pods: Deployment `ws`, StatefulSet `chat`.
     let binary = Prometheus::binary();
@@ -286,14 +317,35 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
         ],
     )
     .await;
-    // Cluster mode, authenticating every caller, over the same pods from a mock apiserver. The
-    // flags give both CAs (any CA will do: no caller here presents a certificate), so no
-    // ConfigMap is read and the authentication config is in force at once.
-    let (mock, mock_task) = mock_apiserver(
-        pods.iter()
-            .map(|p| pod_json(p.name, p.addr.port()))
-            .collect(),
-    )
+    // Cluster mode, authenticating every caller, over the same pods, the Deployment `ws` and
+    // its HPA from a mock apiserver. The flags give both CAs (any CA will do: no caller here
+    // presents a certificate), so no ConfigMap is read and the authentication config is in
+    // force at once.
+    let pod_items = pods
+        .iter()
+        .map(|p| {
+            let app = if p.name.starts_with("chat-") {
+                "chat"
+            } else {
+                "ws"
+            };
+            pod_json(p.name, app, p.addr.port())
+        })
+        .collect();
+    let (mock, mock_task) = mock_apiserver(vec![
+        ("/api/v1/pods", "PodList", pod_items),
+        (
+            "/apis/apps/v1/deployments",
+            "DeploymentList",
+            vec![deployment_json()],
+        ),
+        ("/apis/apps/v1/statefulsets", "StatefulSetList", vec![]),
+        (
+            "/apis/autoscaling/v2/horizontalpodautoscalers",
+            "HorizontalPodAutoscalerList",
+            vec![hpa_json()],
+        ),
+    ])
     .await;
     let cluster_dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = cluster_dir.path().join("kubeconfig");
@@ -314,6 +366,11 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
         "1s",
         "--scrape-timeout",
         "800ms",
+        // Measures every workload an HPA scales on a served metric (the imbalance panel); the
+        // Lease is 404 here, so this replica never leads and never acts on pods.
+        "--rebalance",
+        "--rebalance-lease-namespace",
+        "ws-metrics",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -385,61 +442,74 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
     )
     .await;
 
-    let mut empty_allowed = Vec::new();
+    // Every target of every panel has data: no panel is exempt.
     for q in &queries {
-        let allowed = ALLOWED_EMPTY
-            .iter()
-            .find(|(panel, fragment, _)| q.panel == *panel && q.expr.contains(fragment));
         let what = format!("panel {:?}: {}", q.panel, q.expr);
-        let result = eventually_ok(Duration::from_secs(60), &what, || async {
+        eventually_ok(Duration::from_secs(60), &what, || async {
             match prometheus.query_result(&q.expr).await {
                 Err(QueryError::Rejected(e)) => panic!("{what}: Prometheus rejects it: {e}"),
                 Err(QueryError::Unanswered(e)) => Err(e),
-                Ok(r) if allowed.is_some() => Ok(r),
-                Ok(r) if finite_values(&r) > 0 => Ok(r),
+                Ok(r) if finite_values(&r) > 0 => Ok(()),
                 Ok(r) => Err(format!("no series with a finite value: {r:?}")),
             }
         })
         .await;
-        if let Some((_, _, why)) = allowed {
-            empty_allowed.push(format!("{:?} ({} series): {why}", q.panel, result.len()));
-        }
     }
 
-    // The workload read from the pod name groups the pods as their controllers would.
-    let per_workload = queries
-        .iter()
-        .find(|q| q.panel == "Connections per workload")
-        .expect("panel Connections per workload");
-    eventually_ok(
-        Duration::from_secs(60),
-        "connections per workload",
-        || async {
+    // The workload read from the pod name groups the pods as their controllers would, and the
+    // imbalance from the pods' gauges agrees with the adapter's own (3 ÷ mean(2, 3) = 1.2).
+    let target = |panel: &str, fragment: &str| {
+        queries
+            .iter()
+            .find(|q| q.panel == panel && q.expr.contains(fragment))
+            .unwrap_or_else(|| panic!("panel {panel:?} with a target on {fragment}"))
+            .expr
+            .clone()
+    };
+    let imbalance = "Imbalance (max ÷ mean per workload)";
+    for (expr, label, want) in [
+        (
+            target("Connections per workload", "websocket_connections_active"),
+            "workload",
+            &[("chat", "1"), ("ws", "5")][..],
+        ),
+        (
+            target(imbalance, "websocket_connections_active"),
+            "workload",
+            &[("chat", "1"), ("ws", "1.2")][..],
+        ),
+        (
+            target(imbalance, "ws_metrics_adapter_workload_imbalance_ratio"),
+            "name",
+            &[("ws", "1.2")][..],
+        ),
+    ] {
+        let want: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        eventually_ok(Duration::from_secs(60), &expr, || async {
             let r = prometheus
-                .query_result(&per_workload.expr)
+                .query_result(&expr)
                 .await
                 .map_err(|e| format!("{e:?}"))?;
             let got: BTreeMap<String, String> = r
                 .iter()
                 .map(|s| {
                     (
-                        s["metric"]["workload"].as_str().unwrap_or("").to_owned(),
+                        s["metric"][label].as_str().unwrap_or("").to_owned(),
                         s["value"][1].as_str().unwrap_or("").to_owned(),
                     )
                 })
-                .collect();
-            let want: BTreeMap<String, String> = [("chat", "1"), ("ws", "5")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
             if got == want {
                 Ok(())
             } else {
                 Err(format!("{got:?}"))
             }
-        },
-    )
-    .await;
+        })
+        .await;
+    }
 
     // Every alert expression is accepted and evaluated (firing or not). The adapter-down alert,
     // which depends on the job name, is silent while the adapters are up; the
@@ -477,7 +547,6 @@ async fn every_dashboard_panel_has_data_and_every_alert_evaluates_in_a_real_prom
             .await;
         }
     }
-    println!("panel targets allowed to be empty here: {empty_allowed:#?}");
 
     for r in readers {
         r.abort();
