@@ -59,8 +59,11 @@ control-plane: control-plane-binaries
 	cargo test --locked -p ws-e2e --test control_plane -- --nocapture
 	mkdir -p docs && cp target/control-plane/timeline-* docs/
 
+# Kubernetes schemas and cross-object references of every kustomize set, then the monitoring
+# overlay's rules (promtool check/test rules) and dashboard.
 manifests:
 	./scripts/validate-manifests.sh
+	./scripts/check-monitoring.sh
 
 dockerfile:
 	./scripts/lint-dockerfile.sh

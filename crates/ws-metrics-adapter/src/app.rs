@@ -196,6 +196,7 @@ async fn start_auth(
     options: &AuthOptions,
     client: &kube::Client,
     loaded: Latch,
+    telemetry: Arc<Telemetry>,
     shutdown: &Shutdown,
 ) -> Result<Arc<Auth>> {
     let flags = options.flag_sources()?;
@@ -213,6 +214,7 @@ async fn start_auth(
         auth.clone(),
         flags,
         loaded,
+        telemetry,
         shutdown.wait(),
     ));
     Ok(auth)
@@ -378,6 +380,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let mut auth: Option<Arc<Auth>> = None;
     match &config.pods {
         PodSource::Static { path } => {
+            // No authentication in static mode: no config to wait for.
+            telemetry.set_authentication_config_loaded(true);
             // The file names every namespace there is: any other has no total to serve.
             store.set_namespaces_seen(std::collections::HashMap::new());
             static_file::load_into(path, &store)?;
@@ -398,12 +402,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             match &config.auth {
                 Some(options) => {
                     let loaded = health.require_auth_config();
-                    auth = Some(start_auth(options, &client, loaded, &shutdown).await?);
+                    auth = Some(
+                        start_auth(options, &client, loaded, telemetry.clone(), &shutdown).await?,
+                    );
                 }
-                None => tracing::warn!(
-                    address = %config.secure_addr,
-                    "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
-                ),
+                None => {
+                    telemetry.set_authentication_config_loaded(true);
+                    tracing::warn!(
+                        address = %config.secure_addr,
+                        "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
+                    );
+                }
             }
             let mut inventory = cluster::Inventory::new(
                 store.clone(),
