@@ -139,6 +139,7 @@ pub struct Telemetry {
     prom_requests: Family<PromLabels, Counter>,
     prom_duration: Histogram,
     prom_dropped: Family<DropLabels, Counter>,
+    prom_samples: Counter,
     workload_imbalance: Family<WorkloadLabels, Gauge<f64, AtomicU64>>,
     workload_mean: Family<WorkloadLabels, Gauge<f64, AtomicU64>>,
     shed_requests: Family<OutcomeLabels, Counter>,
@@ -273,6 +274,12 @@ impl Telemetry {
             "Series of query answers not served, by reason (unlabelled: no object label; unservable: NaN or Inf)",
             prom_dropped.clone(),
         );
+        let prom_samples = Counter::default();
+        registry.register(
+            "prometheus_samples",
+            "Samples in the answers of the Prometheus source's queries (the query cost that grows with the pods; with the query durations in prometheus_request_duration_seconds)",
+            prom_samples.clone(),
+        );
         let auth_decisions = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "auth_decisions",
@@ -320,6 +327,7 @@ impl Telemetry {
             prom_requests,
             prom_duration,
             prom_dropped,
+            prom_samples,
             scrapes,
             scrape_duration,
             round_duration,
@@ -452,6 +460,11 @@ impl Telemetry {
                     .inc_by(n as u64);
             }
         }
+    }
+
+    /// Counts the samples of one query answer.
+    pub fn prometheus_samples(&self, n: usize) {
+        self.prom_samples.inc_by(n as u64);
     }
 
     /// Number of scrapes counted under this `outcome` label so far (one of

@@ -246,6 +246,20 @@ pub struct ServeArgs {
     /// --metrics-relist-interval); also the window listed.
     #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RELIST_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub prometheus_relist_interval: Duration,
+
+    /// How each --metric query is split: one query per namespace with tracked pods (a slow or
+    /// failing namespace fails only its own values, and each answer stays small), or one
+    /// cluster-wide query. The rules' queries are never split.
+    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_SPLIT_QUERIES", value_enum, default_value_t = crate::prometheus::QuerySplit::Namespace)]
+    pub prometheus_split_queries: crate::prometheus::QuerySplit,
+
+    /// At most this many Prometheus queries in flight at once (1-256).
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_PROMETHEUS_MAX_PARALLEL_QUERIES",
+        default_value_t = 8
+    )]
+    pub prometheus_max_parallel_queries: usize,
 }
 
 /// Default query template of the Prometheus source: with the default labels it renders
@@ -852,6 +866,8 @@ impl ServeArgs {
                     pod_label: self.prometheus_pod_label,
                     rules_file: self.prometheus_rules_file,
                     relist_interval: self.prometheus_relist_interval,
+                    split: self.prometheus_split_queries,
+                    max_parallel: self.prometheus_max_parallel_queries,
                 },
                 &mut problems,
             ),
@@ -912,6 +928,8 @@ struct PrometheusArgs {
     pod_label: String,
     rules_file: Option<PathBuf>,
     relist_interval: Duration,
+    split: crate::prometheus::QuerySplit,
+    max_parallel: usize,
 }
 
 fn is_label_name(s: &str) -> bool {
@@ -995,6 +1013,12 @@ fn prometheus_source(a: PrometheusArgs, problems: &mut Vec<String>) -> Source {
             problems.push(format!("{flag} {label:?}: not a Prometheus label name"));
         }
     }
+    if !(1..=256).contains(&a.max_parallel) {
+        problems.push(format!(
+            "--prometheus-max-parallel-queries {}: must be 1-256",
+            a.max_parallel
+        ));
+    }
     if a.relist_interval < Duration::from_secs(1) {
         problems.push("--prometheus-relist-interval: must be at least 1s".into());
     }
@@ -1021,6 +1045,8 @@ fn prometheus_source(a: PrometheusArgs, problems: &mut Vec<String>) -> Source {
             pod_label: a.pod_label,
             rules,
             relist_interval: a.relist_interval,
+            split: a.split,
+            max_parallel: a.max_parallel,
         })),
         None => Source::Scrape,
     }

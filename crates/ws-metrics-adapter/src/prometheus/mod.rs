@@ -17,11 +17,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_http_query::response::Data;
 
+use crate::clock::SampleTime;
 use crate::health::{self, Health};
 use crate::store::Store;
-use crate::store::read::{Outcome, Snapshot};
+use crate::store::read::{Outcome, PartFailure, Snapshot, Table};
 use crate::telemetry::{QueryOutcome, Telemetry};
-use plan::{Plan, QuerySpec};
+use futures::StreamExt;
+use plan::Plan;
 
 /// Errors of setting the source up.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,21 @@ pub struct PrometheusConfig {
     pub rules: Vec<rules::Rule>,
     /// How often the rules' `seriesQuery`s are listed again.
     pub relist_interval: Duration,
+    /// How the `--metric` queries are split.
+    pub split: QuerySplit,
+    /// Queries in flight at once, at most.
+    pub max_parallel: usize,
+}
+
+/// How a `--metric` query is split into parts run side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuerySplit {
+    /// One part per namespace with tracked pods: a part that times out or fails costs only its
+    /// namespace (served its last good values until --max-age, then 500), and no answer holds
+    /// every pod of the cluster.
+    Namespace,
+    /// One cluster-wide query.
+    None,
 }
 
 /// The rustls client configuration towards Prometheus (CA, optional client certificate).
@@ -220,6 +237,7 @@ impl Source {
             &config.query,
             &config.namespace_label,
             &config.pod_label,
+            config.split == QuerySplit::Namespace,
         );
         store.publish(Snapshot::pending(
             base.served.clone().into(),
@@ -380,6 +398,7 @@ impl Source {
         let auth = self.bearer();
         let auth_str = auth.as_ref().ok().and_then(|a| a.as_deref());
         let mut plan = self.plan.load_full();
+        let previous_plan = plan.clone();
         let due = !self.config.rules.is_empty()
             && self
                 .last_relist
@@ -401,39 +420,123 @@ impl Source {
             }
             report.relisted = true;
         }
+        // Parts: a split query once per namespace with tracked pods, any other once; at most
+        // --prometheus-max-parallel-queries in flight, each with its own deadline.
+        let namespaces = self.store.tracked_namespaces();
+        let parts: Vec<(usize, Option<String>)> = plan
+            .queries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, spec)| {
+                let split: Vec<(usize, Option<String>)> = if spec.split && !namespaces.is_empty() {
+                    namespaces.iter().map(|ns| (i, Some(ns.clone()))).collect()
+                } else {
+                    vec![(i, None)]
+                };
+                split
+            })
+            .collect();
         let auth = &auth;
-        let runs = plan.queries.iter().map(|spec| async move {
-            let started = Instant::now();
-            let result = match &auth {
-                Ok(_) => self.query(&spec.promql, auth_str).await,
-                Err(e) => Err(e.clone()),
-            };
-            (spec, result, started.elapsed())
-        });
-        let answers = futures::future::join_all(runs).await;
-        let mut outcomes = Vec::with_capacity(answers.len());
-        for (spec, result, elapsed) in answers {
+        let plan_ref = &plan;
+        let answers: Vec<_> = futures::stream::iter(parts)
+            .map(|(i, ns)| async move {
+                let spec = &plan_ref.queries[i];
+                let promql = ns
+                    .as_deref()
+                    .map_or_else(|| spec.promql.clone(), |ns| spec.promql_in(ns));
+                let started = Instant::now();
+                let result = match &auth {
+                    Ok(_) => self.query(&promql, auth_str).await,
+                    Err(e) => Err(e.clone()),
+                };
+                (i, ns, promql, result, started.elapsed())
+            })
+            .buffer_unordered(self.config.max_parallel)
+            .collect()
+            .await;
+        let now = crate::clock::Moment::now();
+        let mut tables: Vec<Option<Table>> = vec![None; plan.queries.len()];
+        let mut failed: Vec<Vec<(Option<String>, Arc<str>)>> = vec![Vec::new(); plan.queries.len()];
+        for (i, ns, promql, result, elapsed) in answers {
             report.queries += 1;
             let secs = elapsed.as_secs_f64();
             match result {
                 Ok(samples) => {
                     self.telemetry
                         .observe_prometheus_query("query", QueryOutcome::Success, secs);
-                    let (table, dropped) =
-                        plan::build_table(spec, samples, crate::clock::Moment::now());
+                    self.telemetry.prometheus_samples(samples.len());
+                    let (mut part, dropped) = plan::build_table(&plan.queries[i], samples, now);
                     self.telemetry
                         .prometheus_series_dropped(dropped.unlabelled, dropped.unservable);
-                    self.note(spec, None);
-                    outcomes.push(Outcome::Ready(Arc::new(table)));
+                    if let Some(ns) = &ns {
+                        part.objects.retain(|(n, _), _| n == ns);
+                    }
+                    self.note(&promql, None);
+                    let table = tables[i].get_or_insert_with(Table::default);
+                    table.objects.extend(part.objects);
+                    table.kept_labels.extend(part.kept_labels);
                 }
                 Err(e) => {
                     report.failed += 1;
                     self.telemetry
                         .observe_prometheus_query("query", e.outcome(), secs);
-                    let why: Arc<str> = Arc::from(e.to_string());
-                    self.note(spec, Some(e));
-                    outcomes.push(Outcome::Failed(why));
+                    failed[i].push((ns, Arc::from(e.to_string())));
+                    self.note(&promql, Some(e));
                 }
+            }
+        }
+        // The last round's tables, for the last good values of the parts that failed: only where
+        // this round runs the same query at the same index.
+        let previous = self.store.snapshot();
+        let last_good = |i: usize| -> Option<Arc<Table>> {
+            if previous_plan.queries.get(i) != plan.queries.get(i) {
+                return None;
+            }
+            match previous.as_ref()?.outcomes.get(i)? {
+                Outcome::Ready(t) => Some(t.clone()),
+                _ => None,
+            }
+        };
+        let max_age = self.store.max_age();
+        let mut outcomes = Vec::with_capacity(plan.queries.len());
+        for (i, failures) in failed.into_iter().enumerate() {
+            let answered = tables[i].is_some();
+            let mut table = tables[i].take().unwrap_or_default();
+            if failures.is_empty() {
+                outcomes.push(Outcome::Ready(Arc::new(table)));
+                continue;
+            }
+            let last = last_good(i);
+            for (ns, why) in &failures {
+                let mut oldest: Option<SampleTime> = None;
+                if let Some(last) = &last {
+                    // Served while every one of them is within --max-age (the read checks the
+                    // oldest), then the part answers 500, never a partial or empty answer.
+                    for (key, value) in &last.objects {
+                        if ns.as_ref().is_none_or(|ns| key.0 == *ns)
+                            && value.time.age(now.mono) <= max_age
+                        {
+                            if oldest.is_none_or(|o| value.time.age(now.mono) > o.age(now.mono)) {
+                                oldest = Some(value.time);
+                            }
+                            table.objects.insert(key.clone(), value.clone());
+                        }
+                    }
+                    table.kept_labels.extend(last.kept_labels.iter().cloned());
+                }
+                table.failing.insert(
+                    ns.clone().unwrap_or_default(),
+                    PartFailure {
+                        why: why.clone(),
+                        oldest,
+                    },
+                );
+            }
+            if !answered && table.objects.is_empty() {
+                // Every part failed and nothing good is left: the whole metric answers 500.
+                outcomes.push(Outcome::Failed(failures[0].1.clone()));
+            } else {
+                outcomes.push(Outcome::Ready(Arc::new(table)));
             }
         }
         self.store.publish(plan.snapshot(outcomes));
@@ -442,10 +545,10 @@ impl Source {
         report
     }
 
-    fn note(&self, spec: &QuerySpec, error: Option<QueryError>) {
+    fn note(&self, promql: &str, error: Option<QueryError>) {
         let message = error.as_ref().map(ToString::to_string);
         let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = last.insert(spec.promql.clone(), message.clone());
+        let previous = last.insert(promql.to_owned(), message.clone());
         drop(last);
         // The same message is the same failure: only a change is logged.
         if previous.as_ref() == Some(&message) {
@@ -453,11 +556,11 @@ impl Source {
         }
         match error {
             Some(e) => tracing::warn!(
-                query = %spec.promql, error = %e,
-                "prometheus query failed; its metrics answer 500 until it succeeds"
+                query = %promql, error = %e,
+                "prometheus query failed; its values are served until --max-age, then answer 500 until it succeeds"
             ),
             None if previous.is_some() => {
-                tracing::info!(query = %spec.promql, "prometheus query succeeds again");
+                tracing::info!(query = %promql, "prometheus query succeeds again");
             }
             None => {}
         }

@@ -23,6 +23,8 @@ pub(crate) struct QuerySpec {
     pub namespace_label: Option<String>,
     /// Label holding the object's name.
     pub object_label: String,
+    /// Run as one part per namespace ([`QuerySpec::promql_in`]), not cluster-wide.
+    pub split: bool,
 }
 
 impl QuerySpec {
@@ -55,6 +57,21 @@ impl QuerySpec {
             promql,
             namespace_label,
             object_label,
+            split: false,
+        }
+    }
+
+    /// The PromQL of the part of namespace `ns`: every `LABEL!=""` matcher of the namespace label
+    /// (the ones the plan writes into `<<.LabelMatchers>>` and the freshness part) becomes
+    /// `LABEL="ns"`. A template that does not use `<<.LabelMatchers>>` still answers for every
+    /// namespace; [`build_table`]'s caller keeps only `ns`'s objects, so the merge stays exact.
+    pub(crate) fn promql_in(&self, ns: &str) -> String {
+        match &self.namespace_label {
+            // Namespace names are DNS labels: nothing in them needs escaping in a PromQL string.
+            Some(label) => self
+                .promql
+                .replace(&format!("{label}!=\"\""), &format!("{label}=\"{ns}\"")),
+            None => self.promql.clone(),
         }
     }
 }
@@ -200,6 +217,7 @@ pub(crate) fn plan_for_mappings(
     template: &super::template::Template,
     namespace_label: &str,
     pod_label: &str,
+    split: bool,
 ) -> Plan {
     let mut plan = Plan::default();
     for m in mappings {
@@ -208,12 +226,15 @@ pub(crate) fn plan_for_mappings(
             label_matchers: format!("{namespace_label}!=\"\",{pod_label}!=\"\""),
             group_by: format!("{namespace_label},{pod_label}"),
         });
-        let q = plan.add_query(QuerySpec::new(
-            &promql,
-            &m.family,
-            Some(namespace_label.to_owned()),
-            pod_label.to_owned(),
-        ));
+        let q = plan.add_query(QuerySpec {
+            split,
+            ..QuerySpec::new(
+                &promql,
+                &m.family,
+                Some(namespace_label.to_owned()),
+                pod_label.to_owned(),
+            )
+        });
         plan.serve(Served {
             resource: rules::pods(),
             metric: m.served.clone(),
@@ -385,6 +406,7 @@ mod tests {
             &template,
             "namespace",
             "pod",
+            true,
         );
         let arrived = arrival(&samples);
         let (table, _) = build_table(&plan.queries[0], samples, arrived);
@@ -422,6 +444,7 @@ mod tests {
             &template,
             "namespace",
             "pod",
+            true,
         );
         assert_eq!(
             plan.queries.len(),
@@ -434,6 +457,142 @@ mod tests {
              or label_replace(max by (namespace, pod) (timestamp(websocket_connections_active{namespace!=\"\",pod!=\"\"})), \"ws_adapter_part\", \"time\", \"\", \"\")"
         );
         assert_eq!(plan.served.len(), 2);
+    }
+
+    #[test]
+    fn a_split_part_asks_for_its_namespace_only() {
+        let template =
+            crate::prometheus::template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY)
+                .unwrap();
+        let plan = plan_for_mappings(
+            &[MetricMapping {
+                served: "websocket_connections".into(),
+                family: "websocket_connections_active".into(),
+                rate: None,
+                filter: None,
+            }],
+            &template,
+            "namespace",
+            "pod",
+            true,
+        );
+        let spec = &plan.queries[0];
+        assert!(spec.split);
+        let part = spec.promql_in("chat");
+        assert_eq!(
+            part,
+            spec.promql.replace("namespace!=\"\"", "namespace=\"chat\"")
+        );
+        // The value part and the freshness part both carry it.
+        assert_eq!(part.matches("namespace=\"chat\"").count(), 2, "{part}");
+        assert!(!part.contains("namespace!="), "{part}");
+        assert!(part.contains("pod!=\"\""), "{part}");
+    }
+
+    /// A table where namespace `b`'s part failed: `a` answers from its part; `b` serves what it
+    /// still has and, with nothing fresh, answers the query's failure (500), never an empty
+    /// list, and its namespace total too.
+    #[test]
+    fn a_failing_part_costs_only_its_namespace_and_never_answers_empty() {
+        let s = store(&[("a", "a-0", "ws"), ("b", "b-0", "ws"), ("b", "b-1", "ws")]);
+        let mut r = mapping_results(vec![
+            sample(
+                &[("namespace", "a"), ("pod", "a-0"), (PART_LABEL, "value")],
+                3.0,
+                T0,
+            ),
+            sample(
+                &[("namespace", "b"), ("pod", "b-0"), (PART_LABEL, "value")],
+                4.0,
+                T0,
+            ),
+        ]);
+        let mut snapshot = r.0.into_inner().unwrap();
+        let Outcome::Ready(table) = &snapshot.outcomes[0] else {
+            panic!("ready");
+        };
+        let mut table = (**table).clone();
+        let b0 = table.objects[&("b".to_owned(), "b-0".to_owned())].time;
+        table.failing.insert(
+            "b".into(),
+            crate::store::read::PartFailure {
+                why: Arc::from("timed out"),
+                oldest: Some(b0),
+            },
+        );
+        snapshot.outcomes[0] = Outcome::Ready(Arc::new(table));
+        r = Results(std::sync::Mutex::new(snapshot));
+        let everything = Selector::everything();
+        let all = |ns| Objects::All {
+            namespace: ns,
+            selector: &everything,
+        };
+        let pods = rules::pods();
+        let now = at(T0 + 1);
+        let a = r
+            .read(
+                &s,
+                pods,
+                "websocket_connections",
+                all("a"),
+                &Selector::everything(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(values(&a)[0].1, 3000);
+        // b-0 still has a fresh last good value: served.
+        let b = r
+            .read(
+                &s,
+                pods,
+                "websocket_connections",
+                all("b"),
+                &Selector::everything(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(values(&b).len(), 1);
+        // b-1 has none: its own read and b's total are the failure, not a 404 or a partial sum.
+        let one = r.read(
+            &s,
+            pods,
+            "websocket_connections",
+            Objects::One {
+                namespace: "b",
+                name: "b-1",
+            },
+            &Selector::everything(),
+            now,
+        );
+        assert!(matches!(one, Err(ReadError::QueryFailed { .. })), "{one:?}");
+        let total = r.read(
+            &s,
+            rules::namespaces(),
+            "websocket_connections",
+            Objects::One {
+                namespace: "",
+                name: "b",
+            },
+            &Selector::everything(),
+            now,
+        );
+        assert!(
+            matches!(total, Err(ReadError::QueryFailed { .. })),
+            "{total:?}"
+        );
+        // Once b-0's value is older than --max-age (60 s here), b answers the failure.
+        let late = r.read(
+            &s,
+            pods,
+            "websocket_connections",
+            all("b"),
+            &Selector::everything(),
+            at(T0 + 61),
+        );
+        assert!(
+            matches!(late, Err(ReadError::QueryFailed { .. })),
+            "{late:?}"
+        );
     }
 
     #[test]
@@ -640,6 +799,7 @@ mod tests {
             &template,
             "namespace",
             "pod",
+            true,
         );
         let r = Results(std::sync::Mutex::new(Snapshot::pending(
             plan.served.clone().into(),

@@ -912,6 +912,19 @@ impl Store {
         self.locked().pod_count
     }
 
+    /// The namespaces with at least one tracked pod, sorted.
+    pub fn tracked_namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .locked()
+            .pods
+            .iter()
+            .filter(|(_, ns)| !ns.pods.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The scrape jobs for one collection round (a snapshot; the store stays unlocked during the
     /// round).
     pub fn scrape_jobs(&self) -> Vec<ScrapeJob> {
@@ -1505,7 +1518,7 @@ mod tests {
                 (("prod".to_owned(), "api".to_owned()), value(5000)),
             ]
             .into(),
-            kept_labels: Default::default(),
+            ..Table::default()
         };
         let services = resource::resolve_path("services").expect("built in");
         store.publish(Snapshot {

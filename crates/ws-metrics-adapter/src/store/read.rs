@@ -58,7 +58,8 @@ pub struct ObjectValue {
 /// Object identity in a table: namespace (empty for cluster-scoped objects) and name.
 pub type ObjectKey = (String, String);
 
-/// One successful answer, by object.
+/// One answer, by object: the parts of a query that succeeded, and the last good values of the
+/// parts that failed (served until they are older than `max_age`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
     /// Values by object.
@@ -66,6 +67,19 @@ pub struct Table {
     /// Label names, other than the object's, carried by the answer's series: what a
     /// `metricLabelSelector` may filter on.
     pub kept_labels: BTreeSet<String>,
+    /// Namespaces whose part of the query failed this round ("" for a query not split by
+    /// namespace): a read there answers the last good values while all of them are fresh, then
+    /// 500 with the reason, never a partial or an empty list.
+    pub failing: HashMap<String, PartFailure>,
+}
+
+/// A part of a query that failed, and what is left of its last good answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartFailure {
+    /// Why it failed.
+    pub why: Arc<str>,
+    /// The oldest sample time among the last good values kept for it; `None` when none are.
+    pub oldest: Option<SampleTime>,
 }
 
 /// Latest outcome of one table's query.
@@ -375,6 +389,56 @@ impl Snapshot {
             milli,
             time,
         };
+        // The namespace the read is about: a failing part there turns "no fresh value" into the
+        // query's failure.
+        let about = match (served.values, &objects) {
+            (Values::PodSum(_), Objects::One { name, .. }) => *name,
+            (_, Objects::One { namespace, .. } | Objects::All { namespace, .. }) => *namespace,
+        };
+        let failing = if resource.namespaced || matches!(served.values, Values::PodSum(_)) {
+            table.failing.get(about)
+        } else {
+            None
+        }
+        .or_else(|| table.failing.get(""));
+        let failed = |f: &PartFailure| ReadError::QueryFailed {
+            metric: metric.to_owned(),
+            why: f.why.clone(),
+        };
+        // The last good values of a failed part are served together or not at all: once the
+        // oldest is too old, the part answers its failure (never pods dropping out one by one).
+        if let Some(f) = failing
+            && f.oldest.is_none_or(|t| t.age(now.mono) > max_age)
+        {
+            return Err(failed(f));
+        }
+        let answer = self.read_table(
+            store, resource, served, objects, metric, table, value_of, item, not_found, now,
+        );
+        match (answer, failing) {
+            (Ok(items), Some(f)) if items.is_empty() => Err(failed(f)),
+            (Err(ReadError::NoValue { .. } | ReadError::IncompleteData { .. }), Some(f)) => {
+                Err(failed(f))
+            }
+            (answer, _) => answer,
+        }
+    }
+
+    /// [`Snapshot::read`] of one table, before a failing part is taken into account.
+    #[allow(clippy::too_many_arguments)]
+    fn read_table(
+        &self,
+        store: &Store,
+        resource: &'static ResourceInfo,
+        served: &Served,
+        objects: Objects<'_>,
+        metric: &str,
+        table: &Table,
+        value_of: impl Fn(&str, &str) -> Option<(i64, SampleTime)>,
+        item: impl Fn(&str, &str, (i64, SampleTime)) -> Item,
+        not_found: impl Fn() -> ReadError,
+        now: Moment,
+    ) -> Result<Vec<Item>, ReadError> {
         match (served.values, objects) {
             (Values::PodSum(_), Objects::One { name, .. }) => {
                 let pods = store.pod_names(name, &Selector::everything());
