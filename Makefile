@@ -6,7 +6,7 @@ demo:
 	cargo run --release --locked -p ws-demo -- demo
 
 # Every test: formatting, lints, unit/router/wire/e2e tests (the control-plane tests included),
-# manifests, Dockerfile.
+# manifests and chart, Dockerfile.
 test: deps control-plane-binaries lint unit fuzz-smoke manifests dockerfile
 
 deps:
@@ -59,8 +59,11 @@ control-plane: control-plane-binaries
 	cargo test --locked -p ws-e2e --test control_plane -- --nocapture
 	mkdir -p docs && cp target/control-plane/timeline-* docs/
 
+# The kustomize manifests and the Helm chart (helm built from its Go module on first run), each
+# render schema-checked; the chart's default render compared with manifests/.
 manifests:
 	./scripts/validate-manifests.sh
+	./scripts/validate-chart.sh
 
 dockerfile:
 	./scripts/lint-dockerfile.sh
