@@ -40,10 +40,11 @@ def strings(v):
     elif isinstance(v, str):
         yield v
 
-# A namespace token: the whole string, or before "/" or "." (ns/name, svc.ns.svc), after a
-# start, "/", ".", "=" or space. "ws-metrics-adapter" is not one.
+# A namespace token: the whole string, ns/name, svc.ns.svc, namespace="ns" in a PromQL
+# expression: delimited by the start or end, "/", ".", "=", a space or quotes.
+# "ws-metrics-adapter" is not one.
 def foreign_ns_tokens(s):
-    return {m.group(2) for m in re.finditer(r"(^|[/.= ])([a-z0-9-]+)(?=[/.]|$)", s)}
+    return {m.group(2) for m in re.finditer(r"(^|[/.= \"'])([a-z0-9-]+)(?=[/.\"']|$)", s)}
 
 for o in objs:
     k, meta = o["kind"], o["metadata"]
