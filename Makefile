@@ -60,10 +60,12 @@ control-plane: control-plane-binaries
 	mkdir -p docs && cp target/control-plane/timeline-* docs/
 
 # The kustomize manifests and the Helm chart (helm built from its Go module on first run), each
-# render schema-checked; the chart's default render compared with manifests/.
+# render schema-checked; the chart's default render compared with manifests/; the release
+# workflow that publishes images and chart (actionlint, built the same way).
 manifests:
 	./scripts/validate-manifests.sh
 	./scripts/validate-chart.sh
+	./scripts/lint-workflows.sh
 
 dockerfile:
 	./scripts/lint-dockerfile.sh
