@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Validates the kustomize output of manifests/, manifests/examples/ and
-# overlays/external-metrics/ offline (no cluster):
+# Validates the kustomize output of manifests/, manifests/examples/, overlays/external-metrics/
+# and overlays/cert-manager/ offline (no cluster):
 # every rendered object against the Kubernetes OpenAPI schemas with `kubernetes-validate
 # --strict`, then a few cross-object references no schema can express (scripts/lib/, shared
 # with scripts/validate-chart.sh), then that every namespace named in the base, and in the base
@@ -19,9 +19,15 @@ source "$REPO_ROOT/scripts/lib/validate-objects.sh"
 
 # kustomization directory and a short name for each rendered set
 SETS=("base:manifests" "examples:manifests/examples" "external:overlays/external-metrics"
-      "otherns:scripts/testdata/other-namespace")
+      "certmgr:overlays/cert-manager" "otherns:scripts/testdata/other-namespace")
 # set -> the namespace every reference in it must name
-declare -A NAMESPACE_OF=([base]=ws-metrics [external]=ws-metrics [otherns]=ws-metrics-other)
+declare -A NAMESPACE_OF=([base]=ws-metrics [external]=ws-metrics [certmgr]=ws-metrics
+                         [otherns]=ws-metrics-other)
+# cert-manager's kinds are CRDs: kubernetes-validate has the built-in Kubernetes schemas only.
+NO_SCHEMA_KINDS=(
+    ["cert-manager.io/v1 Issuer"]="cert-manager CRD, no schema offline"
+    ["cert-manager.io/v1 Certificate"]="cert-manager CRD, no schema offline"
+)
 
 command -v kubectl >/dev/null || kv_die "kubectl not found (needed for 'kubectl kustomize')"
 kv_setup
