@@ -3,8 +3,10 @@
 # with each value set, then `helm template` of each set checked like the kustomize manifests
 # (scripts/lib/validate-objects.sh: every object against the Kubernetes schemas with
 # `kubernetes-validate --strict`, references between objects), every namespace in each render
-# the release namespace, and the default render compared with `kubectl kustomize manifests`
-# object by object (scripts/lib/compare_rendered.py), so that chart and base cannot drift.
+# the release namespace, and the renders of the defaults, of servingTLS.mode=certManager and of
+# externalMetrics.enabled compared object by object with `kubectl kustomize` of manifests/,
+# overlays/cert-manager/ and overlays/external-metrics/ (scripts/lib/compare_rendered.py), so
+# that chart and kustomize cannot drift apart.
 #
 # Usage: scripts/validate-chart.sh
 # Needs: bash, kubectl (built-in kustomize), Go (helm is built by scripts/install-helm.sh on
@@ -24,6 +26,7 @@ source "$REPO_ROOT/scripts/lib/validate-objects.sh"
 SETS=("chart:ws-metrics:"
       "chart-ns:ws-metrics-other:"
       "certmgr:ws-metrics:cert-manager.yaml"
+      "external:ws-metrics:external-metrics.yaml"
       "prom:ws-metrics:prometheus.yaml"
       "all:ws-metrics-other:everything.yaml")
 
@@ -67,14 +70,22 @@ for set in "${SETS[@]}"; do
         echo "FAIL  template  $name"; quiet_links "$WORK/template.err"; exit 1
     fi
 done
-kubectl kustomize "$REPO_ROOT/manifests" >"$WORK/base.yaml" || { echo "FAIL kubectl kustomize manifests" >&2; exit 1; }
+# chart set : the kustomization its render must equal
+COMPARE=("chart:manifests" "certmgr:overlays/cert-manager" "external:overlays/external-metrics")
+for pair in "${COMPARE[@]}"; do
+    kubectl kustomize "$REPO_ROOT/${pair#*:}" >"$WORK/kustomize-${pair%%:*}.yaml" \
+        || { echo "FAIL kubectl kustomize ${pair#*:}" >&2; exit 1; }
+done
 
 names=()
 for set in "${SETS[@]}"; do names+=("${set%%:*}"); done
-validate_sets "$WORK" "${names[@]}" base || rc=1
+for pair in "${COMPARE[@]}"; do names+=("kustomize-${pair%%:*}"); done
+validate_sets "$WORK" "${names[@]}" || rc=1
 for set in "${SETS[@]}"; do
     IFS=: read -r name ns _ <<<"$set"
     py "$VALIDATE_LIB_DIR/check_namespaces.py" "$WORK/index.tsv" "$name" "$ns" || rc=1
 done
-py "$VALIDATE_LIB_DIR/compare_rendered.py" "$WORK/index.tsv" chart base || rc=1
+for pair in "${COMPARE[@]}"; do
+    py "$VALIDATE_LIB_DIR/compare_rendered.py" "$WORK/index.tsv" "${pair%%:*}" "kustomize-${pair%%:*}" "${pair#*:}" || rc=1
+done
 exit $rc

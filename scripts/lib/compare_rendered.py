@@ -1,7 +1,8 @@
 """Checks that the Helm chart's default render and the kustomize base hold the same objects, with
 the same specs, so that the two cannot drift apart silently (scripts/validate-chart.sh).
 
-Usage: compare_rendered.py INDEX.tsv CHART_SET BASE_SET   Exit 1 on a difference, each printed.
+Usage: compare_rendered.py INDEX.tsv CHART_SET BASE_SET BASE_DIR   Exit 1 on a difference, each
+printed; BASE_DIR (the kustomization rendered as BASE_SET) names it in the messages.
 
 Compared: the set of (kind, namespace, name), minus the base's Namespace (the chart installs into
 the release namespace, `helm install --create-namespace`), then every object's content except
@@ -12,7 +13,8 @@ import copy
 import sys
 import yaml
 
-index, chart_set, base_set = sys.argv[1:4]
+index, chart_set, base_set, base_dir = sys.argv[1:5]
+base_dir = base_dir.rstrip("/") + "/"
 objs = {chart_set: {}, base_set: {}}
 for line in open(index):
     path, s, _, kind, nsname = line.rstrip("\n").split("\t")
@@ -20,11 +22,23 @@ for line in open(index):
         objs[s][(kind, nsname)] = yaml.safe_load(open(path))
 
 # Chart-only args: explicit values of the adapter's defaults, so that the chart's values
-# (servingTLS.managed.certValidity, externalMetrics.enabled) can change them.
-CHART_ONLY_ARGS = ("--serving-cert-validity=", "--apiservices=")
+# (servingTLS.managed.certValidity) can change them.
+CHART_ONLY_ARGS = ("--serving-cert-validity=",)
 # Base-only: env POD_NAMESPACE, which the base's args read as $(POD_NAMESPACE) so that a
 # kustomize overlay can move the namespace; the chart writes the release namespace instead.
 BASE_ONLY_ENV = ("POD_NAMESPACE",)
+
+# Lists merged by name (a kustomize patch prepends, a template appends): compared as sets.
+BY_NAME = {"volumes", "volumeMounts", "env", "ports", "containers"}
+
+def sort_named(v):
+    if isinstance(v, dict):
+        return {k: (sorted((sort_named(x) for x in x_), key=lambda i: str(i.get("name")))
+                    if k in BY_NAME and isinstance(x_, list) and all(isinstance(i, dict) for i in x_)
+                    else sort_named(x_)) for k, x_ in v.items()}
+    if isinstance(v, list):
+        return [sort_named(x) for x in v]
+    return v
 
 def normalize(o, is_chart):
     o = copy.deepcopy(o)
@@ -44,21 +58,21 @@ def normalize(o, is_chart):
                 c["env"] = [e for e in c.get("env", []) if e["name"] not in BASE_ONLY_ENV]
             if not c.get("env"):
                 c.pop("env", None)
-    return o
+    return sort_named(o)
 
 errors = []
 chart, base = objs[chart_set], objs[base_set]
 base_ids = {k for k in base if k[0] != "Namespace"}
 for k in sorted(base_ids - set(chart)):
-    errors.append(f"{k[0]} {k[1]}: in manifests/ but not in the chart's default render")
+    errors.append(f"{k[0]} {k[1]}: in {base_dir} but not in the chart's render ({chart_set})")
 for k in sorted(set(chart) - base_ids):
-    errors.append(f"{k[0]} {k[1]}: in the chart's default render but not in manifests/")
+    errors.append(f"{k[0]} {k[1]}: in the chart's render ({chart_set}) but not in {base_dir}")
 
 def diff(a, b, path=""):
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if key not in a:
-                yield f"{path}/{key}: only in manifests/: {b[key]!r}"
+                yield f"{path}/{key}: only in {base_dir}: {b[key]!r}"
             elif key not in b:
                 yield f"{path}/{key}: only in the chart: {a[key]!r}"
             else:
@@ -67,7 +81,7 @@ def diff(a, b, path=""):
         for i, (x, y) in enumerate(zip(a, b)):
             yield from diff(x, y, f"{path}/{i}")
     elif a != b:
-        yield f"{path}: chart {a!r}, manifests/ {b!r}"
+        yield f"{path}: chart {a!r}, {base_dir} {b!r}"
 
 for k in sorted(base_ids & set(chart)):
     for d in diff(normalize(chart[k], True), normalize(base[k], False)):
@@ -76,6 +90,6 @@ for k in sorted(base_ids & set(chart)):
 for e in errors:
     print(f"FAIL  drift    {e}")
 if not errors:
-    print(f"ok    drift    the chart's default render and manifests/ hold the same {len(base_ids)} objects"
+    print(f"ok    drift    the chart's render ({chart_set}) and {base_dir} hold the same {len(base_ids)} objects"
           " (minus the Namespace), equal but for labels and the written-out intended differences")
 sys.exit(1 if errors else 0)
