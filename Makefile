@@ -60,10 +60,12 @@ control-plane: control-plane-binaries
 	mkdir -p docs && cp target/control-plane/timeline-* docs/
 
 # The kustomize manifests and the Helm chart (helm built from its Go module on first run), each
-# render schema-checked; the chart's default render compared with manifests/; the release
-# workflow that publishes images and chart (actionlint, built the same way).
+# render schema-checked, the chart's renders compared with the kustomize sets; the monitoring
+# overlay's rules (promtool check/test rules) and dashboard; the release workflow that publishes
+# images and chart (actionlint, built the same way).
 manifests:
 	./scripts/validate-manifests.sh
+	./scripts/check-monitoring.sh
 	./scripts/validate-chart.sh
 	./scripts/lint-workflows.sh
 

@@ -3,10 +3,11 @@
 # with each value set, then `helm template` of each set checked like the kustomize manifests
 # (scripts/lib/validate-objects.sh: every object against the Kubernetes schemas with
 # `kubernetes-validate --strict`, references between objects), every namespace in each render
-# the release namespace, and the renders of the defaults, of servingTLS.mode=certManager and of
-# externalMetrics.enabled compared object by object with `kubectl kustomize` of manifests/,
-# overlays/cert-manager/ and overlays/external-metrics/ (scripts/lib/compare_rendered.py), so
-# that chart and kustomize cannot drift apart.
+# the release namespace, and the renders of the defaults, of servingTLS.mode=certManager, of
+# externalMetrics.enabled and of every monitoring object compared object by object with
+# `kubectl kustomize` of manifests/, overlays/cert-manager/, overlays/external-metrics/ and the
+# base with overlays/monitoring/ (scripts/lib/compare_rendered.py), so that chart and
+# kustomize cannot drift apart.
 #
 # Usage: scripts/validate-chart.sh
 # Needs: bash, kubectl (built-in kustomize), Go (helm is built by scripts/install-helm.sh on
@@ -27,13 +28,14 @@ SETS=("chart:ws-metrics:"
       "chart-ns:ws-metrics-other:"
       "certmgr:ws-metrics:cert-manager.yaml"
       "external:ws-metrics:external-metrics.yaml"
+      "monitoring:ws-metrics:monitoring.yaml"
       "prom:ws-metrics:prometheus.yaml"
       "all:ws-metrics-other:everything.yaml")
 
 # CRD kinds: kubernetes-validate has the built-in Kubernetes schemas only.
 NO_SCHEMA_KINDS=(
-    ["monitoring.coreos.com/v1 ServiceMonitor"]="Prometheus Operator CRD, no schema offline"
-    ["monitoring.coreos.com/v1 PrometheusRule"]="Prometheus Operator CRD, no schema offline"
+    ["monitoring.coreos.com/v1 ServiceMonitor"]="Prometheus Operator CRD, no schema offline; its selector and port are checked against the Service"
+    ["monitoring.coreos.com/v1 PrometheusRule"]="Prometheus Operator CRD, no schema offline; its rules are checked by scripts/check-monitoring.sh (promtool)"
     ["cert-manager.io/v1 Issuer"]="cert-manager CRD, no schema offline"
     ["cert-manager.io/v1 Certificate"]="cert-manager CRD, no schema offline"
 )
@@ -77,7 +79,8 @@ for set in "${SETS[@]}"; do
     fi
 done
 # chart set : the kustomization its render must equal
-COMPARE=("chart:manifests" "certmgr:overlays/cert-manager" "external:overlays/external-metrics")
+COMPARE=("chart:manifests" "certmgr:overlays/cert-manager" "external:overlays/external-metrics"
+         "monitoring:scripts/testdata/base-and-monitoring")
 for pair in "${COMPARE[@]}"; do
     kubectl kustomize "$REPO_ROOT/${pair#*:}" >"$WORK/kustomize-${pair%%:*}.yaml" \
         || { echo "FAIL kubectl kustomize ${pair#*:}" >&2; exit 1; }

@@ -17,8 +17,6 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "APIService"
 ELSEWHERE = {("RoleBinding", "ws-metrics-adapter-auth-reader"): "kube-system"}
 SERVICE = "ws-metrics-adapter"
 OWN_ACCOUNT = "ws-metrics-adapter"
-# The kubelet expands $(POD_NAMESPACE) in args from an env var set from the pod's namespace.
-POD_NS_VAR = "$(POD_NAMESPACE)"
 
 objs = []
 for line in open(index):
@@ -70,21 +68,17 @@ for o in objs:
             err(o, f"dnsNames {o['spec']['dnsNames']} lack {SERVICE}.{want}.svc")
     if k == "Deployment":
         for c in o["spec"]["template"]["spec"]["containers"]:
-            env = {e["name"]: e for e in c.get("env", []) or []}
-            pod_ns_env = (env.get("POD_NAMESPACE", {}).get("valueFrom") or {}).get("fieldRef", {}) \
-                .get("fieldPath") == "metadata.namespace"
-            ns_forms = {want} | ({POD_NS_VAR} if pod_ns_env else set())
             flags = dict(a.split("=", 1) for a in c.get("args", []) or [] if a.startswith("--") and "=" in a)
             if "--serving-ca-secret" in flags:
+                # NAME alone is in the pod's own namespace; NAMESPACE/NAME must name this one.
                 v = flags["--serving-ca-secret"]
-                if "/" in v and v.split("/", 1)[0] not in ns_forms:
+                if "/" in v and v.split("/", 1)[0] != want:
                     err(o, f"--serving-ca-secret={v}: namespace is not {want}")
-                dns = flags.get("--serving-cert-dns-names", "").split(",")
-                if not any(f"{SERVICE}.{n}.svc" in dns for n in ns_forms):
-                    err(o, f"--serving-cert-dns-names={','.join(dns)} lacks {SERVICE}.{want}.svc"
-                           " (the adapter's default names ws-metrics)")
-            if POD_NS_VAR in " ".join(c.get("args", []) or []) and not pod_ns_env:
-                err(o, f"args use {POD_NS_VAR} but env POD_NAMESPACE is not the pod's namespace")
+                # Unset, the names follow the Secret's namespace (ws-metrics-adapter.NS.svc).
+                if "--serving-cert-dns-names" in flags:
+                    dns = flags["--serving-cert-dns-names"].split(",")
+                    if f"{SERVICE}.{want}.svc" not in dns:
+                        err(o, f"--serving-cert-dns-names={','.join(dns)} lacks {SERVICE}.{want}.svc")
     # Any other spelling of a namespace in any string (flags, annotations, URLs).
     if want != "ws-metrics":
         for s in strings(o):

@@ -78,6 +78,20 @@ for s in sorted({t for t, _ in objs}):
         if sa and (ns(d), sa) not in accounts:
             errors.append(f"Deployment {name(d)}: ServiceAccount {ns(d)}/{sa} is not in the manifests")
 
+# A ServiceMonitor must select a Service of its set in its namespace, by a port name that Service
+# has; an overlay applied beside the base (overlays/monitoring) selects the base's Service.
+for s in sorted({t for t, _ in objs}):
+    for sm in kind("ServiceMonitor", s):
+        services = kind("Service", s) or kind("Service", "base")
+        sel = sm["spec"].get("selector", {}).get("matchLabels", {})
+        matched = [svc for svc in services if ns(svc) == ns(sm) and selects(sel, svc["metadata"].get("labels", {}))]
+        if not matched:
+            errors.append(f"ServiceMonitor {ns(sm)}/{name(sm)}: selects no Service in its namespace")
+        for ep in sm["spec"].get("endpoints", []):
+            for svc in matched:
+                if ep.get("port") not in [p.get("name") for p in svc["spec"]["ports"]]:
+                    errors.append(f"ServiceMonitor {name(sm)}: Service {name(svc)} has no port named {ep.get('port')!r}")
+
 for e in errors:
     print(f"FAIL  references {e}")
 sys.exit(1 if errors else 0)

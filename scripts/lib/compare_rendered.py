@@ -24,10 +24,6 @@ for line in open(index):
 # Chart-only args: explicit values of the adapter's defaults, so that the chart's values
 # (servingTLS.managed.certValidity) can change them.
 CHART_ONLY_ARGS = ("--serving-cert-validity=",)
-# Base-only: env POD_NAMESPACE, which the base's args read as $(POD_NAMESPACE) so that a
-# kustomize overlay can move the namespace; the chart writes the release namespace instead.
-BASE_ONLY_ENV = ("POD_NAMESPACE",)
-
 # Lists merged by name (a kustomize patch prepends, a template appends): compared as sets.
 BY_NAME = {"volumes", "volumeMounts", "env", "ports", "containers"}
 
@@ -52,12 +48,6 @@ def normalize(o, is_chart):
         for c in t["spec"]["containers"]:
             if is_chart:
                 c["args"] = [a for a in c.get("args", []) if not a.startswith(CHART_ONLY_ARGS)]
-            else:
-                ns = meta["namespace"]
-                c["args"] = [a.replace("$(POD_NAMESPACE)", ns) for a in c.get("args", [])]
-                c["env"] = [e for e in c.get("env", []) if e["name"] not in BASE_ONLY_ENV]
-            if not c.get("env"):
-                c.pop("env", None)
     return sort_named(o)
 
 errors = []

@@ -98,7 +98,7 @@ validate_sets() {
     local ref_rc=0
     py "$VALIDATE_LIB_DIR/check_references.py" "$work/index.tsv" || ref_rc=$?
     if [[ $ref_rc -eq 0 ]]; then
-        echo "ok    references between objects (selectors, ports, APIService -> Service, RBAC subjects)"
+        echo "ok    references between objects (selectors, ports, APIService -> Service, RBAC subjects, ServiceMonitor -> Service)"
     fi
 
     [[ $total -gt 0 ]] || { echo "FAIL  no objects rendered"; return 1; }

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use ws_metrics_adapter::app::{self, Listeners, Shutdown, ShutdownTrigger};
 use ws_metrics_adapter::config::{Cli, Command};
 
+pub mod demo_pod;
 pub mod hostile_pod;
 pub mod prometheus;
 

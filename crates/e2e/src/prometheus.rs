@@ -32,6 +32,15 @@ pub fn scrape_config(targets: &[Target<'_>]) -> String {
     s
 }
 
+/// Why [`Prometheus::query_result`] has no result.
+#[derive(Debug)]
+pub enum QueryError {
+    /// Prometheus refused the query (HTTP 400 `bad_data`, 422 `execution`): the message.
+    Rejected(String),
+    /// No usable answer: the connection, the status or the body.
+    Unanswered(String),
+}
+
 /// A running (or stopped) Prometheus with its config and data under `dir`.
 pub struct Prometheus {
     pub port: u16,
@@ -131,6 +140,26 @@ impl Prometheus {
         }
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         v["data"]["result"].as_array().cloned()
+    }
+
+    /// Runs an instant query and says how it went: `Ok(result)` on success, `Err(Rejected)` when
+    /// Prometheus refuses the query itself (a parse or evaluation error: retrying cannot help),
+    /// `Err(Unanswered)` when there is no usable answer (not up yet, a timeout, ...).
+    pub async fn query_result(&self, promql: &str) -> Result<Vec<serde_json::Value>, QueryError> {
+        let q: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        let (code, body) = plain_get(self.addr(), &format!("/api/v1/query?query={q}"))
+            .await
+            .map_err(QueryError::Unanswered)?;
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| QueryError::Unanswered(format!("{code}, not JSON ({e}): {body}")))?;
+        match (code, v["status"].as_str()) {
+            (200, Some("success")) => v["data"]["result"]
+                .as_array()
+                .cloned()
+                .ok_or_else(|| QueryError::Rejected(format!("not a vector: {body}"))),
+            (400 | 422, _) => Err(QueryError::Rejected(format!("{code}: {body}"))),
+            _ => Err(QueryError::Unanswered(format!("{code}: {body}"))),
+        }
     }
 
     /// Polls until `promql` returns at least `n` series (Prometheus hands its first targets to the

@@ -5,86 +5,17 @@
 
 use ws_e2e as support;
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use support::e2e::{ProcessGuard, free_port, sample};
+use support::demo_pod::DemoPod;
+use support::e2e::sample;
 use support::prometheus::{Prometheus, Target, scrape_config};
 use support::{Adapter, StaticPod, eventually, eventually_ok, plain_get, static_pods_yaml};
 
-fn demo_bin() -> std::path::PathBuf {
-    support::e2e::bin("ws-demo")
-}
 const PODS: &str =
     "/apis/custom.metrics.k8s.io/v1beta2/namespaces/chat/pods/*/websocket_connections";
 const NS: &str =
     "/apis/custom.metrics.k8s.io/v1beta2/namespaces/chat/metrics/websocket_connections";
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A real demo pod with `n` open WebSocket connections.
-struct DemoPod {
-    name: &'static str,
-    addr: SocketAddr,
-    process: Option<ProcessGuard>,
-    clients: Vec<Ws>,
-}
-
-impl DemoPod {
-    async fn start(name: &'static str, connections: usize) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(demo_bin());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("WS_DEMO_") {
-                cmd.env_remove(&key);
-            }
-        }
-        // Clients here never read, so they would not answer pings: ping hourly.
-        cmd.env("NO_COLOR", "1").args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ping-interval",
-            "1h",
-        ]);
-        let process = ProcessGuard::spawn(cmd, name);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        eventually(Duration::from_secs(20), "demo pod /healthz", || async move {
-            matches!(plain_get(addr, "/healthz").await, Ok((200, _))).then_some(())
-        })
-        .await;
-        let mut clients = Vec::new();
-        for _ in 0..connections {
-            let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/echo"))
-                .await
-                .expect("connect to demo pod");
-            clients.push(ws);
-        }
-        Self {
-            name,
-            addr,
-            process: Some(process),
-            clients,
-        }
-    }
-
-    /// The pod's own gauge, read from its /metrics: the truth the adapter must serve.
-    async fn active(&self) -> f64 {
-        let (_, body) = plain_get(self.addr, "/metrics")
-            .await
-            .expect("demo /metrics");
-        sample(&body, "websocket_connections_active{route=\"echo\"}").unwrap_or(0.0)
-            + sample(&body, "websocket_connections_active{route=\"chat\"}").unwrap_or(0.0)
-            + sample(&body, "websocket_connections_active{route=\"ticker\"}").unwrap_or(0.0)
-    }
-
-    fn kill(&mut self) {
-        self.clients.clear();
-        self.process = None;
-    }
-}
 
 struct World {
     pods: Vec<DemoPod>,

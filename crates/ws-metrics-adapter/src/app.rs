@@ -113,6 +113,26 @@ impl Shutdown {
         (ShutdownTrigger(tx), Self(rx))
     }
 
+    /// A receiver that resolves `delay` after this one does; `health` turns not ready at once.
+    /// Serving and collecting go on meanwhile: the Service's endpoints drop this replica before
+    /// it stops answering (kube-apiserver's --shutdown-delay-duration, for the same reason).
+    fn delayed(self, delay: Duration, health: Arc<Health>) -> Self {
+        let (trigger, delayed) = Self::new();
+        tokio::spawn(async move {
+            self.wait().await;
+            health.begin_drain();
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "not ready; serving on for --shutdown-delay-duration before the listeners close"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            trigger.trigger();
+        });
+        delayed
+    }
+
     /// Resolves once shutdown is triggered (or the trigger is dropped).
     pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.0.clone();
@@ -176,6 +196,7 @@ async fn start_auth(
     options: &AuthOptions,
     client: &kube::Client,
     loaded: Latch,
+    telemetry: Arc<Telemetry>,
     shutdown: &Shutdown,
 ) -> Result<Arc<Auth>> {
     let flags = options.flag_sources()?;
@@ -193,6 +214,7 @@ async fn start_auth(
         auth.clone(),
         flags,
         loaded,
+        telemetry,
         shutdown.wait(),
     ));
     Ok(auth)
@@ -279,6 +301,11 @@ async fn reload_metrics_config(
 /// Start-up failures (certificates, static file, kube config, CA file) and listener failures.
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<()> {
     tls::install_provider();
+    let health = Arc::new(match &config.source {
+        Source::Scrape => Health::new(config.collect.interval, config.collect.timeout),
+        Source::Prometheus(prom) => Health::new(prom.interval, prom.timeout),
+    });
+    let shutdown = shutdown.delayed(config.shutdown_delay, health.clone());
     let telemetry = Arc::new(Telemetry::new());
     let store = Arc::new(Store::new(
         MetricCatalog::new(config.metrics.clone()),
@@ -318,6 +345,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 PodSource::Static { .. } => None,
             };
             let client = kube_client(kubeconfig).await?;
+            let managed = &managed.clone().in_namespace(client.default_namespace());
             let ca = serving_ca::load_or_create(&client, managed).await?;
             let resolver = Arc::new(tls::CertResolver::new(
                 ca.issue(&managed.dns_names, managed.validity)?,
@@ -348,15 +376,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     }
 
     // Health: live while the collection (or query) loop ticks on time.
-    let health = Arc::new(match &config.source {
-        Source::Scrape => Health::new(config.collect.interval, config.collect.timeout),
-        Source::Prometheus(prom) => Health::new(prom.interval, prom.timeout),
-    });
-
     // Pod inventory, and in cluster mode delegated authentication.
     let mut auth: Option<Arc<Auth>> = None;
     match &config.pods {
         PodSource::Static { path } => {
+            // No authentication in static mode: no config to wait for.
+            telemetry.set_authentication_config_loaded(true);
             // The file names every namespace there is: any other has no total to serve.
             store.set_namespaces_seen(std::collections::HashMap::new());
             static_file::load_into(path, &store)?;
@@ -377,12 +402,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             match &config.auth {
                 Some(options) => {
                     let loaded = health.require_auth_config();
-                    auth = Some(start_auth(options, &client, loaded, &shutdown).await?);
+                    auth = Some(
+                        start_auth(options, &client, loaded, telemetry.clone(), &shutdown).await?,
+                    );
                 }
-                None => tracing::warn!(
-                    address = %config.secure_addr,
-                    "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
-                ),
+                None => {
+                    telemetry.set_authentication_config_loaded(true);
+                    tracing::warn!(
+                        address = %config.secure_addr,
+                        "--insecure-allow-unauthenticated: the custom metrics API does not authenticate or authorize callers"
+                    );
+                }
             }
             let mut inventory = cluster::Inventory::new(
                 store.clone(),

@@ -48,6 +48,8 @@ pub struct Health {
     auth_config: OnceLock<Latch>,
     /// Every condition held once.
     ready: Latch,
+    /// Shutting down: not ready again, whatever held before.
+    draining: Latch,
 }
 
 impl Health {
@@ -63,6 +65,7 @@ impl Health {
             first_round: Latch::new(),
             auth_config: OnceLock::new(),
             ready: Latch::new(),
+            draining: Latch::new(),
         }
     }
 
@@ -106,10 +109,19 @@ impl Health {
         since_start.saturating_sub(Duration::from_millis(last)) <= self.max_tick_gap
     }
 
+    /// Shutdown has begun: from now on not ready (the one way back from ready), so that the
+    /// endpoints drop this replica while it still serves.
+    pub fn begin_drain(&self) {
+        self.draining.set();
+    }
+
     /// Ready once pods are known, the first round finished and (when required) the
-    /// authentication config is loaded. A latch: once ready, stays ready; failures show as
-    /// missing values instead.
+    /// authentication config is loaded, until shutdown begins. A latch: once ready, stays ready
+    /// until then; failures show as missing values instead.
     pub fn is_ready(&self) -> bool {
+        if self.draining.is_set() {
+            return false;
+        }
         if self.ready.is_set() {
             return true;
         }
@@ -124,6 +136,8 @@ impl Health {
     pub fn not_ready_reason(&self) -> Option<&'static str> {
         if self.is_ready() {
             None
+        } else if self.draining.is_set() {
+            Some("shutting down")
         } else if self.auth_pending() {
             Some(
                 "authentication config (ConfigMap kube-system/extension-apiserver-authentication) not loaded yet; see the log",
@@ -193,6 +207,18 @@ mod tests {
         health.round_finished();
         assert!(health.is_ready());
         assert_eq!(health.not_ready_reason(), None);
+    }
+
+    #[test]
+    fn shutdown_is_the_one_way_back_from_ready() {
+        let health = Health::new(Duration::from_secs(1), Duration::from_secs(1));
+        health.pods_known();
+        health.round_finished();
+        assert!(health.is_ready());
+        health.begin_drain();
+        assert!(!health.is_ready());
+        assert_eq!(health.not_ready_reason(), Some("shutting down"));
+        assert!(health.is_live(), "draining is not dead");
     }
 
     #[test]

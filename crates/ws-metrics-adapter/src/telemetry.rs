@@ -135,6 +135,7 @@ pub struct Telemetry {
     inventory_errors: Counter,
     config_reload_failures: Counter,
     config_last_success: Gauge<f64, AtomicU64>,
+    auth_config_loaded: Gauge,
     prom_requests: Family<PromLabels, Counter>,
     prom_duration: Histogram,
     prom_dropped: Family<DropLabels, Counter>,
@@ -247,6 +248,12 @@ impl Telemetry {
             "Unix time at which the metrics config was last read and applied (at start, then on each change)",
             config_last_success.clone(),
         );
+        let auth_config_loaded = Gauge::default();
+        registry.register(
+            "authentication_config_loaded",
+            "1 once the authentication config (ConfigMap kube-system/extension-apiserver-authentication, or the CA flags) is in force, 0 while readiness waits for it; 1 when the API does not authenticate (static mode, --insecure-allow-unauthenticated)",
+            auth_config_loaded.clone(),
+        );
         let prom_requests = Family::<PromLabels, Counter>::default();
         registry.register(
             "prometheus_requests",
@@ -327,7 +334,15 @@ impl Telemetry {
             inventory_errors,
             config_reload_failures,
             config_last_success,
+            auth_config_loaded,
         }
+    }
+
+    /// Sets `ws_metrics_adapter_authentication_config_loaded`: `true` once the authentication
+    /// config is in force (or when the API serves without authentication, so there is nothing to
+    /// load), `false` while readiness waits for it. Starts at `false`.
+    pub fn set_authentication_config_loaded(&self, loaded: bool) {
+        self.auth_config_loaded.set(i64::from(loaded));
     }
 
     /// Sets the balance gauges of one workload; `None` removes that gauge's series (no Ready pod
@@ -601,4 +616,34 @@ pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+    }
+
+    #[test]
+    fn the_authentication_config_gauge_is_0_until_the_config_is_in_force() {
+        let telemetry = Telemetry::new();
+        let series = "ws_metrics_adapter_authentication_config_loaded";
+        let text = telemetry.render_text();
+        assert!(text.contains(&format!("# TYPE {series} gauge")), "{text}");
+        assert_eq!(sample(&text, series).as_deref(), Some("0"), "{text}");
+        telemetry.set_authentication_config_loaded(true);
+        assert_eq!(
+            sample(&telemetry.render_text(), series).as_deref(),
+            Some("1")
+        );
+        telemetry.set_authentication_config_loaded(false);
+        assert_eq!(
+            sample(&telemetry.render_text(), series).as_deref(),
+            Some("0")
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -19,8 +19,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
 
 use crate::load_balancer::{self, Balance, LoadBalancer, Runtime};
-use crate::node_agent::NodeAgent;
+use crate::node_agent::{self, NodeAgent};
 use crate::pki::{self, Ca};
+use crate::pod_network::PodNetwork;
+use crate::pod_spec::ApiEndpoint;
 use crate::support::e2e::{free_port, parse_listening_addr, require_tool};
 use crate::support::plain_get;
 
@@ -35,7 +37,7 @@ const PORT_ATTEMPTS: u32 = 5;
 
 /// Bearer tokens of the static token file (`token,user,uid,"groups"`). Tokens keep the harness
 /// simple; the identities are the ones a real cluster gives these components.
-const ADMIN_TOKEN: &str = "admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "admin-token";
 const KCM_TOKEN: &str = "kcm-token";
 const ADAPTER_TOKEN: &str = "adapter-token";
 
@@ -55,6 +57,13 @@ pub(crate) struct Options {
     /// `caBundle` itself; they are registered without one. Otherwise it serves a certificate
     /// from files and the harness writes the `caBundle`.
     pub managed_ca: bool,
+    /// Apply-as-shipped: no adapter, RBAC or registration of the harness's own; pods run from
+    /// their specs in network namespaces on a [`PodNetwork`] (the agent also binds unscheduled
+    /// pods), kube-apiserver listens on the node's address of that network too and routes
+    /// aggregated requests to the adapter Service's endpoints (`--enable-aggregator-routing`: there
+    /// is no kube-proxy for its ClusterIP), and kube-controller-manager runs the EndpointSlice
+    /// and root-CA publisher controllers. The test applies the manifests it checks.
+    pub from_spec: bool,
 }
 
 /// The Secret holding the adapter's CA with `Options::managed_ca`.
@@ -66,6 +75,7 @@ impl Default for Options {
             hpa_sync_period: Duration::from_secs(1),
             adapter_args: Vec::new(),
             managed_ca: false,
+            from_spec: false,
         }
     }
 }
@@ -95,6 +105,9 @@ pub(crate) struct Cluster {
     pub adapter_addr: SocketAddr,
     /// kube-apiserver's address.
     pub apiserver_addr: SocketAddr,
+    /// The pod network of [`Options::from_spec`]; dropped after the agent (its pods' namespaces
+    /// go first).
+    _network: Option<Arc<PodNetwork>>,
     /// The CAs: kube-apiserver's serving and client CA (`--client-ca-file`), the front-proxy CA
     /// and the adapter's serving CA.
     pub pki: Pki,
@@ -197,15 +210,20 @@ impl Cluster {
         let pki_dir = d.join("pki");
         std::fs::create_dir_all(&pki_dir).expect("pki dir");
 
+        let network = options.from_spec.then(|| Arc::new(PodNetwork::create()));
+        let node_ip = network.as_ref().map(|n| n.node_ip().to_string());
+
         // Certificates.
         let cluster_ca = Ca::new("ws-test-cluster-ca");
         let cluster_ca_file = cluster_ca.write(&pki_dir, "cluster-ca");
+        let mut apiserver_names = vec!["localhost", "127.0.0.1", "kubernetes.default.svc"];
+        apiserver_names.extend(node_ip.as_deref());
         let apiserver = cluster_ca.leaf(
             &pki_dir,
             "apiserver",
             "kube-apiserver",
             &[],
-            &["localhost", "127.0.0.1", "kubernetes.default.svc"],
+            &apiserver_names,
             &[ServerAuth],
         );
         let front_proxy_ca = Ca::new("ws-test-front-proxy-ca");
@@ -255,6 +273,7 @@ impl Cluster {
             adapter_metrics: "127.0.0.1:0".parse().expect("addr"),
             adapter_addr: "127.0.0.1:0".parse().expect("addr"),
             apiserver_addr: "127.0.0.1:0".parse().expect("addr"),
+            _network: network.clone(),
             pki: Pki {
                 cluster_ca,
                 front_proxy_ca,
@@ -306,9 +325,8 @@ impl Cluster {
                 "kube-apiserver",
                 &apiserver_bin,
                 |[port]| {
-                    args(&[
+                    let mut argv = args(&[
                         &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                        "--bind-address=127.0.0.1",
                         &format!("--secure-port={port}"),
                         &format!("--tls-cert-file={}", p(&apiserver.cert)),
                         &format!("--tls-private-key-file={}", p(&apiserver.key)),
@@ -328,7 +346,18 @@ impl Cluster {
                         &format!("--proxy-client-key-file={}", p(&front_proxy.key)),
                         "--profiling=false",
                         "--v=1",
-                    ])
+                    ]);
+                    match &node_ip {
+                        // Pods reach it on the node's address; aggregated requests go to the
+                        // Service's endpoints (no kube-proxy here for a ClusterIP).
+                        Some(ip) => argv.extend(args(&[
+                            "--bind-address=0.0.0.0",
+                            &format!("--advertise-address={ip}"),
+                            "--enable-aggregator-routing=true",
+                        ])),
+                        None => argv.push("--bind-address=127.0.0.1".into()),
+                    }
+                    argv
                 },
                 "kube-apiserver /readyz",
                 |[port]| {
@@ -372,27 +401,57 @@ impl Cluster {
         // --use-service-account-credentials each controller calls the API as its own service
         // account (the HPA as system:serviceaccount:kube-system:horizontal-pod-autoscaler), as in a
         // kubeadm cluster.
+        let mut controllers = String::from(
+            "deployment-controller,replicaset-controller,statefulset-controller,horizontal-pod-autoscaler-controller,serviceaccount-controller",
+        );
+        let mut kcm_extra = Vec::new();
+        if options.from_spec {
+            // Pod addresses are not loopback ones here, so EndpointSlices work: the aggregator
+            // routes through them. kube-root-ca.crt is what a pod's projected token volume holds.
+            controllers
+                .push_str(",endpointslice-controller,root-ca-certificate-publisher-controller");
+            kcm_extra.push(format!("--root-ca-file={}", p(&cluster_ca_file)));
+        }
+        let mut kcm_args = args(&[
+            &format!("--kubeconfig={}", p(&kcm_kubeconfig)),
+            &format!("--controllers={controllers}"),
+            "--use-service-account-credentials=true",
+            &format!(
+                "--horizontal-pod-autoscaler-sync-period={}ms",
+                options.hpa_sync_period.as_millis()
+            ),
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=2",
+        ]);
+        kcm_args.extend(kcm_extra);
         cluster.daemons.push(spawn(
             d,
             "kube-controller-manager",
             &bin.join("kube-controller-manager"),
-            &args(&[
-                &format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-                "--controllers=deployment-controller,replicaset-controller,statefulset-controller,horizontal-pod-autoscaler-controller,serviceaccount-controller",
-                "--use-service-account-credentials=true",
-                &format!(
-                    "--horizontal-pod-autoscaler-sync-period={}ms",
-                    options.hpa_sync_period.as_millis()
-                ),
-                "--leader-elect=false",
-                "--secure-port=0",
-                "--v=2",
-            ]),
+            &kcm_args,
         ));
 
-        // The node agent, then the adapter's RBAC, then the adapter on port 0, then the
-        // registration naming the port it bound (no free-port race for the adapter).
-        cluster.agent = NodeAgent::start(cluster.client.clone(), d.join("pods")).await;
+        let runtime = match (&network, &node_ip) {
+            (Some(network), Some(ip)) => node_agent::Runtime::FromSpec(
+                network.clone(),
+                ApiEndpoint(SocketAddr::new(ip.parse().expect("node ip"), api_port)),
+            ),
+            _ => node_agent::Runtime::Loopback,
+        };
+        cluster.agent = NodeAgent::start(cluster.client.clone(), d.join("pods"), runtime).await;
+        if options.from_spec {
+            cluster.wait_for_default_service_account().await;
+            eprintln!(
+                "control plane (pods from their specs) ready in {:.1} s (logs: {})",
+                cluster.started.elapsed().as_secs_f64(),
+                cluster.dir().join("logs").display()
+            );
+            return cluster;
+        }
+
+        // The adapter's RBAC, then the adapter on port 0, then the registration naming the port
+        // it bound (no free-port race for the adapter).
         cluster.kubectl_apply(&rbac()).await;
         start_adapter(&mut cluster, &adapter_kubeconfig, &adapter_tls, &options).await;
         cluster
@@ -418,24 +477,27 @@ impl Cluster {
                 })
                 .await;
         }
-        // Pods need the namespace's default ServiceAccount (ServiceAccount admission).
-        let client = cluster.client.clone();
-        cluster
-            .wait("ServiceAccount default/default", GIVE_UP, || {
-                let client = client.clone();
-                async move {
-                    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-                        kube::Api::namespaced(client, "default");
-                    api.get_opt("default").await.ok().flatten().is_some()
-                }
-            })
-            .await;
+        cluster.wait_for_default_service_account().await;
         eprintln!(
             "control plane ready in {:.1} s (logs: {})",
             cluster.started.elapsed().as_secs_f64(),
             cluster.dir().join("logs").display()
         );
         cluster
+    }
+
+    /// Pods need the namespace's default ServiceAccount (ServiceAccount admission).
+    async fn wait_for_default_service_account(&self) {
+        let client = self.client.clone();
+        self.wait("ServiceAccount default/default", GIVE_UP, || {
+            let client = client.clone();
+            async move {
+                let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                    kube::Api::namespaced(client, "default");
+                api.get_opt("default").await.ok().flatten().is_some()
+            }
+        })
+        .await;
     }
 
     /// The temp dir holding certificates, kubeconfigs and logs.

@@ -20,9 +20,12 @@ mod load_balancer;
 mod node_agent;
 mod objects;
 mod pki;
+mod pod_network;
+mod pod_spec;
 mod rates;
 mod reload;
 mod serving_ca;
+mod shipped;
 mod timeline;
 
 use std::collections::BTreeMap;

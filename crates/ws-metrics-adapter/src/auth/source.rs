@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use super::Auth;
 use super::authn::{AuthnConfig, FlagSources};
 use crate::health::Latch;
+use crate::telemetry::Telemetry;
 
 /// Namespace of the ConfigMap.
 pub(crate) const NAMESPACE: &str = "kube-system";
@@ -44,19 +45,29 @@ pub(crate) fn apply(auth: &Auth, data: &BTreeMap<String, String>, flags: &FlagSo
     }
 }
 
+/// Marks the config as in force: readiness (`loaded`) and
+/// `ws_metrics_adapter_authentication_config_loaded`.
+fn mark_loaded(loaded: &Latch, telemetry: &Telemetry) {
+    loaded.set();
+    telemetry.set_authentication_config_loaded(true);
+}
+
 /// Keeps `auth` in step with the ConfigMap until `shutdown`. When the flags give every CA, the
-/// ConfigMap is not read at all. `loaded` is set at the first good load; until then readiness
-/// stays false and each failure is logged with its likely cause.
+/// ConfigMap is not read at all. `loaded` (and the `authentication_config_loaded` gauge) is set
+/// at the first good load; until then readiness stays false and each failure is logged with its
+/// likely cause.
 pub(crate) async fn watch(
     client: kube::Client,
     auth: Arc<Auth>,
     flags: FlagSources,
     loaded: Latch,
+    telemetry: Arc<Telemetry>,
     shutdown: impl Future<Output = ()>,
 ) {
+    telemetry.set_authentication_config_loaded(loaded.is_set());
     if flags.complete() {
         if apply(&auth, &BTreeMap::new(), &flags) {
-            loaded.set();
+            mark_loaded(&loaded, &telemetry);
         }
         return;
     }
@@ -77,7 +88,7 @@ pub(crate) async fn watch(
             Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
                 found = true;
                 if apply(&auth, &cm.data.unwrap_or_default(), &flags) {
-                    loaded.set();
+                    mark_loaded(&loaded, &telemetry);
                 }
             }
             Some(Ok(watcher::Event::InitDone)) if !found => {

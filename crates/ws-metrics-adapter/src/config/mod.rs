@@ -165,6 +165,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// After SIGTERM, keep serving (and collecting) this long with /readyz failing before the
+    /// listeners close, so that the Service's endpoints drop this replica before it stops
+    /// answering (kube-apiserver's flag of the same name). The shipped Deployment sets 5s.
+    #[arg(long, env = "WS_METRICS_ADAPTER_SHUTDOWN_DELAY_DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay_duration: Duration,
+
     /// Also serve external.metrics.k8s.io/v1beta1: each served metric as a namespaced total over
     /// the series a labelSelector picks. Off by default: KEDA owns that group in most clusters,
     /// and a group has one APIService (overlays/external-metrics registers it).
@@ -359,6 +365,8 @@ pub struct Config {
     pub annotation_prefix: String,
     /// SIGTERM grace.
     pub shutdown_grace: Duration,
+    /// Serving on, not ready, between SIGTERM and closing the listeners.
+    pub shutdown_delay: Duration,
     /// Connection limits of both listeners.
     pub limits: crate::server::Limits,
     /// Serve external.metrics.k8s.io too.
@@ -879,6 +887,7 @@ impl ServeArgs {
             metrics_config: self.metrics_config,
             annotation_prefix: prefix,
             shutdown_grace: self.shutdown_grace,
+            shutdown_delay: self.shutdown_delay_duration,
             limits,
             log_format: self.log_format,
             serve_external_metrics: self.serve_external_metrics,
@@ -1163,7 +1172,10 @@ mod tests {
         let TlsSource::Managed(managed) = cfg.tls else {
             panic!("managed expected, got {:?}", cfg.tls);
         };
-        assert_eq!(managed.dns_names, vec!["ws-metrics-adapter.ws-metrics.svc"]);
+        assert_eq!(
+            managed.clone().in_namespace("elsewhere").dns_names,
+            vec!["ws-metrics-adapter.ws-metrics.svc"]
+        );
         assert_eq!(managed.apiservices.len(), 2);
         for extra in [
             &[

@@ -68,18 +68,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Flags of the self-managed serving CA.
 #[derive(Debug, Clone, Args)]
 pub struct ServingCaArgs {
-    /// Manage the serving certificate: keep a CA in this Secret (NAMESPACE/NAME, created if
-    /// missing), issue the serving certificate from it, rotate it, and put the CA into the
-    /// caBundle of --apiservices. Excludes --tls-cert-file.
+    /// Manage the serving certificate: keep a CA in this Secret (NAMESPACE/NAME, or NAME in the
+    /// adapter's own namespace: in a pod, its ServiceAccount's; created if missing), issue the
+    /// serving certificate from it, rotate it, and put the CA into the caBundle of --apiservices.
+    /// Excludes --tls-cert-file.
     #[arg(long, env = "WS_METRICS_ADAPTER_SERVING_CA_SECRET")]
     pub serving_ca_secret: Option<String>,
 
     /// DNS names of the serving certificate (the aggregator checks SERVICE.NAMESPACE.svc).
+    /// Default: ws-metrics-adapter.NAMESPACE.svc, NAMESPACE the Secret's.
     #[arg(
         long,
         env = "WS_METRICS_ADAPTER_SERVING_CERT_DNS_NAMES",
-        value_delimiter = ',',
-        default_value = "ws-metrics-adapter.ws-metrics.svc"
+        value_delimiter = ','
     )]
     pub serving_cert_dns_names: Vec<String>,
 
@@ -100,11 +101,12 @@ pub struct ServingCaArgs {
 /// Validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServingCa {
-    /// Secret namespace.
-    pub namespace: String,
+    /// Secret namespace; `None` until [`ServingCa::in_namespace`] names the adapter's own.
+    pub namespace: Option<String>,
     /// Secret name.
     pub name: String,
-    /// Serving certificate names.
+    /// Serving certificate names (empty: ws-metrics-adapter.NAMESPACE.svc once the namespace is
+    /// known).
     pub dns_names: Vec<String>,
     /// APIServices to patch.
     pub apiservices: Vec<String>,
@@ -116,20 +118,21 @@ impl ServingCaArgs {
     /// The settings when --serving-ca-secret is given; problems go onto `problems`.
     pub fn validate(self, problems: &mut Vec<String>) -> Option<ServingCa> {
         let secret = self.serving_ca_secret?;
-        let Some((namespace, name)) = secret
-            .split_once('/')
-            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
-        else {
+        let (namespace, name) = match secret.split_once('/') {
+            None => (None, secret.as_str()),
+            Some((ns, n)) => (Some(ns), n),
+        };
+        if namespace.is_some_and(str::is_empty) || name.is_empty() || name.contains('/') {
             problems.push(format!(
-                "--serving-ca-secret {secret:?}: expected NAMESPACE/NAME"
+                "--serving-ca-secret {secret:?}: expected NAME or NAMESPACE/NAME"
             ));
             return None;
-        };
+        }
         if self.serving_cert_validity < Duration::from_secs(3) {
             problems.push("--serving-cert-validity: must be at least 3s".into());
         }
         Some(ServingCa {
-            namespace: namespace.to_owned(),
+            namespace: namespace.map(str::to_owned),
             name: name.to_owned(),
             dns_names: self.serving_cert_dns_names,
             apiservices: self.apiservices,
@@ -204,6 +207,25 @@ impl Ca {
     }
 }
 
+impl ServingCa {
+    /// With the namespace filled in: the flag's, else `own` (the namespace of the adapter's kube
+    /// config: in a pod, its ServiceAccount's), and the default serving name in it. Kustomize and
+    /// Helm can then move the adapter to any namespace without rewriting its args.
+    #[must_use]
+    pub fn in_namespace(mut self, own: &str) -> Self {
+        let namespace = self.namespace.get_or_insert_with(|| own.to_owned());
+        if self.dns_names.is_empty() {
+            self.dns_names = vec![format!("ws-metrics-adapter.{namespace}.svc")];
+        }
+        self
+    }
+
+    /// The Secret's namespace (the adapter's own before [`ServingCa::in_namespace`]: `default`).
+    fn secret_namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
 /// Reads the CA from its Secret, creating the Secret when missing (a replica that loses the race
 /// reads the winner's).
 ///
@@ -211,8 +233,8 @@ impl Ca {
 /// [`Error::SecretRequestFailed`], [`Error::SecretUnusable`], [`Error::StoredCaUnusable`] or
 /// [`Error::IssueFailed`].
 pub async fn load_or_create(client: &kube::Client, cfg: &ServingCa) -> Result<Ca> {
-    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &cfg.namespace);
-    let secret_name = format!("{}/{}", cfg.namespace, cfg.name);
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), cfg.secret_namespace());
+    let secret_name = format!("{}/{}", cfg.secret_namespace(), cfg.name);
     let unusable = |reason: String| Error::SecretUnusable {
         secret: secret_name.clone(),
         reason,
@@ -242,7 +264,7 @@ pub async fn load_or_create(client: &kube::Client, cfg: &ServingCa) -> Result<Ca
                 let secret = Secret {
                     metadata: kube::api::ObjectMeta {
                         name: Some(cfg.name.clone()),
-                        namespace: Some(cfg.namespace.clone()),
+                        namespace: Some(cfg.secret_namespace().to_owned()),
                         ..Default::default()
                     },
                     data: Some(BTreeMap::from([
@@ -443,12 +465,27 @@ mod tests {
             .validate(&mut problems)
             .expect("valid");
         assert_eq!(
-            (ok.namespace.as_str(), ok.name.as_str()),
-            ("ws-metrics", "serving-ca")
+            (ok.namespace.as_deref(), ok.name.as_str()),
+            (Some("ws-metrics"), "serving-ca")
         );
+        assert_eq!(
+            ok.in_namespace("other").namespace.as_deref(),
+            Some("ws-metrics")
+        );
+        // A bare name is in the adapter's own namespace, and so is the default serving name.
+        let bare = ServingCaArgs {
+            serving_cert_dns_names: Vec::new(),
+            ..args("serving-ca")
+        }
+        .validate(&mut problems)
+        .expect("valid")
+        .in_namespace("team-a");
+        assert_eq!(bare.namespace.as_deref(), Some("team-a"));
+        assert_eq!(bare.dns_names, ["ws-metrics-adapter.team-a.svc"]);
         assert!(problems.is_empty());
-        assert!(args("no-slash").validate(&mut problems).is_none());
         assert!(args("/x").validate(&mut problems).is_none());
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(args("a/").validate(&mut problems).is_none());
+        assert!(args("a/b/c").validate(&mut problems).is_none());
+        assert_eq!(problems.len(), 3, "{problems:?}");
     }
 }
