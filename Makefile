@@ -6,7 +6,7 @@ demo:
 	cargo run --release --locked -p ws-demo -- demo
 
 # Every test: formatting, lints, unit/router/wire/e2e tests (the control-plane tests included),
-# manifests, Dockerfile.
+# manifests and chart, Dockerfile.
 test: deps control-plane-binaries lint unit fuzz-smoke manifests dockerfile
 
 deps:
@@ -59,11 +59,15 @@ control-plane: control-plane-binaries
 	cargo test --locked -p ws-e2e --test control_plane -- --nocapture
 	mkdir -p docs && cp target/control-plane/timeline-* docs/
 
-# Kubernetes schemas and cross-object references of every kustomize set, then the monitoring
-# overlay's rules (promtool check/test rules) and dashboard.
+# The kustomize manifests and the Helm chart (helm built from its Go module on first run), each
+# render schema-checked, the chart's renders compared with the kustomize sets; the monitoring
+# overlay's rules (promtool check/test rules) and dashboard; the release workflow that publishes
+# images and chart (actionlint, built the same way).
 manifests:
 	./scripts/validate-manifests.sh
 	./scripts/check-monitoring.sh
+	./scripts/validate-chart.sh
+	./scripts/lint-workflows.sh
 
 dockerfile:
 	./scripts/lint-dockerfile.sh

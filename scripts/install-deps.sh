@@ -8,7 +8,8 @@
 # (crates/e2e/tests/shed_contract.rs runs examples/shed-server/server.py). Other Python tools are
 # installed by the scripts that use them. Go (1.26 or newer, for the control-plane binaries) is
 # checked, not installed: Debian's
-# golang is too old for Kubernetes 1.37. Idempotent: installs nothing that is already there.
+# golang is too old for Kubernetes 1.37. helm is built with that Go (scripts/install-helm.sh).
+# Idempotent: installs nothing that is already there.
 set -euo pipefail
 
 need=()
@@ -71,4 +72,7 @@ if [ -z "$go_have" ] || [ "$(printf '%s\n' "$go_min" "$go_have" | sort -V | head
     "(found: ${go_have:-none}); install it from https://go.dev/dl" >&2
   exit 1
 fi
-echo "install-deps: promtool, prometheus, kubectl, haproxy, curl, python3 (websockets $ws_have), cargo, cargo-deny and Go $go_have are present"
+# helm, pinned, built from its Go module (scripts/install-helm.sh; reused once built), for
+# scripts/validate-chart.sh.
+helm=$("$repo_root/scripts/install-helm.sh" | tail -n1)
+echo "install-deps: promtool, prometheus, kubectl, haproxy, curl, python3 (websockets $ws_have), cargo, cargo-deny, Go $go_have and $("$helm" version --template '{{ .Version }}') ($helm) are present"
