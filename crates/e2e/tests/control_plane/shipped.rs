@@ -41,10 +41,25 @@ fn readme_commands(after: &str) -> Vec<String> {
 /// Runs a README command line with `sh` from the repository root, against this cluster
 /// (`KUBECONFIG`); returns (success, stdout, stderr).
 async fn run_line(cluster: &Cluster, line: &str) -> (bool, String, String) {
+    run_line_with(cluster, line, None).await
+}
+
+/// [`run_line`] with `bin_dir` first on `PATH` (where a tool the line names was built).
+async fn run_line_with(
+    cluster: &Cluster,
+    line: &str,
+    bin_dir: Option<&std::path::Path>,
+) -> (bool, String, String) {
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", line])
         .current_dir(crate::support::e2e::workspace_root())
         .env("KUBECONFIG", &cluster.kubeconfig);
+    if let Some(dir) = bin_dir {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![dir.to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+    }
     let out = crate::support::e2e::run(cmd, "sh", GIVE_UP).await;
     (
         out.status.success(),
@@ -277,6 +292,56 @@ async fn kustomize_manifests_applied_as_shipped_scale_the_example() {
     let (ok, out, err) = run_line(&cluster, base).await;
     assert!(ok, "{base}: {out}{err}");
     adapter_as_shipped_scales_the_example(&cluster, "kustomize", applied).await;
+    assert_adapter_logs_clean(&cluster);
+}
+
+/// helm, built from its Go module by `scripts/install-helm.sh` (which prints its path last).
+fn helm_binary() -> std::path::PathBuf {
+    let script = crate::support::e2e::workspace_root().join("scripts/install-helm.sh");
+    let out = std::process::Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        out.status
+    );
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    std::path::PathBuf::from(path)
+}
+
+/// The chart as the README installs it: its first complete `helm install` line, run verbatim
+/// with the helm built here, then the same checks as the kustomize base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_chart_installed_as_shipped_scales_the_example() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let helm = tokio::task::spawn_blocking(helm_binary)
+        .await
+        .expect("helm build task");
+    let readme = std::fs::read_to_string(crate::support::e2e::workspace_root().join("README.md"))
+        .expect("README.md");
+    let install = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("helm install ws-metrics-adapter ") && !l.ends_with('\\'))
+        .expect("the README's helm install line")
+        .to_owned();
+    let cluster = Cluster::start(Options {
+        from_spec: true,
+        ..Options::default()
+    })
+    .await;
+    let applied = Instant::now();
+    let (ok, out, err) = run_line_with(&cluster, &install, helm.parent()).await;
+    assert!(ok, "{install}: {out}{err}");
+    adapter_as_shipped_scales_the_example(&cluster, "helm", applied).await;
     assert_adapter_logs_clean(&cluster);
 }
 
