@@ -583,3 +583,193 @@ impl Source {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::clock::Moment;
+    use crate::selector::Selector;
+    use crate::store::{
+        MetricCatalog, MetricMapping, Objects, PodKey, PodTarget, ReadError, Store,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A stand-in for Prometheus's `/api/v1/query`: one pod of value 3 per namespace the query
+    /// asks for (`fast`, `slow`, or both when it names none), value and freshness parts. While
+    /// `stall` is set, any query that covers `slow` never answers: a slow part of Prometheus.
+    async fn fake_prometheus(stall: Arc<AtomicBool>) -> String {
+        use axum::extract::State;
+        async fn query(
+            State(stall): State<Arc<AtomicBool>>,
+            body: String,
+        ) -> axum::Json<serde_json::Value> {
+            let q = form_urlencoded::parse(body.as_bytes())
+                .find(|(k, _)| k == "query")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            let named: Vec<&str> = ["fast", "slow"]
+                .into_iter()
+                .filter(|ns| q.contains(&format!("namespace=\"{ns}\"")))
+                .collect();
+            let namespaces = if named.is_empty() {
+                vec!["fast", "slow"]
+            } else {
+                named
+            };
+            if namespaces.contains(&"slow") && stall.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let series = |ns: &str, part: &str, value: String| {
+                serde_json::json!({
+                    "metric": {"namespace": ns, "pod": format!("{ns}-0"), plan::PART_LABEL: part},
+                    "value": [now, value],
+                })
+            };
+            let result: Vec<serde_json::Value> = namespaces
+                .iter()
+                .flat_map(|ns| {
+                    [
+                        series(ns, "value", "3".into()),
+                        series(ns, "time", format!("{now}")),
+                    ]
+                })
+                .collect();
+            axum::Json(serde_json::json!({"status": "success", "data": {
+                "resultType": "vector", "result": result,
+            }}))
+        }
+        let app = axum::Router::new()
+            .route("/api/v1/query", axum::routing::post(query))
+            .with_state(stall);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn source(url: String, store: Arc<Store>, split: QuerySplit) -> Source {
+        crate::tls::install_provider();
+        let config = PrometheusConfig {
+            url,
+            bearer_token_file: None,
+            ca_file: None,
+            client_cert: None,
+            timeout: Duration::from_millis(300),
+            interval: Duration::from_secs(1),
+            query: template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY).unwrap(),
+            namespace_label: "namespace".into(),
+            pod_label: "pod".into(),
+            rules: Vec::new(),
+            relist_interval: Duration::from_secs(60),
+            split,
+            max_parallel: 4,
+        };
+        let mappings = store.catalog().mappings().to_vec();
+        Source::new(config, &mappings, store, Arc::new(Telemetry::new())).unwrap()
+    }
+
+    fn store() -> Arc<Store> {
+        let store = Store::new(
+            MetricCatalog::new(vec![MetricMapping {
+                served: "websocket_connections".into(),
+                family: "websocket_connections_active".into(),
+                rate: None,
+                filter: None,
+            }]),
+            Duration::from_secs(60),
+        );
+        store.replace_all(
+            ["fast", "slow"]
+                .into_iter()
+                .map(|ns| PodTarget {
+                    key: PodKey {
+                        namespace: ns.into(),
+                        name: format!("{ns}-0"),
+                    },
+                    uid: ns.into(),
+                    labels: Default::default(),
+                    url: "http://127.0.0.1:1/metrics".into(),
+                    ready: true,
+                })
+                .collect(),
+        );
+        store.mark_synced();
+        Arc::new(store)
+    }
+
+    fn read(store: &Store, ns: &str) -> Result<Vec<i64>, ReadError> {
+        store
+            .read(
+                rules::pods(),
+                "websocket_connections",
+                Objects::All {
+                    namespace: ns,
+                    selector: &Selector::everything(),
+                },
+                &Selector::everything(),
+                Moment::now(),
+            )
+            .map(|items| items.iter().map(|i| i.milli).collect())
+    }
+
+    #[tokio::test]
+    async fn a_stalled_namespace_fails_alone_and_keeps_its_last_good_values() {
+        let stall = Arc::new(AtomicBool::new(true));
+        let store = store();
+        let source = source(
+            fake_prometheus(stall.clone()).await,
+            store.clone(),
+            QuerySplit::Namespace,
+        );
+        // First round: `slow` times out and has no good answer yet; `fast` is served.
+        let report = source.tick().await;
+        assert_eq!((report.queries, report.failed), (2, 1));
+        assert_eq!(read(&store, "fast").unwrap(), [3000]);
+        assert!(matches!(
+            read(&store, "slow"),
+            Err(ReadError::QueryFailed { .. })
+        ));
+        // It answers once, then stalls again: its last good value is served (fresh).
+        stall.store(false, Ordering::SeqCst);
+        source.tick().await;
+        assert_eq!(read(&store, "slow").unwrap(), [3000]);
+        stall.store(true, Ordering::SeqCst);
+        let report = source.tick().await;
+        assert_eq!(report.failed, 1);
+        assert_eq!(read(&store, "slow").unwrap(), [3000]);
+        assert_eq!(read(&store, "fast").unwrap(), [3000]);
+    }
+
+    /// The same stall with one cluster-wide query: every namespace fails with it.
+    #[tokio::test]
+    async fn unsplit_a_stall_anywhere_fails_every_namespace() {
+        let stall = Arc::new(AtomicBool::new(false));
+        let store = store();
+        let source = source(
+            fake_prometheus(stall.clone()).await,
+            store.clone(),
+            QuerySplit::None,
+        );
+        let report = source.tick().await;
+        assert_eq!((report.queries, report.failed), (1, 0));
+        assert_eq!(read(&store, "fast").unwrap(), [3000]);
+        assert_eq!(read(&store, "slow").unwrap(), [3000]);
+        stall.store(true, Ordering::SeqCst);
+        let report = source.tick().await;
+        assert_eq!((report.queries, report.failed), (1, 1));
+        // Last good values, both namespaces; they would turn 500 together past --max-age.
+        assert_eq!(read(&store, "fast").unwrap(), [3000]);
+        let Some(snapshot) = store.snapshot() else {
+            panic!("published");
+        };
+        let Outcome::Ready(table) = &snapshot.outcomes[0] else {
+            panic!("last good values kept");
+        };
+        assert!(table.failing.contains_key(""), "{:?}", table.failing);
+    }
+}
