@@ -247,11 +247,16 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RELIST_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub prometheus_relist_interval: Duration,
 
-    /// How each --metric query is split: one query per namespace with tracked pods (a slow or
-    /// failing namespace fails only its own values, and each answer stays small), or one
-    /// cluster-wide query. The rules' queries are never split.
-    #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_SPLIT_QUERIES", value_enum, default_value_t = crate::prometheus::QuerySplit::Namespace)]
-    pub prometheus_split_queries: crate::prometheus::QuerySplit,
+    /// Split each --metric query into at most this many parts by namespace (1-256), the
+    /// namespaces with tracked pods spread so that each part holds about as many pods: a slow or
+    /// failing part costs only its namespaces, and no answer holds every pod of the cluster. 1 is
+    /// one cluster-wide query. The rules' queries are never split.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_PROMETHEUS_QUERY_PARTS",
+        default_value_t = 8
+    )]
+    pub prometheus_query_parts: usize,
 
     /// At most this many Prometheus queries in flight at once (1-256).
     #[arg(
@@ -866,7 +871,7 @@ impl ServeArgs {
                     pod_label: self.prometheus_pod_label,
                     rules_file: self.prometheus_rules_file,
                     relist_interval: self.prometheus_relist_interval,
-                    split: self.prometheus_split_queries,
+                    parts: self.prometheus_query_parts,
                     max_parallel: self.prometheus_max_parallel_queries,
                 },
                 &mut problems,
@@ -928,7 +933,7 @@ struct PrometheusArgs {
     pod_label: String,
     rules_file: Option<PathBuf>,
     relist_interval: Duration,
-    split: crate::prometheus::QuerySplit,
+    parts: usize,
     max_parallel: usize,
 }
 
@@ -1013,6 +1018,12 @@ fn prometheus_source(a: PrometheusArgs, problems: &mut Vec<String>) -> Source {
             problems.push(format!("{flag} {label:?}: not a Prometheus label name"));
         }
     }
+    if !(1..=256).contains(&a.parts) {
+        problems.push(format!(
+            "--prometheus-query-parts {}: must be 1-256",
+            a.parts
+        ));
+    }
     if !(1..=256).contains(&a.max_parallel) {
         problems.push(format!(
             "--prometheus-max-parallel-queries {}: must be 1-256",
@@ -1045,7 +1056,7 @@ fn prometheus_source(a: PrometheusArgs, problems: &mut Vec<String>) -> Source {
             pod_label: a.pod_label,
             rules,
             relist_interval: a.relist_interval,
-            split: a.split,
+            parts: a.parts,
             max_parallel: a.max_parallel,
         })),
         None => Source::Scrape,

@@ -73,21 +73,38 @@ pub struct PrometheusConfig {
     pub rules: Vec<rules::Rule>,
     /// How often the rules' `seriesQuery`s are listed again.
     pub relist_interval: Duration,
-    /// How the `--metric` queries are split.
-    pub split: QuerySplit,
+    /// Parts each `--metric` query is split into by namespace, at most (1: unsplit).
+    pub parts: usize,
     /// Queries in flight at once, at most.
     pub max_parallel: usize,
 }
 
-/// How a `--metric` query is split into parts run side by side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum QuerySplit {
-    /// One part per namespace with tracked pods: a part that times out or fails costs only its
-    /// namespace (served its last good values until --max-age, then 500), and no answer holds
-    /// every pod of the cluster.
-    Namespace,
-    /// One cluster-wide query.
-    None,
+/// The namespaces a part of a split query asks for; `None` for an unsplit query.
+type Group = Option<Arc<[String]>>;
+
+/// The namespaces of each part: `(namespace, tracked pods)` spread over at most `parts` groups,
+/// the largest first onto the group with the fewest pods so far, each group sorted by name.
+/// Empty when there is one part or no namespace: then the query runs unsplit.
+fn namespace_groups(mut namespaces: Vec<(String, usize)>, parts: usize) -> Vec<Vec<String>> {
+    if parts <= 1 || namespaces.is_empty() {
+        return Vec::new();
+    }
+    namespaces.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut groups: Vec<(usize, Vec<String>)> = vec![(0, Vec::new()); parts.min(namespaces.len())];
+    for (name, pods) in namespaces {
+        // `groups` is never empty here: at least one namespace and one part.
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(total, _)| *total) {
+            lightest.0 += pods;
+            lightest.1.push(name);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, mut names)| {
+            names.sort();
+            names
+        })
+        .collect()
 }
 
 /// The rustls client configuration towards Prometheus (CA, optional client certificate).
@@ -237,7 +254,7 @@ impl Source {
             &config.query,
             &config.namespace_label,
             &config.pod_label,
-            config.split == QuerySplit::Namespace,
+            config.parts > 1,
         );
         store.publish(Snapshot::pending(
             base.served.clone().into(),
@@ -420,16 +437,20 @@ impl Source {
             }
             report.relisted = true;
         }
-        // Parts: a split query once per namespace with tracked pods, any other once; at most
-        // --prometheus-max-parallel-queries in flight, each with its own deadline.
-        let namespaces = self.store.tracked_namespaces();
-        let parts: Vec<(usize, Option<String>)> = plan
+        // Parts: a split query once per group of namespaces with tracked pods, any other once;
+        // at most --prometheus-max-parallel-queries in flight, each with its own deadline.
+        let groups: Vec<Arc<[String]>> =
+            namespace_groups(self.store.tracked_namespaces(), self.config.parts)
+                .into_iter()
+                .map(Arc::from)
+                .collect();
+        let parts: Vec<(usize, Group)> = plan
             .queries
             .iter()
             .enumerate()
             .flat_map(|(i, spec)| {
-                let split: Vec<(usize, Option<String>)> = if spec.split && !namespaces.is_empty() {
-                    namespaces.iter().map(|ns| (i, Some(ns.clone()))).collect()
+                let split: Vec<(usize, Group)> = if spec.split && !groups.is_empty() {
+                    groups.iter().map(|g| (i, Some(g.clone()))).collect()
                 } else {
                     vec![(i, None)]
                 };
@@ -443,7 +464,7 @@ impl Source {
                 let spec = &plan_ref.queries[i];
                 let promql = ns
                     .as_deref()
-                    .map_or_else(|| spec.promql.clone(), |ns| spec.promql_in(ns));
+                    .map_or_else(|| spec.promql.clone(), |group| spec.promql_in(group));
                 let started = Instant::now();
                 let result = match &auth {
                     Ok(_) => self.query(&promql, auth_str).await,
@@ -456,7 +477,7 @@ impl Source {
             .await;
         let now = crate::clock::Moment::now();
         let mut tables: Vec<Option<Table>> = vec![None; plan.queries.len()];
-        let mut failed: Vec<Vec<(Option<String>, Arc<str>)>> = vec![Vec::new(); plan.queries.len()];
+        let mut failed: Vec<Vec<(Group, Arc<str>)>> = vec![Vec::new(); plan.queries.len()];
         for (i, ns, promql, result, elapsed) in answers {
             report.queries += 1;
             let secs = elapsed.as_secs_f64();
@@ -468,8 +489,8 @@ impl Source {
                     let (mut part, dropped) = plan::build_table(&plan.queries[i], samples, now);
                     self.telemetry
                         .prometheus_series_dropped(dropped.unlabelled, dropped.unservable);
-                    if let Some(ns) = &ns {
-                        part.objects.retain(|(n, _), _| n == ns);
+                    if let Some(group) = &ns {
+                        part.objects.retain(|(n, _), _| group.contains(n));
                     }
                     self.note(&promql, None);
                     let table = tables[i].get_or_insert_with(Table::default);
@@ -507,30 +528,35 @@ impl Source {
                 continue;
             }
             let last = last_good(i);
-            for (ns, why) in &failures {
-                let mut oldest: Option<SampleTime> = None;
-                if let Some(last) = &last {
-                    // Served while every one of them is within --max-age (the read checks the
-                    // oldest), then the part answers 500, never a partial or empty answer.
-                    for (key, value) in &last.objects {
-                        if ns.as_ref().is_none_or(|ns| key.0 == *ns)
-                            && value.time.age(now.mono) <= max_age
-                        {
-                            if oldest.is_none_or(|o| value.time.age(now.mono) > o.age(now.mono)) {
-                                oldest = Some(value.time);
+            for (group, why) in &failures {
+                let members: Vec<String> = group
+                    .as_deref()
+                    .map_or_else(|| vec![String::new()], <[String]>::to_vec);
+                for ns in members {
+                    let mut oldest: Option<SampleTime> = None;
+                    if let Some(last) = &last {
+                        // Served while every one of them is within --max-age (the read checks
+                        // the oldest), then the namespace answers 500, never partly or empty.
+                        for (key, value) in &last.objects {
+                            if (ns.is_empty() || key.0 == ns) && value.time.age(now.mono) <= max_age
+                            {
+                                if oldest.is_none_or(|o| value.time.age(now.mono) > o.age(now.mono))
+                                {
+                                    oldest = Some(value.time);
+                                }
+                                table.objects.insert(key.clone(), value.clone());
                             }
-                            table.objects.insert(key.clone(), value.clone());
                         }
+                        table.kept_labels.extend(last.kept_labels.iter().cloned());
                     }
-                    table.kept_labels.extend(last.kept_labels.iter().cloned());
+                    table.failing.insert(
+                        ns,
+                        PartFailure {
+                            why: why.clone(),
+                            oldest,
+                        },
+                    );
                 }
-                table.failing.insert(
-                    ns.clone().unwrap_or_default(),
-                    PartFailure {
-                        why: why.clone(),
-                        oldest,
-                    },
-                );
             }
             if !answered && table.objects.is_empty() {
                 // Every part failed and nothing good is left: the whole metric answers 500.
@@ -652,7 +678,7 @@ mod tests {
         format!("http://{addr}")
     }
 
-    fn source(url: String, store: Arc<Store>, split: QuerySplit) -> Source {
+    fn source(url: String, store: Arc<Store>, parts: usize) -> Source {
         crate::tls::install_provider();
         let config = PrometheusConfig {
             url,
@@ -666,7 +692,7 @@ mod tests {
             pod_label: "pod".into(),
             rules: Vec::new(),
             relist_interval: Duration::from_secs(60),
-            split,
+            parts,
             max_parallel: 4,
         };
         let mappings = store.catalog().mappings().to_vec();
@@ -717,15 +743,34 @@ mod tests {
             .map(|items| items.iter().map(|i| i.milli).collect())
     }
 
+    #[test]
+    fn namespaces_are_spread_over_the_parts_by_pods() {
+        let ns = |v: &[(&str, usize)]| -> Vec<(String, usize)> {
+            v.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
+        };
+        assert!(
+            namespace_groups(ns(&[("a", 1)]), 1).is_empty(),
+            "one part: unsplit"
+        );
+        assert!(
+            namespace_groups(Vec::new(), 8).is_empty(),
+            "no namespace: unsplit"
+        );
+        // Fewer namespaces than parts: one each.
+        assert_eq!(
+            namespace_groups(ns(&[("a", 1), ("b", 2)]), 8),
+            [["b"], ["a"]]
+        );
+        // The big one alone, the small ones together.
+        let groups = namespace_groups(ns(&[("big", 100), ("s1", 30), ("s2", 30), ("s3", 30)]), 2);
+        assert_eq!(groups, [vec!["big"], vec!["s1", "s2", "s3"]]);
+    }
+
     #[tokio::test]
     async fn a_stalled_namespace_fails_alone_and_keeps_its_last_good_values() {
         let stall = Arc::new(AtomicBool::new(true));
         let store = store();
-        let source = source(
-            fake_prometheus(stall.clone()).await,
-            store.clone(),
-            QuerySplit::Namespace,
-        );
+        let source = source(fake_prometheus(stall.clone()).await, store.clone(), 2);
         // First round: `slow` times out and has no good answer yet; `fast` is served.
         let report = source.tick().await;
         assert_eq!((report.queries, report.failed), (2, 1));
@@ -750,11 +795,7 @@ mod tests {
     async fn unsplit_a_stall_anywhere_fails_every_namespace() {
         let stall = Arc::new(AtomicBool::new(false));
         let store = store();
-        let source = source(
-            fake_prometheus(stall.clone()).await,
-            store.clone(),
-            QuerySplit::None,
-        );
+        let source = source(fake_prometheus(stall.clone()).await, store.clone(), 1);
         let report = source.tick().await;
         assert_eq!((report.queries, report.failed), (1, 0));
         assert_eq!(read(&store, "fast").unwrap(), [3000]);

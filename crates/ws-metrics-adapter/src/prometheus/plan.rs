@@ -61,16 +61,22 @@ impl QuerySpec {
         }
     }
 
-    /// The PromQL of the part of namespace `ns`: every `LABEL!=""` matcher of the namespace label
-    /// (the ones the plan writes into `<<.LabelMatchers>>` and the freshness part) becomes
-    /// `LABEL="ns"`. A template that does not use `<<.LabelMatchers>>` still answers for every
-    /// namespace; [`build_table`]'s caller keeps only `ns`'s objects, so the merge stays exact.
-    pub(crate) fn promql_in(&self, ns: &str) -> String {
+    /// The PromQL of the part of the namespaces `group`: every `LABEL!=""` matcher of the
+    /// namespace label (the ones the plan writes into `<<.LabelMatchers>>` and the freshness
+    /// part) becomes `LABEL="ns"`, or `LABEL=~"a|b"` for several (PromQL regexes are anchored).
+    /// A template that does not use `<<.LabelMatchers>>` still answers for every namespace; the
+    /// caller keeps only the group's objects, so the merge stays exact.
+    pub(crate) fn promql_in(&self, group: &[String]) -> String {
         match &self.namespace_label {
-            // Namespace names are DNS labels: nothing in them needs escaping in a PromQL string.
-            Some(label) => self
-                .promql
-                .replace(&format!("{label}!=\"\""), &format!("{label}=\"{ns}\"")),
+            // Namespace names are DNS labels ([a-z0-9-]): nothing in them needs escaping in a
+            // PromQL string or regex.
+            Some(label) => {
+                let matcher = match group {
+                    [one] => format!("{label}=\"{one}\""),
+                    many => format!("{label}=~\"{}\"", many.join("|")),
+                };
+                self.promql.replace(&format!("{label}!=\"\""), &matcher)
+            }
             None => self.promql.clone(),
         }
     }
@@ -478,7 +484,7 @@ mod tests {
         );
         let spec = &plan.queries[0];
         assert!(spec.split);
-        let part = spec.promql_in("chat");
+        let part = spec.promql_in(&["chat".into()]);
         assert_eq!(
             part,
             spec.promql.replace("namespace!=\"\"", "namespace=\"chat\"")
@@ -487,6 +493,8 @@ mod tests {
         assert_eq!(part.matches("namespace=\"chat\"").count(), 2, "{part}");
         assert!(!part.contains("namespace!="), "{part}");
         assert!(part.contains("pod!=\"\""), "{part}");
+        let two = spec.promql_in(&["a".into(), "b".into()]);
+        assert_eq!(two.matches("namespace=~\"a|b\"").count(), 2, "{two}");
     }
 
     /// A table where namespace `b`'s part failed: `a` answers from its part; `b` serves what it

@@ -912,14 +912,14 @@ impl Store {
         self.locked().pod_count
     }
 
-    /// The namespaces with at least one tracked pod, sorted.
-    pub fn tracked_namespaces(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
+    /// The namespaces with at least one tracked pod and how many, sorted by name.
+    pub fn tracked_namespaces(&self) -> Vec<(String, usize)> {
+        let mut names: Vec<(String, usize)> = self
             .locked()
             .pods
             .iter()
             .filter(|(_, ns)| !ns.pods.is_empty())
-            .map(|(name, _)| name.clone())
+            .map(|(name, ns)| (name.clone(), ns.pods.len()))
             .collect();
         names.sort();
         names
