@@ -211,7 +211,15 @@ impl Adapter {
         let api = secure.local_addr().expect("addr");
         let metrics_addr = metrics.local_addr().expect("addr");
         let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(app::run(config, Listeners { secure, metrics }, shutdown));
+        let task = tokio::spawn(app::run(
+            config,
+            Listeners {
+                secure,
+                metrics,
+                remote_write: None,
+            },
+            shutdown,
+        ));
         Self {
             api,
             metrics: metrics_addr,
