@@ -70,7 +70,7 @@ dockerfile:
 
 # Benchmarks (release build; figures are printed, not asserted). See README "Performance".
 bench:
-	cargo bench --locked -p ws-metrics-adapter --bench api --bench collection --bench auth --bench hostile
+	cargo bench --locked -p ws-metrics-adapter --bench api --bench collection --bench auth --bench hostile --bench remote_write
 
 fmt:
 	cargo fmt --all

@@ -328,7 +328,7 @@ impl Telemetry {
         let rw_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "remote_write_samples_dropped",
-            "Remote-write samples not recorded, by reason (family_not_served, unlabelled, unknown_pod, unservable, out_of_order, series_limit)",
+            "Remote-write samples not recorded, by reason (family_not_served, unlabelled, unknown_pod, unservable, out_of_order, too_old, superseded, series_limit)",
             rw_dropped.clone(),
         );
         let rw_series = Gauge::default();
@@ -551,6 +551,17 @@ impl Telemetry {
             self.round_overruns.inc();
         }
         self.last_round_end.set(end_unix);
+        self.pods_tracked
+            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+        self.pods_fresh
+            .set(i64::try_from(fresh).unwrap_or(i64::MAX));
+        self.pods_stale
+            .set(i64::try_from(stale).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the inventory and freshness gauges (`pods_tracked`, `pods_with_fresh_value`,
+    /// `pods_without_fresh_value`) outside a collection round (the remote-write source).
+    pub fn set_pod_freshness(&self, tracked: usize, fresh: usize, stale: usize) {
         self.pods_tracked
             .set(i64::try_from(tracked).unwrap_or(i64::MAX));
         self.pods_fresh

@@ -102,18 +102,24 @@ pub enum DropReason {
     Unservable,
     /// Older than the sample already held for the series.
     OutOfOrder,
+    /// Already older than `--max-age` when it arrived (a replayed backlog): never served.
+    TooOld,
+    /// An older sample of a series that has a newer one in the same request.
+    Superseded,
     /// A new series beyond `--remote-write-max-series`.
     SeriesLimit,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::FamilyNotServed,
         Self::Unlabelled,
         Self::UnknownPod,
         Self::Unservable,
         Self::OutOfOrder,
+        Self::TooOld,
+        Self::Superseded,
         Self::SeriesLimit,
     ];
 
@@ -125,6 +131,8 @@ impl DropReason {
             Self::UnknownPod => "unknown_pod",
             Self::Unservable => "unservable",
             Self::OutOfOrder => "out_of_order",
+            Self::TooOld => "too_old",
+            Self::Superseded => "superseded",
             Self::SeriesLimit => "series_limit",
         }
     }
@@ -138,7 +146,7 @@ pub struct IngestReport {
     /// Stale markers that removed a series.
     pub stale: u64,
     /// Samples not recorded, by reason (indexed like [`DropReason::ALL`]).
-    pub dropped: [u64; 6],
+    pub dropped: [u64; 8],
     /// Pods whose reading was recorded again.
     pub pods_recorded: usize,
 }
@@ -288,7 +296,7 @@ impl Receiver {
             let Some(newest) = ts.samples.iter().max_by_key(|s| s.timestamp) else {
                 continue;
             };
-            report.drop(DropReason::OutOfOrder, n - 1);
+            report.drop(DropReason::Superseded, n - 1);
             let entry = state.pods.entry(key).or_default();
             if entry.uid != uid {
                 // A new incarnation of the pod: what the old one sent is not its value.
@@ -319,7 +327,7 @@ impl Receiver {
             let time = SampleTime::stamped(epoch_ms(newest.timestamp), at);
             if time.age(at.mono) > max_age {
                 // Already too old to serve: holding it would only cost memory.
-                report.drop(DropReason::OutOfOrder, 1);
+                report.drop(DropReason::TooOld, 1);
                 continue;
             }
             let point = Point {
@@ -514,7 +522,8 @@ impl Receiver {
         let mut ticker = tokio::time::interval(SWEEP_PERIOD);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
-        let mut known_since: Option<Instant> = None;
+        // The grace is timed on tokio's clock, so tests pause and advance it.
+        let mut known_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
@@ -526,14 +535,15 @@ impl Receiver {
             self.store.round_finished(now);
             self.telemetry
                 .set_remote_write_series(self.series_tracked());
+            let (fresh, stale) = self.store.freshness(now.mono);
+            self.telemetry
+                .set_pod_freshness(self.store.pod_count(), fresh, stale);
             if !self.store.is_synced() {
                 continue;
             }
             health.pods_known();
-            let since = *known_since.get_or_insert(now.mono);
-            if self.first_write.is_set()
-                || now.mono.duration_since(since) >= self.config.ready_grace
-            {
+            let since = *known_since.get_or_insert_with(tokio::time::Instant::now);
+            if self.first_write.is_set() || since.elapsed() >= self.config.ready_grace {
                 health.round_finished();
             }
         }

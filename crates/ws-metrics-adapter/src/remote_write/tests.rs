@@ -9,8 +9,10 @@ use tower::ServiceExt;
 
 use super::decode::{Label, STALE_NAN_BITS, Sample, TimeSeries, encode};
 use super::*;
+use crate::health::Health;
 use crate::selector::Selector;
 use crate::store::{MetricMapping, PodTarget};
+use std::path::PathBuf;
 
 const FAMILY: &str = "websocket_connections_active";
 const MAX_AGE: Duration = Duration::from_secs(10);
@@ -532,4 +534,199 @@ async fn requests_beyond_the_concurrency_limit_are_429_with_retry_after() {
     )
     .await;
     assert_eq!(code, StatusCode::NO_CONTENT);
+}
+
+/// A CA, a serving leaf for 127.0.0.1 and a client leaf (clientAuth), as PEM files under `dir`;
+/// returns (ca, server cert, server key, client cert, client key) paths and the CA DER.
+fn mtls_files(dir: &std::path::Path) -> [PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = CertificateParams::new(sans).expect("leaf params");
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("leaf cert");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(vec!["agent".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let paths = [
+        "ca.crt",
+        "server.crt",
+        "server.key",
+        "client.crt",
+        "client.key",
+    ]
+    .map(|n| dir.join(n));
+    for (path, pem) in paths.iter().zip([
+        ca_cert.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    ]) {
+        std::fs::write(path, pem).expect("write pem");
+    }
+    paths
+}
+
+/// One POST over TLS with or without the client certificate; the status code, or the error.
+async fn post_over_tls(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let roots = crate::tls::pem::roots_from_file(ca).map_err(|e| e.to_string())?;
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                crate::tls::pem::certs_from_file(cert).map_err(|e| e.to_string())?,
+                crate::tls::pem::key_from_file(key).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = good_body();
+    let head = format!(
+        "POST {WRITE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(&body).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out);
+    text.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_a_client_certificate_from_the_ca_and_refuses_none() {
+    crate::tls::install_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, server_cert, server_key, client_cert, client_key] = mtls_files(dir.path());
+    let resolver = Arc::new(crate::server::tls::CertResolver::new(
+        crate::server::tls::load_pair(&server_cert, &server_key).expect("server pair"),
+    ));
+    let tls = crate::server::tls::server_config_verifying_client_certs(resolver, &ca)
+        .expect("mTLS config");
+    let store = store(&["a"]);
+    let rx = Arc::new(Receiver::new(
+        store.clone(),
+        Arc::new(Telemetry::new()),
+        config(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (trigger, shutdown) = crate::app::Shutdown::new();
+    let limits = crate::server::Limits::default();
+    let server = tokio::spawn(crate::server::serve_remote_write(
+        listener,
+        Some(Arc::new(tls)),
+        router(rx.clone()),
+        limits,
+        Duration::from_secs(1),
+        shutdown.wait(),
+    ));
+    assert_eq!(
+        post_over_tls(addr, &ca, Some((&client_cert, &client_key))).await,
+        Ok(204)
+    );
+    assert_eq!(value(&store, "a", Moment::now()).map(|v| v.0), Some(2000));
+    let refused = post_over_tls(addr, &ca, None).await;
+    assert!(
+        refused.is_err(),
+        "no client certificate must fail the handshake: {refused:?}"
+    );
+    trigger.trigger();
+    let _ = server.await;
+}
+
+async fn ticks(n: u32) {
+    for _ in 0..n {
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_at_the_first_write_once_the_pods_are_known() {
+    let rx = Arc::new(Receiver::new(
+        store(&["a"]),
+        Arc::new(Telemetry::new()),
+        config(),
+    ));
+    let health = Arc::new(Health::new(Duration::from_secs(1), Duration::from_secs(1)));
+    let (trigger, shutdown) = crate::app::Shutdown::new();
+    let task = tokio::spawn({
+        let (rx, health) = (rx.clone(), health.clone());
+        async move { rx.run(health, shutdown.wait()).await }
+    });
+    ticks(3).await;
+    assert!(!health.is_ready(), "no write yet, grace (30s) not over");
+    let body = good_body();
+    let (code, _, _) = status(
+        &rx,
+        post(body.clone()).body(Body::from(body)).expect("request"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    ticks(2).await;
+    assert!(health.is_ready(), "ready after the first write");
+    trigger.trigger();
+    let _ = task.await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_after_the_grace_without_any_write() {
+    let rx = Arc::new(Receiver::new(
+        store(&["a"]),
+        Arc::new(Telemetry::new()),
+        RemoteWriteConfig {
+            ready_grace: Duration::from_secs(5),
+            ..config()
+        },
+    ));
+    let health = Arc::new(Health::new(Duration::from_secs(1), Duration::from_secs(1)));
+    let (trigger, shutdown) = crate::app::Shutdown::new();
+    let task = tokio::spawn({
+        let (rx, health) = (rx.clone(), health.clone());
+        async move { rx.run(health, shutdown.wait()).await }
+    });
+    ticks(3).await;
+    assert!(!health.is_ready(), "grace not over");
+    ticks(5).await;
+    assert!(
+        health.is_ready(),
+        "ready once the grace is over, with no write"
+    );
+    trigger.trigger();
+    let _ = task.await;
 }
