@@ -110,13 +110,7 @@ fn main() {
                     ("route", format!("route-{r}")),
                 ];
                 all.push(TimeSeries {
-                    labels: labels
-                        .into_iter()
-                        .map(|(n, v)| Label {
-                            name: n.into(),
-                            value: v,
-                        })
-                        .collect(),
+                    labels: labels.into_iter().map(|(n, v)| Label::new(n, &v)).collect(),
                     samples: vec![Sample {
                         value: ((k * 7 + r) % 500) as f64,
                         timestamp: now_ms,

@@ -2,6 +2,7 @@
 //! `prometheus.WriteRequest`. A pure function of the bytes and the limits, fuzzed
 //! (`fuzz/`, target `remote_write`); the receiver ([`super`]) maps what it returns onto pods.
 
+use bytes::Bytes;
 use prost::Message;
 
 /// The stale marker Prometheus writes when a series disappears: a NaN with these exact bits
@@ -32,15 +33,37 @@ pub struct TimeSeries {
     pub samples: Vec<Sample>,
 }
 
-/// `prometheus.Label`.
+/// `prometheus.Label`. Name and value are protobuf `string`s decoded as [`Bytes`] slices of the
+/// decompressed body (no allocation per label, the receiver's largest cost otherwise); [`decode`]
+/// checks they are UTF-8, as a `String` field would.
 #[derive(Clone, PartialEq, Message)]
 pub struct Label {
-    /// Label name.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Label value.
-    #[prost(string, tag = "2")]
-    pub value: String,
+    /// Label name (UTF-8).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    /// Label value (UTF-8).
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+}
+
+impl Label {
+    /// A label from text.
+    pub fn new(name: &str, value: &str) -> Self {
+        Self {
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    /// The name as text; `""` if it is not UTF-8 (never, after [`decode`]).
+    pub fn name(&self) -> &str {
+        std::str::from_utf8(&self.name).unwrap_or_default()
+    }
+
+    /// The value as text; `""` if it is not UTF-8 (never, after [`decode`]).
+    pub fn value(&self) -> &str {
+        std::str::from_utf8(&self.value).unwrap_or_default()
+    }
 }
 
 /// `prometheus.Sample`.
@@ -114,7 +137,7 @@ pub fn decode(body: &[u8], limits: DecodeLimits) -> Result<WriteRequest, DecodeE
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| DecodeError::Snappy(e.to_string()))?;
-    decode_protobuf(&raw, limits.max_series)
+    decode_bytes(Bytes::from(raw), limits.max_series)
 }
 
 /// Decodes decompressed bytes as a `prometheus.WriteRequest` of at most `max_series` series (the
@@ -123,7 +146,18 @@ pub fn decode(body: &[u8], limits: DecodeLimits) -> Result<WriteRequest, DecodeE
 /// # Errors
 /// [`DecodeError::Protobuf`] or [`DecodeError::TooManySeries`].
 pub fn decode_protobuf(raw: &[u8], max_series: usize) -> Result<WriteRequest, DecodeError> {
+    decode_bytes(Bytes::copy_from_slice(raw), max_series)
+}
+
+fn decode_bytes(raw: Bytes, max_series: usize) -> Result<WriteRequest, DecodeError> {
     let request = WriteRequest::decode(raw).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    for l in request.timeseries.iter().flat_map(|t| &t.labels) {
+        if std::str::from_utf8(&l.name).is_err() || std::str::from_utf8(&l.value).is_err() {
+            return Err(DecodeError::Protobuf(
+                "a label name or value is not UTF-8".into(),
+            ));
+        }
+    }
     if request.timeseries.len() > max_series {
         return Err(DecodeError::TooManySeries {
             series: request.timeseries.len(),
@@ -156,10 +190,7 @@ mod tests {
         TimeSeries {
             labels: [("__name__", name), ("namespace", "ws"), ("pod", pod)]
                 .into_iter()
-                .map(|(n, v)| Label {
-                    name: n.into(),
-                    value: v.into(),
-                })
+                .map(|(n, v)| Label::new(n, v))
                 .collect(),
             samples: vec![Sample {
                 value,

@@ -178,15 +178,47 @@ struct Point {
     time: SampleTime,
 }
 
-/// Series labels without `__name__`, sorted.
+/// Series labels without `__name__` and the namespace and pod labels (the pod is the key
+/// already; a scraped series has no such labels either), sorted.
 type LabelSet = Vec<(String, String)>;
+
+/// The series of one family of one pod: by a hash of their labels (so a series already held is
+/// found without allocating its labels), each bucket checked label by label.
+type FamilySeries = HashMap<u64, Vec<(LabelSet, Point)>>;
 
 #[derive(Debug, Default)]
 struct PodSeries {
     /// The pod incarnation the series were recorded for.
     uid: String,
-    /// Family name → series → latest point.
-    families: HashMap<String, HashMap<LabelSet, Point>>,
+    /// Family name → its series → latest point.
+    families: HashMap<String, FamilySeries>,
+}
+
+impl PodSeries {
+    /// Series held.
+    fn held(&self) -> usize {
+        self.families
+            .values()
+            .flat_map(HashMap::values)
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Hash of a sorted borrowed label set.
+fn label_hash(labels: &[(&str, &str)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish()
+}
+
+fn same_labels(held: &LabelSet, labels: &[(&str, &str)]) -> bool {
+    held.len() == labels.len()
+        && held
+            .iter()
+            .zip(labels)
+            .all(|((a, b), (c, d))| a == c && b == d)
 }
 
 #[derive(Debug, Default)]
@@ -251,9 +283,10 @@ impl Receiver {
         let catalog = self.store.catalog();
         let max_age = self.store.max_age();
         let mut report = IngestReport::default();
-        let mut uids: HashMap<PodKey, Option<String>> = HashMap::new();
-        let mut state = self.lock();
-        let state = &mut *state;
+        // The served series grouped by pod, names borrowed from the request: one inventory
+        // look-up and one key per pod, not per series.
+        type Batch<'r> = Vec<(&'r str, &'r decode::TimeSeries)>;
+        let mut by_pod: HashMap<(&str, &str), Batch<'_>> = HashMap::new();
         for ts in &request.timeseries {
             let n = ts.samples.len() as u64;
             if n == 0 {
@@ -262,12 +295,13 @@ impl Receiver {
             let mut name = None;
             let (mut ns, mut pod) = (None, None);
             for l in &ts.labels {
-                if l.name == "__name__" {
-                    name = Some(l.value.as_str());
-                } else if l.name == self.config.namespace_label {
-                    ns = Some(l.value.as_str());
-                } else if l.name == self.config.pod_label {
-                    pod = Some(l.value.as_str());
+                let n = l.name();
+                if n == "__name__" {
+                    name = Some(l.value());
+                } else if n == self.config.namespace_label {
+                    ns = Some(l.value());
+                } else if n == self.config.pod_label {
+                    pod = Some(l.value());
                 }
             }
             let Some(family) = name.filter(|n| catalog.families().iter().any(|f| f == n)) else {
@@ -280,83 +314,113 @@ impl Receiver {
                 report.drop(DropReason::Unlabelled, n);
                 continue;
             };
+            by_pod.entry((ns, pod)).or_default().push((family, ts));
+        }
+        let mut state = self.lock();
+        let state = &mut *state;
+        for ((ns, pod), batch) in by_pod {
             let key = PodKey {
                 namespace: ns.to_owned(),
                 name: pod.to_owned(),
             };
-            let uid = uids
-                .entry(key.clone())
-                .or_insert_with(|| self.store.pod_uid(&key))
-                .clone();
-            let Some(uid) = uid else {
-                report.drop(DropReason::UnknownPod, n);
+            let Some(uid) = self.store.pod_uid(&key) else {
+                let n: usize = batch.iter().map(|(_, ts)| ts.samples.len()).sum();
+                report.drop(DropReason::UnknownPod, n as u64);
                 continue;
             };
-            // The newest sample of the series in this request; older ones are superseded.
-            let Some(newest) = ts.samples.iter().max_by_key(|s| s.timestamp) else {
+            if !state.pods.contains_key(&key) {
+                state.pods.insert(key.clone(), PodSeries::default());
+            }
+            let Some(entry) = state.pods.get_mut(&key) else {
                 continue;
             };
-            report.drop(DropReason::Superseded, n - 1);
-            let entry = state.pods.entry(key).or_default();
             if entry.uid != uid {
                 // A new incarnation of the pod: what the old one sent is not its value.
-                let held: usize = entry.families.values().map(HashMap::len).sum();
-                state.count -= held;
+                state.count -= entry.held();
                 entry.families.clear();
                 entry.uid = uid;
             }
-            let mut labels: LabelSet = ts
-                .labels
-                .iter()
-                .filter(|l| l.name != "__name__")
-                .map(|l| (l.name.clone(), l.value.clone()))
-                .collect();
-            labels.sort();
-            let series = entry.families.entry(family.to_owned()).or_default();
-            if decode::is_stale_marker(newest.value) {
-                if series.remove(&labels).is_some() {
-                    state.count -= 1;
+            let mut labels: Vec<(&str, &str)> = Vec::new();
+            for (family, ts) in batch {
+                // The newest sample of the series in this request; older ones are superseded.
+                let Some(newest) = ts.samples.iter().max_by_key(|s| s.timestamp) else {
+                    continue;
+                };
+                report.drop(DropReason::Superseded, ts.samples.len() as u64 - 1);
+                labels.clear();
+                labels.extend(
+                    ts.labels
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .filter(|(n, _)| {
+                            *n != "__name__"
+                                && *n != self.config.namespace_label
+                                && *n != self.config.pod_label
+                        }),
+                );
+                if !labels.is_sorted() {
+                    labels.sort_unstable();
                 }
-                report.stale += 1;
-                continue;
+                let hash = label_hash(&labels);
+                if !entry.families.contains_key(family) {
+                    entry.families.insert(family.to_owned(), HashMap::new());
+                }
+                let Some(series) = entry.families.get_mut(family) else {
+                    continue;
+                };
+                let held = series.get_mut(&hash).and_then(|b| {
+                    b.iter_mut()
+                        .position(|(l, _)| same_labels(l, &labels))
+                        .map(|i| (b, i))
+                });
+                if decode::is_stale_marker(newest.value) {
+                    if let Some((bucket, i)) = held {
+                        bucket.swap_remove(i);
+                        if bucket.is_empty() {
+                            series.remove(&hash);
+                        }
+                        state.count -= 1;
+                    }
+                    report.stale += 1;
+                    continue;
+                }
+                let Some(milli) = quantity::milli_from_f64(newest.value) else {
+                    report.drop(DropReason::Unservable, 1);
+                    continue;
+                };
+                let time = SampleTime::stamped(epoch_ms(newest.timestamp), at);
+                if time.age(at.mono) > max_age {
+                    // Already too old to serve: holding it would only cost memory.
+                    report.drop(DropReason::TooOld, 1);
+                    continue;
+                }
+                let point = Point {
+                    milli,
+                    ts_ms: newest.timestamp,
+                    time,
+                };
+                match held {
+                    Some((bucket, i)) if bucket[i].1.ts_ms > newest.timestamp => {
+                        report.drop(DropReason::OutOfOrder, 1);
+                    }
+                    Some((bucket, i)) => {
+                        bucket[i].1 = point;
+                        report.accepted += 1;
+                    }
+                    None if state.count >= self.config.max_series => {
+                        report.drop(DropReason::SeriesLimit, 1);
+                    }
+                    None => {
+                        let owned: LabelSet = labels
+                            .iter()
+                            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                            .collect();
+                        series.entry(hash).or_default().push((owned, point));
+                        state.count += 1;
+                        report.accepted += 1;
+                    }
+                }
             }
-            let Some(milli) = quantity::milli_from_f64(newest.value) else {
-                report.drop(DropReason::Unservable, 1);
-                continue;
-            };
-            let time = SampleTime::stamped(epoch_ms(newest.timestamp), at);
-            if time.age(at.mono) > max_age {
-                // Already too old to serve: holding it would only cost memory.
-                report.drop(DropReason::TooOld, 1);
-                continue;
-            }
-            let point = Point {
-                milli,
-                ts_ms: newest.timestamp,
-                time,
-            };
-            match series.get_mut(&labels) {
-                Some(held) if held.ts_ms > newest.timestamp => {
-                    report.drop(DropReason::OutOfOrder, 1);
-                }
-                Some(held) => {
-                    *held = point;
-                    report.accepted += 1;
-                }
-                None if state.count >= self.config.max_series => {
-                    report.drop(DropReason::SeriesLimit, 1);
-                }
-                None => {
-                    series.insert(labels, point);
-                    state.count += 1;
-                    report.accepted += 1;
-                }
-            }
-        }
-        for (key, uid) in uids {
-            let (Some(_), Some(entry)) = (uid, state.pods.get_mut(&key)) else {
-                continue;
-            };
             state.count -= prune(entry, at.mono, max_age);
             let reading = reading_of(entry, &catalog, at);
             if self
@@ -378,7 +442,7 @@ impl Receiver {
         let mut removed = 0;
         state.pods.retain(|key, entry| {
             if self.store.pod_uid(key).as_deref() != Some(entry.uid.as_str()) {
-                removed += entry.families.values().map(HashMap::len).sum::<usize>();
+                removed += entry.held();
                 return false;
             }
             removed += prune(entry, now, max_age);
@@ -554,9 +618,12 @@ impl Receiver {
 fn prune(entry: &mut PodSeries, now: Instant, max_age: Duration) -> usize {
     let mut removed = 0;
     entry.families.retain(|_, series| {
-        let before = series.len();
-        series.retain(|_, p| p.time.age(now) <= max_age);
-        removed += before - series.len();
+        series.retain(|_, bucket| {
+            let before = bucket.len();
+            bucket.retain(|(_, p)| p.time.age(now) <= max_age);
+            removed += before - bucket.len();
+            !bucket.is_empty()
+        });
         !series.is_empty()
     });
     removed
@@ -575,7 +642,10 @@ fn reading_of(entry: &PodSeries, catalog: &MetricCatalog, at: Moment) -> Reading
                 return None;
             }
             let mut out = FamilyReading::default();
-            let mut sorted: Vec<(&LabelSet, &Point)> = series.iter().collect();
+            let mut sorted: Vec<(&LabelSet, &Point)> = series
+                .values()
+                .flat_map(|bucket| bucket.iter().map(|(l, p)| (l, p)))
+                .collect();
             sorted.sort_by(|a, b| a.0.cmp(b.0));
             for (labels, p) in sorted {
                 out.total_milli = out.total_milli.checked_add(p.milli)?;

@@ -82,10 +82,7 @@ fn series(name: &str, pod: &str, route: &str, value: f64, ts: i64) -> TimeSeries
             ("route", route),
         ]
         .into_iter()
-        .map(|(n, v)| Label {
-            name: n.into(),
-            value: v.into(),
-        })
+        .map(|(n, v)| Label::new(n, v))
         .collect(),
         samples: vec![Sample {
             value,
@@ -237,7 +234,7 @@ fn samples_for_pods_the_inventory_does_not_know_or_without_labels_are_dropped() 
     let at = Moment::now();
     let t = unix_ms(at.wall);
     let mut unlabelled = series(FAMILY, "a", "chat", 1.0, t);
-    unlabelled.labels.retain(|l| l.name != "pod");
+    unlabelled.labels.retain(|l| l.name() != "pod");
     let report = rx.ingest(
         &WriteRequest {
             timeseries: vec![series(FAMILY, "ghost", "chat", 1.0, t), unlabelled],
@@ -729,4 +726,41 @@ async fn ready_after_the_grace_without_any_write() {
     );
     trigger.trigger();
     let _ = task.await;
+}
+
+#[test]
+fn a_series_is_one_series_whatever_its_label_order_and_metric_label_selectors_see_its_labels() {
+    let store = store(&["a"]);
+    let rx = Receiver::new(store.clone(), Arc::new(Telemetry::new()), config());
+    let at = Moment::now();
+    let t = unix_ms(at.wall);
+    let mut reversed = series(FAMILY, "a", "chat", 9.0, t + 1);
+    reversed.labels.reverse();
+    rx.ingest(
+        &WriteRequest {
+            timeseries: vec![
+                series(FAMILY, "a", "chat", 3.0, t),
+                series(FAMILY, "a", "feed", 4.0, t),
+            ],
+        },
+        at,
+    );
+    rx.ingest(
+        &WriteRequest {
+            timeseries: vec![reversed],
+        },
+        at,
+    );
+    assert_eq!(
+        rx.series_tracked(),
+        2,
+        "the reversed labels name the same series"
+    );
+    assert_eq!(value(&store, "a", at).map(|v| v.0), Some(13_000));
+    let chat = Selector::parse("route=chat").expect("selector");
+    assert_eq!(
+        store.pod_value(&key("a"), 0, &chat, at).map(|v| v.milli),
+        Some(9000),
+        "metricLabelSelector filters the pod's series"
+    );
 }
