@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding --remote-write-bind-address {}", rw.addr))?;
             if let Ok(addr) = l.local_addr() {
-                tracing::info!("listening on {addr} (remote-write receiver)");
+                tracing::info!("listening on {addr} (remote-write receiver, POST /api/v1/write)");
             }
             Some(l)
         }

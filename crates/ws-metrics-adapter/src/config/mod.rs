@@ -181,8 +181,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Where values come from: `scrape` each pod's metrics endpoint, or query an existing
-    /// `prometheus` (--prometheus-url).
+    /// Where values come from: `scrape` each pod's metrics endpoint, query an existing
+    /// `prometheus` (--prometheus-url), or receive Prometheus `remote-write` from agents
+    /// (--remote-write-bind-address).
     #[arg(long, env = "WS_METRICS_ADAPTER_SOURCE", value_enum, default_value_t = SourceKind::Scrape)]
     pub source: SourceKind,
 
