@@ -28,11 +28,11 @@ unit:
 	cargo test --locked --workspace --exclude ws-metrics-adapter-fuzz --lib --bins --tests
 
 # Fuzz targets of the parsers that read network bytes (fuzz/: exposition, selector, path,
-# http_response). Not coverage-guided: the seed corpus, then seeded random mutations.
+# http_response, remote_write). Not coverage-guided: the seed corpus, then seeded random mutations.
 # fuzz-smoke: the corpus replay test and a short bounded run per target (debug build, shared
 # with the tests). fuzz: a long run per target, optimised with overflow checks on; a crashing
 # input is written to fuzz/artifacts/TARGET/ and the run fails.
-FUZZ_TARGETS ?= exposition selector path http_response
+FUZZ_TARGETS ?= exposition selector path http_response remote_write
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_RUNS ?= 100000
 
@@ -74,7 +74,7 @@ dockerfile:
 
 # Benchmarks (release build; figures are printed, not asserted). See README "Performance".
 bench:
-	cargo bench --locked -p ws-metrics-adapter --bench api --bench collection --bench auth --bench hostile
+	cargo bench --locked -p ws-metrics-adapter --bench api --bench collection --bench auth --bench hostile --bench remote_write
 
 fmt:
 	cargo fmt --all

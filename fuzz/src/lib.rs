@@ -11,6 +11,9 @@
 //!   calls them);
 //! - `http_response`: [`collect::decode_response`], the `http://` scrape client's response
 //!   reader.
+//! - `remote_write`: [`remote_write::decode::decode`] (snappy + protobuf remote-write body) and
+//!   the input as an uncompressed `WriteRequest`, each decoded request then ingested by a
+//!   [`remote_write::Receiver`] over a one-pod store.
 //!
 //! The driver ([`fuzz`]) is **not coverage-guided**: it replays the seed corpus, then mutates
 //! corpus entries at random (bit flips, byte insertions and deletions, chunk copies, splices of
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use ws_metrics_adapter::api::path;
 use ws_metrics_adapter::collect;
 use ws_metrics_adapter::exposition;
+use ws_metrics_adapter::remote_write;
 use ws_metrics_adapter::selector::Selector;
 use ws_metrics_adapter::store::{MetricCatalog, MetricMapping, readings_from_samples};
 
@@ -169,6 +173,38 @@ pub const TARGETS: &[Target] = &[
             b"# TYPE x gauge\n",
             b"x 1\n",
             b"# EOF\n",
+        ],
+    },
+    Target {
+        name: "remote_write",
+        run: remote_write_target,
+        dictionary: &[
+            // Protobuf keys: WriteRequest.timeseries, TimeSeries.labels/samples, Label.name/value,
+            // Sample.value (fixed64) and timestamp (varint); unknown fields 3 and 4.
+            b"\x0a",
+            b"\x12",
+            b"\x09",
+            b"\x10",
+            b"\x1a",
+            b"\x22",
+            b"\x08__name__",
+            b"\x1cwebsocket_connections_active",
+            b"\x09namespace",
+            b"\x03pod",
+            b"\x02ws",
+            // The stale marker and an ordinary NaN, little-endian doubles.
+            b"\x02\x00\x00\x00\x00\x00\xf0\x7f",
+            b"\x00\x00\x00\x00\x00\x00\xf8\x7f",
+            b"\x00\x00\x00\x00\x00\x00\xf0\x7f",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+            b"\x80\xe0\xba\xe0\xba\x31",
+            // Snappy tags: literals of 1, 60 and 61 lengths, copies.
+            b"\x00",
+            b"\xf0",
+            b"\xf4",
+            b"\x01\x00",
+            b"\x02\x00\x00",
+            b"\xff\xff\xff\xff\x0f",
         ],
     },
 ];
@@ -355,6 +391,88 @@ pub fn http_response_target(input: &[u8]) {
         Ok(r) => assert!(r.body.len() <= FUZZ_MAX_BODY, "body over the cap"),
         Err(e) => assert!(!e.starts_with("internal:"), "{e}"),
     }
+}
+
+/// Limits of the `remote_write` target: small, so the fuzzer reaches them.
+const FUZZ_REMOTE_WRITE_LIMITS: remote_write::decode::DecodeLimits =
+    remote_write::decode::DecodeLimits {
+        max_decoded_bytes: 64 * 1024,
+        max_series: 64,
+    };
+
+/// The remote-write decoder: whatever the bytes, an answer or an error, never a panic; what
+/// decodes is within the series limit, re-encodes to bytes that decode to the same encoding, and
+/// ingests into a store without panicking, holding at most the receiver's series limit.
+pub fn remote_write_target(input: &[u8]) {
+    let limits = FUZZ_REMOTE_WRITE_LIMITS;
+    let decoded = [
+        remote_write::decode::decode(input, limits),
+        remote_write::decode::decode_protobuf(input, limits.max_series),
+    ];
+    for request in decoded.into_iter().flatten() {
+        assert!(request.timeseries.len() <= limits.max_series);
+        let body = remote_write::decode::encode(&request);
+        let again = remote_write::decode::decode(
+            &body,
+            remote_write::decode::DecodeLimits {
+                max_decoded_bytes: usize::MAX,
+                ..limits
+            },
+        )
+        .expect("a re-encoded request decodes");
+        // Compared as bytes: NaN samples make the structs unequal to themselves.
+        assert_eq!(
+            remote_write::decode::encode(&again),
+            body,
+            "re-encoding is stable"
+        );
+        ingest(&request);
+    }
+}
+
+fn ingest(request: &remote_write::decode::WriteRequest) {
+    use std::sync::Arc;
+    use ws_metrics_adapter::clock::Moment;
+    use ws_metrics_adapter::store::{PodKey, PodTarget, Store};
+    let store = Arc::new(Store::new(
+        MetricCatalog::new(vec![MetricMapping {
+            served: "websocket_connections".into(),
+            family: "websocket_connections_active".into(),
+            rate: None,
+            filter: None,
+        }]),
+        Duration::from_secs(3600 * 24 * 365 * 100),
+    ));
+    store.replace_all(vec![PodTarget {
+        key: PodKey {
+            namespace: "ws".into(),
+            name: "a".into(),
+        },
+        uid: "u".into(),
+        labels: Default::default(),
+        url: "http://127.0.0.1:1/metrics".into(),
+        ready: true,
+    }]);
+    let receiver = remote_write::Receiver::new(
+        store,
+        Arc::new(ws_metrics_adapter::telemetry::Telemetry::new()),
+        remote_write::RemoteWriteConfig {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            bearer_token_file: None,
+            namespace_label: "namespace".into(),
+            pod_label: "pod".into(),
+            max_body_bytes: 1 << 20,
+            max_decoded_bytes: 1 << 20,
+            max_series_per_request: 64,
+            max_series: 8,
+            max_concurrent_requests: 1,
+            ready_grace: Duration::from_secs(1),
+        },
+    );
+    let report = receiver.ingest(request, Moment::now());
+    assert!(receiver.series_tracked() <= 8, "series limit exceeded");
+    assert!(report.accepted <= request.timeseries.len() as u64);
 }
 
 /// Read sizes derived from the input itself (so a crash reproduces from the input alone).

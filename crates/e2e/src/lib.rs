@@ -172,6 +172,8 @@ pub fn static_pods_yaml(pods: &[StaticPod<'_>]) -> String {
 pub struct Adapter {
     pub api: SocketAddr,
     pub metrics: SocketAddr,
+    /// The remote-write listener (127.0.0.1:0), with `--source=remote-write`.
+    pub remote_write: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub pods_file: PathBuf,
     trigger: ShutdownTrigger,
@@ -210,11 +212,29 @@ impl Adapter {
             .expect("bind metrics");
         let api = secure.local_addr().expect("addr");
         let metrics_addr = metrics.local_addr().expect("addr");
+        let remote_write = match &config.source {
+            ws_metrics_adapter::config::Source::RemoteWrite(_) => Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind remote-write"),
+            ),
+            _ => None,
+        };
+        let remote_write_addr = remote_write.as_ref().map(|l| l.local_addr().expect("addr"));
         let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(app::run(config, Listeners { secure, metrics }, shutdown));
+        let task = tokio::spawn(app::run(
+            config,
+            Listeners {
+                secure,
+                metrics,
+                remote_write,
+            },
+            shutdown,
+        ));
         Self {
             api,
             metrics: metrics_addr,
+            remote_write: remote_write_addr,
             dir,
             pods_file,
             trigger,

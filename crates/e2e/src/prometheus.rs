@@ -46,6 +46,8 @@ pub struct Prometheus {
     pub port: u16,
     pub dir: PathBuf,
     binary: PathBuf,
+    /// Agent mode (`--enable-feature=agent`): scrapes and remote-writes, no TSDB, no queries.
+    agent: bool,
     process: Option<ProcessGuard>,
 }
 
@@ -66,6 +68,22 @@ impl Prometheus {
             port: free_port(),
             dir: dir.to_owned(),
             binary,
+            agent: false,
+            process: None,
+        };
+        p.spawn();
+        p
+    }
+
+    /// Like [`Self::start`], in agent mode (`--enable-feature=agent`, its WAL in
+    /// `dir/data-agent`): it scrapes and remote-writes; [`Self::restart`] keeps its WAL.
+    pub fn start_agent(binary: PathBuf, dir: &Path, config: &str) -> Self {
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
+        let mut p = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            binary,
+            agent: true,
             process: None,
         };
         p.spawn();
@@ -78,12 +96,20 @@ impl Prometheus {
             "--config.file={}",
             self.dir.join("prometheus.yml").display()
         ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            self.dir.join("data").display()
-        ))
         .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
         .arg("--log.level=warn");
+        if self.agent {
+            // Server-only flags such as --storage.tsdb.path make an agent exit.
+            cmd.arg("--enable-feature=agent").arg(format!(
+                "--storage.agent.path={}",
+                self.dir.join("data-agent").display()
+            ));
+        } else {
+            cmd.arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.join("data").display()
+            ));
+        }
         self.process = Some(ProcessGuard::spawn(cmd, "prometheus"));
     }
 
@@ -184,6 +210,25 @@ impl Prometheus {
             .filter(|l| l.starts_with("prometheus_http_requests_total{") && l.contains(&needle))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// The `pod` label of every active scrape target (`/api/v1/targets`, served in agent mode
+    /// too), sorted: which pods this Prometheus' relabelling kept.
+    pub async fn target_pods(&self) -> Option<Vec<String>> {
+        let (code, body) = plain_get(self.addr(), "/api/v1/targets?state=active")
+            .await
+            .ok()?;
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let mut pods: Vec<String> = v["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t["labels"]["pod"].as_str().map(str::to_owned))
+            .collect();
+        pods.sort();
+        Some(pods)
     }
 
     /// Kills the process (SIGKILL, by pid) and waits for it.

@@ -435,3 +435,81 @@ async fn own_metrics_pass_promtool_check_metrics() {
         out.status
     );
 }
+
+/// A raw HTTP/1.1 POST; the status code.
+async fn plain_post(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the remote-write listener");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(body).await.expect("write body");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read answer");
+    let text = String::from_utf8_lossy(&out);
+    text.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+#[tokio::test]
+async fn the_binary_serves_remote_write_on_its_own_listener() {
+    let pod = FakePod::start(Behavior::Body(exposition(&[("chat", 1)]))).await;
+    let running = Running::start(
+        &one_pod_yaml(&pod),
+        &[
+            "--source",
+            "remote-write",
+            "--remote-write-bind-address",
+            "127.0.0.1:0",
+            "--remote-write-insecure-allow-unauthenticated",
+            "--remote-write-ready-grace",
+            "1s",
+        ],
+        false,
+    )
+    .await;
+    let stderr = running.process.stderr();
+    let rw: SocketAddr = stderr
+        .lines()
+        .find(|l| l.contains("(remote-write receiver"))
+        .and_then(|l| l.split("listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no remote-write listening line in:\n{stderr}"));
+    assert!(
+        stderr.contains("--remote-write-insecure-allow-unauthenticated"),
+        "the unauthenticated receiver is logged as such:\n{stderr}"
+    );
+    let (code, _) = plain_get(rw, "/api/v1/write").await.expect("GET");
+    assert_eq!(code, 405);
+    let proto = "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n";
+    assert_eq!(
+        plain_post(rw, "/api/v1/write", proto, b"\x0a\xff\x00").await,
+        400,
+        "corrupt snappy"
+    );
+    assert_eq!(
+        plain_post(rw, "/api/v1/write", "Content-Type: text/plain\r\n", b"x").await,
+        415
+    );
+    // An empty WriteRequest (snappy of zero bytes is the single byte 0): accepted.
+    assert_eq!(plain_post(rw, "/api/v1/write", proto, b"\x00").await, 204);
+    let (_, metrics) = plain_get(running.metrics, "/metrics")
+        .await
+        .expect("metrics");
+    for outcome in [
+        "accepted",
+        "bad_request",
+        "unsupported_media_type",
+        "method_not_allowed",
+    ] {
+        let line =
+            format!("ws_metrics_adapter_remote_write_requests_total{{outcome=\"{outcome}\"}} 1");
+        assert!(metrics.contains(&line), "missing {line:?} in:\n{metrics}");
+    }
+}

@@ -270,7 +270,11 @@ pub async fn run(
         ws_metrics_adapter::config::load(argv).map_err(|e| Error::Config(e.to_string()))?;
     let adapter = tokio::spawn(app::run(
         config,
-        Listeners { secure, metrics },
+        Listeners {
+            secure,
+            metrics,
+            remote_write: None,
+        },
         stop.clone(),
     ));
 

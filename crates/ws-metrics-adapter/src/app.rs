@@ -89,6 +89,9 @@ pub struct Listeners {
     pub secure: TcpListener,
     /// Plain-HTTP health and metrics.
     pub metrics: TcpListener,
+    /// The remote-write receiver's (with `--source=remote-write`); `None` binds
+    /// `--remote-write-bind-address` at start-up.
+    pub remote_write: Option<TcpListener>,
 }
 
 /// Sends the shutdown signal.
@@ -304,6 +307,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let health = Arc::new(match &config.source {
         Source::Scrape => Health::new(config.collect.interval, config.collect.timeout),
         Source::Prometheus(prom) => Health::new(prom.interval, prom.timeout),
+        // The receiver's sweep ticks every second and takes no network time.
+        Source::RemoteWrite(_) => Health::new(Duration::from_secs(1), Duration::from_secs(1)),
     });
     let shutdown = shutdown.delayed(config.shutdown_delay, health.clone());
     let telemetry = Arc::new(Telemetry::new());
@@ -419,9 +424,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 telemetry.clone(),
                 config.annotation_prefix.clone(),
             );
-            // With Prometheus as the source, Prometheus decides what is scraped: every running
-            // pod may have values, annotated or not.
-            if matches!(config.source, Source::Prometheus(_)) {
+            // With Prometheus (or its agents' remote-write) as the source, Prometheus decides
+            // what is scraped: every running pod may have values, annotated or not.
+            if matches!(
+                config.source,
+                Source::Prometheus(_) | Source::RemoteWrite(_)
+            ) {
                 inventory = inventory.tracking_all_running_pods();
             }
             // Object metrics (`deployments.apps/ws/…`): with the scrape source the sum over the
@@ -458,8 +466,69 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         }
     }
 
-    // Collection: scrape the pods, or query Prometheus.
+    // Collection: scrape the pods, query Prometheus, or receive remote-write.
+    let mut remote_write_listener = listeners.remote_write;
     let (collecting, api_state) = match &config.source {
+        Source::RemoteWrite(rw) => {
+            let listener = match remote_write_listener.take() {
+                Some(l) => l,
+                None => TcpListener::bind(rw.addr)
+                    .await
+                    .map_err(|source| Error::Serve {
+                        what: "remote-write",
+                        source,
+                    })?,
+            };
+            let rw_tls = match &rw.tls {
+                None => None,
+                Some(t) => {
+                    let resolver =
+                        Arc::new(tls::CertResolver::new(tls::load_pair(&t.cert, &t.key)?));
+                    tokio::spawn(tls::watch_files(
+                        resolver.clone(),
+                        t.cert.clone(),
+                        t.key.clone(),
+                        Duration::from_secs(1),
+                        shutdown.wait(),
+                    ));
+                    Some(Arc::new(match &t.client_ca {
+                        Some(ca) => tls::server_config_verifying_client_certs(resolver, ca)?,
+                        None => tls::server_config(resolver)?,
+                    }))
+                }
+            };
+            tracing::info!(
+                address = %listener.local_addr().map_err(|source| Error::Serve { what: "remote-write", source })?,
+                tls = rw_tls.is_some(),
+                mutual_tls = rw.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+                bearer_token = rw.bearer_token_file.is_some(),
+                "values come from remote-write (POST /api/v1/write)"
+            );
+            if rw.bearer_token_file.is_none()
+                && rw.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+            {
+                tracing::warn!(
+                    "--remote-write-insecure-allow-unauthenticated: anyone who can reach the remote-write listener can write values"
+                );
+            }
+            let receiver = Arc::new(crate::remote_write::Receiver::new(
+                store.clone(),
+                telemetry.clone(),
+                (**rw).clone(),
+            ));
+            tokio::spawn(server::serve_remote_write(
+                listener,
+                rw_tls,
+                crate::remote_write::router(receiver.clone()),
+                config.limits,
+                config.shutdown_grace,
+                shutdown.wait(),
+            ));
+            let h = health.clone();
+            let stop = shutdown.wait();
+            let task = tokio::spawn(async move { receiver.run(h, stop).await });
+            (task, ApiState::new(store.clone(), telemetry.clone()))
+        }
         Source::Scrape => {
             let collector =
                 Collector::new(store.clone(), telemetry.clone(), config.collect.clone())?;

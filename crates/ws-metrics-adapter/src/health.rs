@@ -145,7 +145,9 @@ impl Health {
         } else if !self.pods_known.is_set() {
             Some("pod inventory not loaded yet (watch not synced or static file not read)")
         } else {
-            Some("first collection round not finished yet")
+            Some(
+                "first collection round not finished yet (--source=remote-write: no write received and --remote-write-ready-grace not over)",
+            )
         }
     }
 }
@@ -202,7 +204,9 @@ mod tests {
         health.pods_known();
         assert_eq!(
             health.not_ready_reason(),
-            Some("first collection round not finished yet")
+            Some(
+                "first collection round not finished yet (--source=remote-write: no write received and --remote-write-ready-grace not over)"
+            )
         );
         health.round_finished();
         assert!(health.is_ready());

@@ -31,6 +31,8 @@
 //! - [`prometheus`]: the other source (`--source=prometheus`): one PromQL query per served metric
 //!   per interval against an existing Prometheus, and prometheus-adapter `rules:`; it publishes
 //!   its answers into the store as a snapshot.
+//! - [`remote_write`]: the third source (`--source=remote-write`): a Prometheus remote-write 1.0
+//!   receiver on its own listener; sharded agents push samples, recorded as the pods' readings.
 //! - [`clock`]: wall-clock timestamps for answers, monotonic ages for freshness.
 //! - [`store`]: the one read contract: per-pod labels, scrape target and latest good reading with
 //!   its sample time, the snapshot the Prometheus source publishes, and `Store::read`.
@@ -68,6 +70,7 @@ pub(crate) mod health;
 pub mod prometheus;
 pub(crate) mod quantity;
 pub mod rebalance;
+pub mod remote_write;
 pub mod selector;
 pub mod server;
 pub mod store;

@@ -38,6 +38,27 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down");
         trigger.trigger();
     });
-    app::run(config, Listeners { secure, metrics }, shutdown).await?;
+    let remote_write = match &config.source {
+        ws_metrics_adapter::config::Source::RemoteWrite(rw) => {
+            let l = TcpListener::bind(rw.addr)
+                .await
+                .with_context(|| format!("binding --remote-write-bind-address {}", rw.addr))?;
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!("listening on {addr} (remote-write receiver, POST /api/v1/write)");
+            }
+            Some(l)
+        }
+        _ => None,
+    };
+    app::run(
+        config,
+        Listeners {
+            secure,
+            metrics,
+            remote_write,
+        },
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -145,6 +145,10 @@ pub struct Telemetry {
     shed_requests: Family<OutcomeLabels, Counter>,
     shed_connections: Counter,
     cost_patches: Family<OutcomeLabels, Counter>,
+    rw_requests: Family<OutcomeLabels, Counter>,
+    rw_samples: Family<OutcomeLabels, Counter>,
+    rw_dropped: Family<DropLabels, Counter>,
+    rw_series: Gauge,
 }
 
 impl Default for Telemetry {
@@ -316,8 +320,36 @@ impl Telemetry {
             "controller.kubernetes.io/pod-deletion-cost patches (--rebalance) by outcome (ok, not_found, error)",
             cost_patches.clone(),
         );
+        let rw_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "remote_write_requests",
+            "Remote-write requests (--source=remote-write) by outcome (accepted, unauthorized, token_unreadable, unsupported_media_type, method_not_allowed, too_large, bad_request, overloaded)",
+            rw_requests.clone(),
+        );
+        let rw_samples = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "remote_write_samples",
+            "Remote-write samples of served families recorded (outcome=accepted) or honoured as stale markers (outcome=stale)",
+            rw_samples.clone(),
+        );
+        let rw_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "remote_write_samples_dropped",
+            "Remote-write samples not recorded, by reason (family_not_served, unlabelled, unknown_pod, unservable, out_of_order, too_old, superseded, series_limit)",
+            rw_dropped.clone(),
+        );
+        let rw_series = Gauge::default();
+        registry.register(
+            "remote_write_series_tracked",
+            "Series of served families the remote-write receiver holds (bounded by --remote-write-max-series)",
+            rw_series.clone(),
+        );
         Self {
             registry: root,
+            rw_requests,
+            rw_samples,
+            rw_dropped,
+            rw_series,
             workload_imbalance,
             workload_mean,
             shed_requests,
@@ -451,6 +483,50 @@ impl Telemetry {
             .get()
     }
 
+    /// Counts one remote-write request under `outcome`.
+    pub fn count_remote_write_request(&self, outcome: &'static str) {
+        self.rw_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Remote-write requests counted under `outcome` so far.
+    pub fn remote_write_request_count(&self, outcome: &'static str) -> u64 {
+        self.rw_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    }
+
+    /// Counts the samples of one remote-write request: `accepted` recorded, `stale` stale
+    /// markers honoured, and those dropped as `(reason, count)`.
+    pub fn count_remote_write_samples(
+        &self,
+        accepted: u64,
+        stale: u64,
+        dropped: impl IntoIterator<Item = (&'static str, u64)>,
+    ) {
+        for (outcome, n) in [("accepted", accepted), ("stale", stale)] {
+            if n > 0 {
+                self.rw_samples
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .inc_by(n);
+            }
+        }
+        for (reason, n) in dropped {
+            if n > 0 {
+                self.rw_dropped
+                    .get_or_create(&DropLabels { reason })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Sets `ws_metrics_adapter_remote_write_series_tracked`.
+    pub fn set_remote_write_series(&self, series: usize) {
+        self.rw_series
+            .set(i64::try_from(series).unwrap_or(i64::MAX));
+    }
+
     /// Counts series left out of a query answer.
     pub fn prometheus_series_dropped(&self, unlabelled: usize, unservable: usize) {
         for (reason, n) in [("unlabelled", unlabelled), ("unservable", unservable)] {
@@ -488,6 +564,17 @@ impl Telemetry {
             self.round_overruns.inc();
         }
         self.last_round_end.set(end_unix);
+        self.pods_tracked
+            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+        self.pods_fresh
+            .set(i64::try_from(fresh).unwrap_or(i64::MAX));
+        self.pods_stale
+            .set(i64::try_from(stale).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the inventory and freshness gauges (`pods_tracked`, `pods_with_fresh_value`,
+    /// `pods_without_fresh_value`) outside a collection round (the remote-write source).
+    pub fn set_pod_freshness(&self, tracked: usize, fresh: usize, stale: usize) {
         self.pods_tracked
             .set(i64::try_from(tracked).unwrap_or(i64::MAX));
         self.pods_fresh

@@ -181,8 +181,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Where values come from: `scrape` each pod's metrics endpoint, or query an existing
-    /// `prometheus` (--prometheus-url).
+    /// Where values come from: `scrape` each pod's metrics endpoint, query an existing
+    /// `prometheus` (--prometheus-url), or receive Prometheus `remote-write` from agents
+    /// (--remote-write-bind-address).
     #[arg(long, env = "WS_METRICS_ADAPTER_SOURCE", value_enum, default_value_t = SourceKind::Scrape)]
     pub source: SourceKind,
 
@@ -242,6 +243,84 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RULES_FILE")]
     pub prometheus_rules_file: Option<PathBuf>,
 
+    /// Listener of the remote-write receiver (with --source=remote-write): `POST /api/v1/write`.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REMOTE_WRITE_BIND_ADDRESS",
+        default_value = "0.0.0.0:9201"
+    )]
+    pub remote_write_bind_address: SocketAddr,
+
+    /// File holding the bearer token remote-write clients must send; re-read on every request,
+    /// so a rotated token is in force at once.
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_BEARER_TOKEN_FILE")]
+    pub remote_write_bearer_token_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) that remote-write clients' certificates must chain to (mutual TLS; needs
+    /// --remote-write-tls-cert-file).
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_CLIENT_CA_FILE")]
+    pub remote_write_client_ca_file: Option<PathBuf>,
+
+    /// PEM serving certificate of the remote-write listener (TLS); re-read when it changes.
+    /// Without it the listener speaks plain HTTP.
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_TLS_CERT_FILE")]
+    pub remote_write_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --remote-write-tls-cert-file.
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_TLS_PRIVATE_KEY_FILE")]
+    pub remote_write_tls_private_key_file: Option<PathBuf>,
+
+    /// Accept remote-write from anyone who can reach --remote-write-bind-address (no bearer
+    /// token, no client certificate).
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REMOTE_WRITE_INSECURE_ALLOW_UNAUTHENTICATED"
+    )]
+    pub remote_write_insecure_allow_unauthenticated: bool,
+
+    /// Label of remote-written series holding the pod's namespace.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REMOTE_WRITE_NAMESPACE_LABEL",
+        default_value = "namespace"
+    )]
+    pub remote_write_namespace_label: String,
+
+    /// Label of remote-written series holding the pod's name.
+    #[arg(
+        long,
+        env = "WS_METRICS_ADAPTER_REMOTE_WRITE_POD_LABEL",
+        default_value = "pod"
+    )]
+    pub remote_write_pod_label: String,
+
+    /// Largest compressed remote-write body; a larger one is 413. Unit: bytes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_MAX_BODY_BYTES", default_value_t = crate::remote_write::DEFAULT_MAX_BODY_BYTES)]
+    pub remote_write_max_body_bytes: usize,
+
+    /// Largest decompressed remote-write body, read from the snappy header before
+    /// decompressing; a larger one is 413. Unit: bytes.
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_MAX_DECODED_BYTES", default_value_t = crate::remote_write::DEFAULT_MAX_DECODED_BYTES)]
+    pub remote_write_max_decoded_bytes: usize,
+
+    /// Most series in one remote-write request; more is 413.
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_MAX_SERIES_PER_REQUEST", default_value_t = crate::remote_write::DEFAULT_MAX_SERIES_PER_REQUEST)]
+    pub remote_write_max_series_per_request: usize,
+
+    /// Most series of served families held at once; samples of further new series are dropped
+    /// (counted as reason="series_limit").
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_MAX_SERIES", default_value_t = crate::remote_write::DEFAULT_MAX_SERIES)]
+    pub remote_write_max_series: usize,
+
+    /// Remote-write requests handled at once; more are answered 429 with Retry-After.
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_MAX_CONCURRENT_REQUESTS", default_value_t = crate::remote_write::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub remote_write_max_concurrent_requests: usize,
+
+    /// With --source=remote-write, /readyz turns ready at the first write, or this long after
+    /// the pod inventory is known if no agent wrote by then [default: --max-age].
+    #[arg(long, env = "WS_METRICS_ADAPTER_REMOTE_WRITE_READY_GRACE", value_parser = parse_duration)]
+    pub remote_write_ready_grace: Option<Duration>,
+
     /// How often the rules' seriesQuery are listed again to find new metrics (prometheus-adapter's
     /// --metrics-relist-interval); also the window listed.
     #[arg(long, env = "WS_METRICS_ADAPTER_PROMETHEUS_RELIST_INTERVAL", default_value = "1m", value_parser = parse_duration)]
@@ -291,8 +370,13 @@ pub fn default_max_age(source: SourceKind, scrape: Duration, prometheus: Duratio
     match source {
         SourceKind::Scrape => scrape * 3,
         SourceKind::Prometheus => DEFAULT_PROMETHEUS_MAX_AGE.max(prometheus * 2),
+        SourceKind::RemoteWrite => DEFAULT_REMOTE_WRITE_MAX_AGE,
     }
 }
+
+/// Default `--max-age` with `--source=remote-write`: a sample's own timestamp older than this is
+/// not served (two missed 15 s agent scrapes, plus the agents' send delay).
+pub const DEFAULT_REMOTE_WRITE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Where values come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -301,6 +385,8 @@ pub enum SourceKind {
     Scrape,
     /// Query an existing Prometheus every --prometheus-interval.
     Prometheus,
+    /// Receive Prometheus remote-write from agents on --remote-write-bind-address.
+    RemoteWrite,
 }
 
 /// Where values come from, validated.
@@ -310,6 +396,8 @@ pub enum Source {
     Scrape,
     /// Query Prometheus.
     Prometheus(Box<crate::prometheus::PrometheusConfig>),
+    /// Receive remote-write.
+    RemoteWrite(Box<crate::remote_write::RemoteWriteConfig>),
 }
 
 /// Where the pods to scrape come from.
@@ -876,6 +964,26 @@ impl ServeArgs {
                 },
                 &mut problems,
             ),
+            SourceKind::RemoteWrite => remote_write_source(
+                RemoteWriteArgs {
+                    addr: self.remote_write_bind_address,
+                    bearer_token_file: self.remote_write_bearer_token_file,
+                    client_ca_file: self.remote_write_client_ca_file,
+                    tls_cert_file: self.remote_write_tls_cert_file,
+                    tls_private_key_file: self.remote_write_tls_private_key_file,
+                    insecure_allow_unauthenticated: self
+                        .remote_write_insecure_allow_unauthenticated,
+                    namespace_label: self.remote_write_namespace_label,
+                    pod_label: self.remote_write_pod_label,
+                    max_body_bytes: self.remote_write_max_body_bytes,
+                    max_decoded_bytes: self.remote_write_max_decoded_bytes,
+                    max_series_per_request: self.remote_write_max_series_per_request,
+                    max_series: self.remote_write_max_series,
+                    max_concurrent_requests: self.remote_write_max_concurrent_requests,
+                    ready_grace: self.remote_write_ready_grace.unwrap_or(max_age),
+                },
+                &mut problems,
+            ),
         };
         let limits = self.listener.limits(&mut problems);
         let rebalance = self.rebalance.settings(&mut problems);
@@ -917,6 +1025,121 @@ impl ServeArgs {
             rebalance,
         })
     }
+}
+
+/// The `--remote-write-*` flags, gathered for validation.
+struct RemoteWriteArgs {
+    addr: SocketAddr,
+    bearer_token_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_private_key_file: Option<PathBuf>,
+    insecure_allow_unauthenticated: bool,
+    namespace_label: String,
+    pod_label: String,
+    max_body_bytes: usize,
+    max_decoded_bytes: usize,
+    max_series_per_request: usize,
+    max_series: usize,
+    max_concurrent_requests: usize,
+    ready_grace: Duration,
+}
+
+/// Validates the `--remote-write-*` flags, pushing every problem; the returned value is only
+/// used when there are none. Like the API's auth flags: no credentials check at all is refused
+/// unless asked for by name.
+fn remote_write_source(a: RemoteWriteArgs, problems: &mut Vec<String>) -> Source {
+    use crate::remote_write::{RemoteWriteConfig, RemoteWriteTls};
+    for (flag, path) in [
+        ("--remote-write-bearer-token-file", &a.bearer_token_file),
+        ("--remote-write-client-ca-file", &a.client_ca_file),
+        ("--remote-write-tls-cert-file", &a.tls_cert_file),
+        (
+            "--remote-write-tls-private-key-file",
+            &a.tls_private_key_file,
+        ),
+    ] {
+        if let Some(p) = path
+            && let Err(e) = std::fs::metadata(p)
+        {
+            problems.push(format!("{flag} {}: {e}", p.display()));
+        }
+    }
+    let tls = match (a.tls_cert_file, a.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(RemoteWriteTls {
+            cert,
+            key,
+            client_ca: a.client_ca_file.clone(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push(
+                "--remote-write-tls-cert-file needs --remote-write-tls-private-key-file".into(),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(
+                "--remote-write-tls-private-key-file needs --remote-write-tls-cert-file".into(),
+            );
+            None
+        }
+    };
+    if a.client_ca_file.is_some() && tls.is_none() {
+        problems.push(
+            "--remote-write-client-ca-file needs --remote-write-tls-cert-file and --remote-write-tls-private-key-file (mutual TLS)".into(),
+        );
+    }
+    let authenticated = a.bearer_token_file.is_some() || a.client_ca_file.is_some();
+    if !authenticated && !a.insecure_allow_unauthenticated {
+        problems.push(
+            "--source=remote-write needs --remote-write-bearer-token-file and/or --remote-write-client-ca-file, or --remote-write-insecure-allow-unauthenticated to accept writes from anyone".into(),
+        );
+    }
+    for (flag, label) in [
+        ("--remote-write-namespace-label", &a.namespace_label),
+        ("--remote-write-pod-label", &a.pod_label),
+    ] {
+        if !is_label_name(label) {
+            problems.push(format!("{flag} {label:?}: not a Prometheus label name"));
+        }
+    }
+    for (flag, v) in [
+        ("--remote-write-max-body-bytes", a.max_body_bytes),
+        ("--remote-write-max-decoded-bytes", a.max_decoded_bytes),
+    ] {
+        if v < 1024 {
+            problems.push(format!("{flag} {v}: must be at least 1024"));
+        }
+    }
+    for (flag, v) in [
+        (
+            "--remote-write-max-series-per-request",
+            a.max_series_per_request,
+        ),
+        ("--remote-write-max-series", a.max_series),
+        (
+            "--remote-write-max-concurrent-requests",
+            a.max_concurrent_requests,
+        ),
+    ] {
+        if v == 0 {
+            problems.push(format!("{flag}: must be at least 1"));
+        }
+    }
+    Source::RemoteWrite(Box::new(RemoteWriteConfig {
+        addr: a.addr,
+        tls,
+        bearer_token_file: a.bearer_token_file,
+        namespace_label: a.namespace_label,
+        pod_label: a.pod_label,
+        max_body_bytes: a.max_body_bytes,
+        max_decoded_bytes: a.max_decoded_bytes,
+        max_series_per_request: a.max_series_per_request,
+        max_series: a.max_series,
+        max_concurrent_requests: a.max_concurrent_requests,
+        ready_grace: a.ready_grace,
+    }))
 }
 
 /// The `--prometheus-*` flags, gathered for validation.
@@ -1098,6 +1321,57 @@ mod tests {
                 rate: None,
                 filter: None,
             }]
+        );
+    }
+
+    #[test]
+    fn remote_write_refuses_to_start_without_auth_and_reports_every_problem() {
+        let err = args(&[
+            "--static-pods",
+            "pods.yaml",
+            "--source=remote-write",
+            "--remote-write-pod-label=9bad",
+            "--remote-write-client-ca-file=/nonexistent/ca.pem",
+            "--remote-write-max-series=0",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect_err("invalid");
+        assert_eq!(
+            err.problems,
+            vec![
+                "--remote-write-client-ca-file /nonexistent/ca.pem: No such file or directory (os error 2)".to_owned(),
+                "--remote-write-client-ca-file needs --remote-write-tls-cert-file and --remote-write-tls-private-key-file (mutual TLS)".to_owned(),
+                "--remote-write-pod-label \"9bad\": not a Prometheus label name".to_owned(),
+                "--remote-write-max-series: must be at least 1".to_owned(),
+            ]
+        );
+        let err = args(&["--static-pods", "pods.yaml", "--source=remote-write"])
+            .expect("flags parse")
+            .validate()
+            .expect_err("no auth");
+        assert!(
+            err.problems[0].contains("--remote-write-insecure-allow-unauthenticated"),
+            "{err}"
+        );
+        let cfg = args(&[
+            "--static-pods",
+            "pods.yaml",
+            "--source=remote-write",
+            "--remote-write-insecure-allow-unauthenticated",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("valid");
+        assert_eq!(cfg.max_age, DEFAULT_REMOTE_WRITE_MAX_AGE);
+        let Source::RemoteWrite(rw) = cfg.source else {
+            panic!("remote-write source expected");
+        };
+        assert_eq!(rw.addr, "0.0.0.0:9201".parse().expect("addr"));
+        assert_eq!(rw.ready_grace, DEFAULT_REMOTE_WRITE_MAX_AGE);
+        assert_eq!(
+            (rw.namespace_label.as_str(), rw.pod_label.as_str()),
+            ("namespace", "pod")
         );
     }
 

@@ -106,6 +106,31 @@ pub async fn serve_tls(
     .await;
 }
 
+/// Serves the remote-write receiver's `app` on `listener`, over TLS when `tls` is given, within
+/// `limits` until `shutdown` resolves, then lets in-flight writes finish for up to `grace`.
+pub async fn serve_remote_write(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    limits: Limits,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    listener::serve(
+        listener::Endpoint {
+            name: "remote_write",
+            tls: tls.map(TlsAcceptor::from),
+            proves_readers: false,
+        },
+        listener,
+        app,
+        limits,
+        grace,
+        shutdown,
+    )
+    .await;
+}
+
 /// Serves `app` over plain HTTP on `listener` within `limits` until `shutdown` resolves.
 pub async fn serve_plain(
     listener: TcpListener,

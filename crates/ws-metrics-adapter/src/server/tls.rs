@@ -38,6 +38,14 @@ pub enum Error {
         #[source]
         source: rustls::Error,
     },
+    /// The client CA bundle (`--remote-write-client-ca-file`) could not be used.
+    #[error("client CA {}: {message}", path.display())]
+    ClientCa {
+        /// CA file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Generating the CA and serving certificate failed.
     #[error("generating a self-signed certificate: {0}")]
     GenerateFailed(#[source] pki::Error),
@@ -210,6 +218,32 @@ pub fn server_config_requesting_client_certs(
             provider(),
         ))),
     )
+}
+
+/// Like [`server_config`], and requires a client certificate chaining to the CA bundle in
+/// `client_ca` (the remote-write listener's mutual TLS): the handshake fails without one.
+///
+/// # Errors
+/// The CA file cannot be read or holds no usable certificate.
+pub fn server_config_verifying_client_certs(
+    resolver: Arc<CertResolver>,
+    client_ca: &Path,
+) -> Result<rustls::ServerConfig> {
+    let roots = crate::tls::pem::roots_from_file(client_ca).map_err(|e| Error::ClientCa {
+        path: client_ca.to_owned(),
+        message: e.to_string(),
+    })?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| Error::ClientCa {
+                path: client_ca.to_owned(),
+                message: e.to_string(),
+            })?;
+    build_config(resolver, Some(verifier)).map_err(|e| Error::ClientCa {
+        path: client_ca.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn build_config(

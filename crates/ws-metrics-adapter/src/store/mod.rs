@@ -945,6 +945,16 @@ impl Store {
         jobs
     }
 
+    /// The incarnation (UID) of a tracked pod; `None` when the inventory does not know it. The
+    /// remote-write receiver records only for pods it returns, with that UID.
+    pub fn pod_uid(&self, key: &PodKey) -> Option<String> {
+        self.locked()
+            .pods
+            .get(&key.namespace)
+            .and_then(|ns| ns.pods.get(&key.name))
+            .map(|e| e.uid.clone())
+    }
+
     /// Records a good reading for the pod, unless the pod is gone or was re-created since the job
     /// was handed out. Returns whether it was recorded.
     pub fn record(&self, key: &PodKey, uid: &str, reading: Reading) -> bool {
