@@ -298,6 +298,26 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), St
     Ok((code, body))
 }
 
+/// `(described object's name, value, timestamp)` of each item of a `MetricValueList` body, in
+/// order; empty when it has no `items`.
+pub fn metric_items(body: &serde_json::Value) -> Vec<(String, String, String)> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    body["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    (
+                        text(&i["describedObject"]["name"]),
+                        text(&i["value"]),
+                        text(&i["timestamp"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `deadline` passes.
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
 where

@@ -85,25 +85,8 @@ async fn prometheus_adapter(w: &World, extra: &[&str]) -> Adapter {
     Adapter::start_static(&pods_yaml(&w.pods), &flags).await
 }
 
-/// Pod name → value (as a float of the quantity) of a MetricValueList body.
 fn items(body: &serde_json::Value) -> Vec<(String, String, String)> {
-    body["items"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| {
-                    (
-                        i["describedObject"]["name"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_owned(),
-                        i["value"].as_str().unwrap_or("").to_owned(),
-                        i["timestamp"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    support::metric_items(body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,23 +67,7 @@ remote_write:
 }
 
 fn items(body: &serde_json::Value) -> Vec<(String, String, String)> {
-    body["items"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| {
-                    (
-                        i["describedObject"]["name"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_owned(),
-                        i["value"].as_str().unwrap_or("").to_owned(),
-                        i["timestamp"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    support::metric_items(body)
 }
 
 /// Seconds between an RFC 3339 `timestamp` of an answer and now.

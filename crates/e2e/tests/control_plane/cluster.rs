@@ -466,17 +466,7 @@ impl Cluster {
                 matches!(plain_get(metrics, "/readyz").await, Ok((200, _)))
             })
             .await;
-        for version in ["v1beta2", "v1beta1"] {
-            let name = format!("{version}.custom.metrics.k8s.io");
-            let client = cluster.client.clone();
-            cluster
-                .wait(&format!("APIService {name} Available"), GIVE_UP, || {
-                    let client = client.clone();
-                    let name = name.clone();
-                    async move { apiservice_available(&client, &name).await }
-                })
-                .await;
-        }
+        cluster.wait_for_custom_metrics_apiservices().await;
         cluster.wait_for_default_service_account().await;
         eprintln!(
             "control plane ready in {:.1} s (logs: {})",
@@ -484,6 +474,20 @@ impl Cluster {
             cluster.dir().join("logs").display()
         );
         cluster
+    }
+
+    /// Waits until both custom.metrics.k8s.io APIServices (v1beta2, v1beta1) are Available.
+    pub(crate) async fn wait_for_custom_metrics_apiservices(&self) {
+        for version in ["v1beta2", "v1beta1"] {
+            let name = format!("{version}.custom.metrics.k8s.io");
+            let client = self.client.clone();
+            self.wait(&format!("APIService {name} Available"), GIVE_UP, || {
+                let client = client.clone();
+                let name = name.clone();
+                async move { apiservice_available(&client, &name).await }
+            })
+            .await;
+        }
     }
 
     /// Pods need the namespace's default ServiceAccount (ServiceAccount admission).

@@ -413,42 +413,11 @@ async fn start_if_new(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let now = now_rfc3339();
-    let condition = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": now});
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-        .unwrap_or_default();
-    let status = json!({"status": {
-        "phase": "Running",
-        "hostIP": "127.0.0.1",
-        "hostIPs": [{"ip": "127.0.0.1"}],
-        "podIP": ip.to_string(),
-        "podIPs": [{"ip": ip.to_string()}],
-        "startTime": now,
-        "conditions": [condition("PodScheduled"), condition("Initialized"),
-                       condition("ContainersReady"), condition("Ready")],
-        "containerStatuses": [{
-            "name": container.0, "image": container.1, "imageID": "",
-            "ready": true, "started": true, "restartCount": 0,
-            "state": {"running": {"startedAt": now}},
-        }],
-    }});
-    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
+    if report(client, pod, ip, &now_rfc3339(), true).await
+        && let Some(p) = state.lock().expect("agent state").pods.get_mut(&key)
+        && !p.terminating
     {
-        Ok(_) => {
-            if let Some(p) = state.lock().expect("agent state").pods.get_mut(&key)
-                && !p.terminating
-            {
-                p.ready = true;
-            }
-        }
-        Err(e) => eprintln!("node agent: reporting pod {key} Running failed: {e}"),
+        p.ready = true;
     }
 }
 
@@ -591,8 +560,9 @@ async fn start_from_spec(
     }
 }
 
-/// Patches the pod's status: Running on `ip`, Ready or not.
-async fn report(client: &Client, pod: &Pod, ip: Ipv4Addr, started: &str, ready: bool) {
+/// Patches the pod's status: Running on `ip` since `started`, Ready or not. Returns whether
+/// kube-apiserver took it (a failure is logged).
+async fn report(client: &Client, pod: &Pod, ip: Ipv4Addr, started: &str, ready: bool) -> bool {
     let now = now_rfc3339();
     let flag = if ready { "True" } else { "False" };
     let condition = |kind: &str, status: &str| json!({"type": kind, "status": status, "lastTransitionTime": now});
@@ -620,11 +590,15 @@ async fn report(client: &Client, pod: &Pod, ip: Ipv4Addr, started: &str, ready: 
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    if let Err(e) = api
+    match api
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await
     {
-        eprintln!("node agent: reporting pod {namespace}/{name} (ready={ready}) failed: {e}");
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("node agent: reporting pod {namespace}/{name} (ready={ready}) failed: {e}");
+            false
+        }
     }
 }
 

@@ -87,6 +87,17 @@ async fn ready_pods(cluster: &Cluster, namespace: &str, selector: &str) -> Vec<P
         .collect()
 }
 
+/// Waits until exactly `n` pods of `namespace` matching `selector` are Ready.
+async fn wait_for_replicas(cluster: &Cluster, namespace: &str, selector: &str, n: usize) {
+    cluster
+        .wait(
+            &format!("{n} Ready pods {selector} in {namespace}"),
+            GIVE_UP,
+            || async { ready_pods(cluster, namespace, selector).await.len() == n },
+        )
+        .await;
+}
+
 /// The real user id of process `pid` (`/proc/PID/status`).
 fn uid_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -130,18 +141,7 @@ async fn apiservice(cluster: &Cluster, name: &str) -> serde_json::Value {
 async fn adapter_as_shipped_scales_the_example(cluster: &Cluster, what: &str, applied: Instant) {
     // The adapter Deployment's two replicas run and turn Ready (/readyz: the front-proxy CA
     // ConfigMap loaded through the shipped RBAC).
-    cluster
-        .wait("both adapter pods Ready", GIVE_UP, || async {
-            ready_pods(
-                cluster,
-                "ws-metrics",
-                "app.kubernetes.io/name=ws-metrics-adapter",
-            )
-            .await
-            .len()
-                == 2
-        })
-        .await;
+    wait_for_replicas(cluster, "ws-metrics", ADAPTER_PODS, 2).await;
     let ready_at = applied.elapsed();
     // They run as the securityContext's user, not as root, on a read-only root filesystem.
     for (name, _) in cluster.agent.pods.pods() {
@@ -158,16 +158,9 @@ async fn adapter_as_shipped_scales_the_example(cluster: &Cluster, what: &str, ap
             );
         }
     }
+    cluster.wait_for_custom_metrics_apiservices().await;
     for version in ["v1beta2", "v1beta1"] {
         let name = format!("{version}.custom.metrics.k8s.io");
-        let client = cluster.client.clone();
-        cluster
-            .wait(&format!("APIService {name} Available"), GIVE_UP, || {
-                let client = client.clone();
-                let name = name.clone();
-                async move { cluster::apiservice_available(&client, &name).await }
-            })
-            .await;
         let object = apiservice(cluster, &name).await;
         let spec = &object["spec"];
         assert!(
@@ -190,11 +183,7 @@ async fn adapter_as_shipped_scales_the_example(cluster: &Cluster, what: &str, ap
         .expect("the quick start applies manifests/examples");
     let (ok, out, err) = run_line(cluster, examples).await;
     assert!(ok, "{examples}: {out}{err}");
-    cluster
-        .wait("both ws-demo pods Ready", GIVE_UP, || async {
-            ready_pods(cluster, NAMESPACE, "app=ws-demo").await.len() == 2
-        })
-        .await;
+    wait_for_replicas(cluster, NAMESPACE, "app=ws-demo", 2).await;
 
     // Connections, all to the first pod (its own address on the pod network).
     let first = ready_pods(cluster, NAMESPACE, "app=ws-demo")
@@ -258,11 +247,7 @@ async fn adapter_as_shipped_scales_the_example(cluster: &Cluster, what: &str, ap
     // The example HPA (min 2, 500 per pod) goes to 3, and the third pod turns Ready.
     let loaded_at = applied.elapsed();
     wait_for_hpa_at(cluster, 3).await;
-    cluster
-        .wait("3 ws-demo pods Ready", GIVE_UP, || async {
-            ready_pods(cluster, NAMESPACE, "app=ws-demo").await.len() == 3
-        })
-        .await;
+    wait_for_replicas(cluster, NAMESPACE, "app=ws-demo", 3).await;
     eprintln!(
         "SHIPPED {what}: adapter pods Ready {:.1} s after apply, APIServices Available {:.1} s, \
          {CONNECTIONS} connections held at {:.1} s, example HPA at 3 replicas with 3 pods Ready \
@@ -387,27 +372,9 @@ async fn apply_quick_start(cluster: &Cluster) {
         let (ok, out, err) = run_line(cluster, line).await;
         assert!(ok, "{line}: {out}{err}");
     }
-    cluster
-        .wait("both adapter pods Ready", GIVE_UP, || async {
-            ready_pods(cluster, "ws-metrics", ADAPTER_PODS).await.len() == 2
-        })
-        .await;
-    for version in ["v1beta2", "v1beta1"] {
-        let name = format!("{version}.custom.metrics.k8s.io");
-        let client = cluster.client.clone();
-        cluster
-            .wait(&format!("APIService {name} Available"), GIVE_UP, || {
-                let client = client.clone();
-                let name = name.clone();
-                async move { cluster::apiservice_available(&client, &name).await }
-            })
-            .await;
-    }
-    cluster
-        .wait("both ws-demo pods Ready", GIVE_UP, || async {
-            ready_pods(cluster, NAMESPACE, "app=ws-demo").await.len() == 2
-        })
-        .await;
+    wait_for_replicas(cluster, "ws-metrics", ADAPTER_PODS, 2).await;
+    cluster.wait_for_custom_metrics_apiservices().await;
+    wait_for_replicas(cluster, NAMESPACE, "app=ws-demo", 2).await;
 }
 
 /// The adapter pods' label selector.

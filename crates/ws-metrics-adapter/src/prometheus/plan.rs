@@ -398,11 +398,13 @@ mod tests {
         s
     }
 
-    fn mapping_results(samples: Vec<RawSample>) -> Results {
+    /// The plan of the default `--metric websocket_connections=websocket_connections_active`
+    /// with the default query template, split by namespace.
+    fn default_plan() -> Plan {
         let template =
             crate::prometheus::template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY)
                 .unwrap();
-        let plan = plan_for_mappings(
+        plan_for_mappings(
             &[MetricMapping {
                 served: "websocket_connections".into(),
                 family: "websocket_connections_active".into(),
@@ -413,7 +415,11 @@ mod tests {
             "namespace",
             "pod",
             true,
-        );
+        )
+    }
+
+    fn mapping_results(samples: Vec<RawSample>) -> Results {
+        let plan = default_plan();
         let arrived = arrival(&samples);
         let (table, _) = build_table(&plan.queries[0], samples, arrived);
         Results(std::sync::Mutex::new(
@@ -437,21 +443,7 @@ mod tests {
 
     #[test]
     fn the_default_query_renders_as_documented_with_its_freshness_part() {
-        let template =
-            crate::prometheus::template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY)
-                .unwrap();
-        let plan = plan_for_mappings(
-            &[MetricMapping {
-                served: "websocket_connections".into(),
-                family: "websocket_connections_active".into(),
-                rate: None,
-                filter: None,
-            }],
-            &template,
-            "namespace",
-            "pod",
-            true,
-        );
+        let plan = default_plan();
         assert_eq!(
             plan.queries.len(),
             1,
@@ -467,21 +459,7 @@ mod tests {
 
     #[test]
     fn a_split_part_asks_for_its_namespace_only() {
-        let template =
-            crate::prometheus::template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY)
-                .unwrap();
-        let plan = plan_for_mappings(
-            &[MetricMapping {
-                served: "websocket_connections".into(),
-                family: "websocket_connections_active".into(),
-                rate: None,
-                filter: None,
-            }],
-            &template,
-            "namespace",
-            "pod",
-            true,
-        );
+        let plan = default_plan();
         let spec = &plan.queries[0];
         assert!(spec.split);
         let part = spec.promql_in(&["chat".into()]);
