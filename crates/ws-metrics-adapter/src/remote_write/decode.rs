@@ -77,6 +77,12 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
+/// The least memory the decoded structures of a request may take, whatever its size: a real
+/// agent's request (a few thousand samples with their labels) always fits. Above it, the decoded
+/// structures may take as much memory as the decompressed bytes, so a request costs at most
+/// about twice `max_decoded_bytes`. Unit: bytes.
+const MIN_STRUCTURE_BUDGET: usize = 16 << 20;
+
 /// Limits applied while decoding one body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
@@ -114,6 +120,96 @@ pub enum DecodeError {
         /// The limit.
         limit: usize,
     },
+    /// Decoded, the request's series, labels and samples would take more memory than the
+    /// decompressed-size limit allows (tiny fields expand many times once decoded).
+    #[error(
+        "request would take about {estimated} bytes once decoded ({series} series, {labels} labels, {samples} samples), above the limit of {limit}"
+    )]
+    DecodedStructureTooLarge {
+        /// Estimated memory of the decoded request. Unit: bytes.
+        estimated: usize,
+        /// Series counted.
+        series: usize,
+        /// Labels counted, over all series.
+        labels: usize,
+        /// Samples counted, over all series.
+        samples: usize,
+        /// The limit (the decompressed-size limit). Unit: bytes.
+        limit: usize,
+    },
+}
+
+/// What [`prescan`] counts in a `WriteRequest` without decoding it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    series: usize,
+    labels: usize,
+    samples: usize,
+}
+
+impl Counts {
+    /// The memory prost allocates for these (its `Vec`s may hold up to twice their length).
+    fn estimated_bytes(self) -> usize {
+        2 * (self.series * std::mem::size_of::<TimeSeries>()
+            + self.labels * std::mem::size_of::<Label>()
+            + self.samples * std::mem::size_of::<Sample>())
+    }
+}
+
+/// Reads a protobuf varint at `*at`, advancing it; `None` when truncated or over 10 bytes.
+fn varint(raw: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let byte = *raw.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Walks the fields of one message in `raw`, calling `on(field, bytes)` for each length-delimited
+/// one and skipping the others. `None` on a wire format it cannot walk (prost then reports it).
+fn fields(raw: &[u8], mut on: impl FnMut(u64, &[u8])) -> Option<()> {
+    let mut at = 0;
+    while at < raw.len() {
+        let key = varint(raw, &mut at)?;
+        match key & 7 {
+            0 => {
+                varint(raw, &mut at)?;
+            }
+            1 => at = at.checked_add(8)?,
+            5 => at = at.checked_add(4)?,
+            2 => {
+                let len = usize::try_from(varint(raw, &mut at)?).ok()?;
+                let end = at.checked_add(len)?;
+                on(key >> 3, raw.get(at..end)?);
+                at = end;
+            }
+            _ => return None,
+        }
+    }
+    (at == raw.len()).then_some(())
+}
+
+/// Counts the series, labels and samples of a `WriteRequest` in one pass over its bytes, with no
+/// allocation: what decoding would build, known before prost builds it. Stops counting (and
+/// leaves the error to prost) where the bytes are not a walkable message.
+fn prescan(raw: &[u8]) -> Counts {
+    let mut counts = Counts::default();
+    let _ = fields(raw, |field, series| {
+        if field == 1 {
+            counts.series += 1;
+            let _ = fields(series, |inner, _| match inner {
+                1 => counts.labels += 1,
+                2 => counts.samples += 1,
+                _ => {}
+            });
+        }
+    });
+    counts
 }
 
 /// Decompresses and decodes one remote-write body.
@@ -150,6 +246,25 @@ pub fn decode_protobuf(raw: &[u8], max_series: usize) -> Result<WriteRequest, De
 }
 
 fn decode_bytes(raw: Bytes, max_series: usize) -> Result<WriteRequest, DecodeError> {
+    // Counted before prost allocates anything: the series limit, and the decoded structures
+    // bounded like the decompressed bytes (minimal labels and samples expand 8-16x).
+    let counts = prescan(&raw);
+    if counts.series > max_series {
+        return Err(DecodeError::TooManySeries {
+            series: counts.series,
+            limit: max_series,
+        });
+    }
+    let limit = raw.len().max(MIN_STRUCTURE_BUDGET);
+    if counts.estimated_bytes() > limit {
+        return Err(DecodeError::DecodedStructureTooLarge {
+            estimated: counts.estimated_bytes(),
+            series: counts.series,
+            labels: counts.labels,
+            samples: counts.samples,
+            limit,
+        });
+    }
     let request = WriteRequest::decode(raw).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     for l in request.timeseries.iter().flat_map(|t| &t.labels) {
         if std::str::from_utf8(&l.name).is_err() || std::str::from_utf8(&l.value).is_err() {
@@ -268,6 +383,48 @@ mod tests {
                 series: 3,
                 limit: 2
             })
+        );
+    }
+
+    #[test]
+    fn the_prescan_counts_what_decoding_would_build() {
+        let request = WriteRequest {
+            timeseries: (0..3)
+                .map(|i| series("m", &i.to_string(), 1.0, 1))
+                .collect(),
+        };
+        assert_eq!(
+            prescan(&request.encode_to_vec()),
+            Counts {
+                series: 3,
+                labels: 9,
+                samples: 3
+            }
+        );
+    }
+
+    /// Millions of empty labels in a few MiB: refused before prost builds a `Label` for each,
+    /// and the reason names the counts.
+    #[test]
+    fn tiny_fields_that_would_expand_in_memory_are_refused_before_decoding() {
+        // One series (field 1) holding 4 Mi empty labels (field 1, length 0: bytes 0x0a 0x00).
+        let labels = 4 << 20;
+        let mut inner = Vec::with_capacity(2 * labels);
+        for _ in 0..labels {
+            inner.extend_from_slice(&[0x0a, 0x00]);
+        }
+        let mut raw = vec![0x0a];
+        let mut len = inner.len();
+        while len >= 0x80 {
+            raw.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        raw.push(len as u8);
+        raw.extend_from_slice(&inner);
+        let err = decode_protobuf(&raw, 100).expect_err("refused");
+        assert!(
+            matches!(err, DecodeError::DecodedStructureTooLarge { labels: l, series: 1, .. } if l == labels),
+            "{err}"
         );
     }
 

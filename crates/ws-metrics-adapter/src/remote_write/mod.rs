@@ -558,7 +558,9 @@ impl Receiver {
             Ok(r) => r,
             Err(e) => {
                 let (outcome, code) = match e {
-                    DecodeError::DecodedTooLarge { .. } | DecodeError::TooManySeries { .. } => {
+                    DecodeError::DecodedTooLarge { .. }
+                    | DecodeError::TooManySeries { .. }
+                    | DecodeError::DecodedStructureTooLarge { .. } => {
                         ("too_large", StatusCode::PAYLOAD_TOO_LARGE)
                     }
                     _ => ("bad_request", StatusCode::BAD_REQUEST),
