@@ -87,6 +87,20 @@ fn send_signal(pid: u32, signal: &str) {
 }
 
 impl PodProcess {
+    /// A just-started pod: not Ready yet, not terminating, no prober.
+    fn new(pod: &Pod, ip: Ipv4Addr, process: Child, netns: Option<PodNetns>) -> Self {
+        Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ip,
+            ready: false,
+            terminating: false,
+            process,
+            prober: None,
+            _netns: netns,
+        }
+    }
+
     /// Where the pod serves.
     pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from((self.ip, POD_PORT))
@@ -384,19 +398,11 @@ async fn start_if_new(
         .spawn()
         .expect("starting ws-demo serve");
     let addr = SocketAddr::from((ip, POD_PORT));
-    state.lock().expect("agent state").pods.insert(
-        key.clone(),
-        PodProcess {
-            name: name.clone(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            ip,
-            ready: false,
-            terminating: false,
-            process,
-            prober: None,
-            _netns: None,
-        },
-    );
+    state
+        .lock()
+        .expect("agent state")
+        .pods
+        .insert(key.clone(), PodProcess::new(pod, ip, process, None));
     let started = Instant::now();
     while !matches!(plain_get(addr, "/healthz").await, Ok((200, _))) {
         let exited = match state.lock().expect("agent state").pods.get_mut(&key) {
@@ -525,19 +531,8 @@ async fn start_from_spec(
         if s.pods.contains_key(&key) {
             return; // started by a concurrent event while this one prepared (dropped: killed)
         }
-        s.pods.insert(
-            key.clone(),
-            PodProcess {
-                name: name.clone(),
-                labels: pod.metadata.labels.clone().unwrap_or_default(),
-                ip,
-                ready: false,
-                terminating: false,
-                process,
-                prober: None,
-                _netns: Some(netns),
-            },
-        );
+        s.pods
+            .insert(key.clone(), PodProcess::new(pod, ip, process, Some(netns)));
     }
     eprintln!(
         "node agent: pod {key} runs {} as pid {pid} on {ip} (log {})",

@@ -79,6 +79,31 @@ pub struct PrometheusConfig {
     pub max_parallel: usize,
 }
 
+/// Copies into `table` the objects of namespace `ns` (every namespace when empty) from `last`
+/// that are still within `max_age`; returns the oldest sample time among them. They are served
+/// while all of them are fresh (the read checks the oldest), then the namespace answers 500,
+/// never partly or empty.
+fn carry_last_good(
+    table: &mut Table,
+    last: &Table,
+    ns: &str,
+    now: crate::clock::Moment,
+    max_age: Duration,
+) -> Option<SampleTime> {
+    let mut oldest: Option<(Duration, SampleTime)> = None;
+    for (key, value) in &last.objects {
+        let age = value.time.age(now.mono);
+        if (ns.is_empty() || key.0 == ns) && age <= max_age {
+            if oldest.is_none_or(|(o, _)| age > o) {
+                oldest = Some((age, value.time));
+            }
+            table.objects.insert(key.clone(), value.clone());
+        }
+    }
+    table.kept_labels.extend(last.kept_labels.iter().cloned());
+    oldest.map(|(_, t)| t)
+}
+
 /// The namespaces a part of a split query asks for; `None` for an unsplit query.
 type Group = Option<Arc<[String]>>;
 
@@ -533,22 +558,9 @@ impl Source {
                     .as_deref()
                     .map_or_else(|| vec![String::new()], <[String]>::to_vec);
                 for ns in members {
-                    let mut oldest: Option<SampleTime> = None;
-                    if let Some(last) = &last {
-                        // Served while every one of them is within --max-age (the read checks
-                        // the oldest), then the namespace answers 500, never partly or empty.
-                        for (key, value) in &last.objects {
-                            if (ns.is_empty() || key.0 == ns) && value.time.age(now.mono) <= max_age
-                            {
-                                if oldest.is_none_or(|o| value.time.age(now.mono) > o.age(now.mono))
-                                {
-                                    oldest = Some(value.time);
-                                }
-                                table.objects.insert(key.clone(), value.clone());
-                            }
-                        }
-                        table.kept_labels.extend(last.kept_labels.iter().cloned());
-                    }
+                    let oldest = last
+                        .as_deref()
+                        .and_then(|last| carry_last_good(&mut table, last, &ns, now, max_age));
                     table.failing.insert(
                         ns,
                         PartFailure {

@@ -412,121 +412,106 @@ impl Snapshot {
         {
             return Err(failed(f));
         }
-        let answer = self.read_table(
-            store, resource, served, objects, metric, table, value_of, item, not_found, now,
-        );
+        // The table's answer, before a failing part is taken into account (a `return` in it
+        // ends this closure, not the read).
+        let answer = (|| -> Result<Vec<Item>, ReadError> {
+            match (served.values, objects) {
+                (Values::PodSum(_), Objects::One { name, .. }) => {
+                    let pods = store.pod_names(name, &Selector::everything());
+                    if pods.is_empty() && !store.namespace_known(name) {
+                        return Err(ReadError::UnknownNamespace {
+                            namespace: name.to_owned(),
+                        });
+                    }
+                    let (sum, oldest) = sum_every_pod(
+                        || format!("namespace {name}"),
+                        pods.iter().map(|pod| value_of(name, pod)),
+                    )?;
+                    Ok(vec![item(
+                        "",
+                        name,
+                        (sum, oldest.unwrap_or_else(|| SampleTime::read_at(now))),
+                    )])
+                }
+                (Values::PodSum(_), Objects::All { .. }) => Err(not_found()),
+                (Values::Query(_), Objects::One { namespace, name }) => {
+                    let no_value = |resource: String| ReadError::NoValue {
+                        metric: metric.to_owned(),
+                        resource,
+                        name: name.to_owned(),
+                        with: String::new(),
+                    };
+                    if resource.is_pods()
+                        && !store.has_pod(&PodKey {
+                            namespace: namespace.to_owned(),
+                            name: name.to_owned(),
+                        })
+                    {
+                        return Err(no_value("pods".to_owned()));
+                    }
+                    let ns = if resource.namespaced { namespace } else { "" };
+                    let v = value_of(ns, name).ok_or_else(|| no_value(resource.path()))?;
+                    Ok(vec![item(ns, name, v)])
+                }
+                (
+                    Values::Query(_),
+                    Objects::All {
+                        namespace,
+                        selector,
+                    },
+                ) => {
+                    if resource.is_pods() {
+                        return Ok(store
+                            .pod_names(namespace, selector)
+                            .into_iter()
+                            .filter_map(|pod| {
+                                value_of(namespace, &pod).map(|v| item(namespace, &pod, v))
+                            })
+                            .collect());
+                    }
+                    // Objects selected by their own labels: only for the resources discovery
+                    // watches (cluster mode), from their labels in memory.
+                    let selected: Option<std::collections::HashSet<String>> = if selector.is_empty()
+                    {
+                        None
+                    } else {
+                        match store.objects_matching(resource, namespace, selector) {
+                            Some(names) => Some(names.into_iter().collect()),
+                            None if store.tracks_objects(resource) => {
+                                return Err(ReadError::NotSynced {
+                                    resource: resource.path(),
+                                });
+                            }
+                            None => {
+                                return Err(ReadError::Unanswerable(format!(
+                                    "labelSelector is only supported for pods and, in cluster mode, deployments.apps, statefulsets.apps, replicasets.apps and services: this adapter does not watch {}",
+                                    resource.path()
+                                )));
+                            }
+                        }
+                    };
+                    let ns = if resource.namespaced { namespace } else { "" };
+                    let mut names: Vec<&String> = table
+                        .objects
+                        .keys()
+                        .filter(|(n, _)| n == ns)
+                        .map(|(_, name)| name)
+                        .filter(|name| selected.as_ref().is_none_or(|s| s.contains(*name)))
+                        .collect();
+                    names.sort();
+                    Ok(names
+                        .into_iter()
+                        .filter_map(|name| value_of(ns, name).map(|v| item(ns, name, v)))
+                        .collect())
+                }
+            }
+        })();
         match (answer, failing) {
             (Ok(items), Some(f)) if items.is_empty() => Err(failed(f)),
             (Err(ReadError::NoValue { .. } | ReadError::IncompleteData { .. }), Some(f)) => {
                 Err(failed(f))
             }
             (answer, _) => answer,
-        }
-    }
-
-    /// [`Snapshot::read`] of one table, before a failing part is taken into account.
-    #[allow(clippy::too_many_arguments)]
-    fn read_table(
-        &self,
-        store: &Store,
-        resource: &'static ResourceInfo,
-        served: &Served,
-        objects: Objects<'_>,
-        metric: &str,
-        table: &Table,
-        value_of: impl Fn(&str, &str) -> Option<(i64, SampleTime)>,
-        item: impl Fn(&str, &str, (i64, SampleTime)) -> Item,
-        not_found: impl Fn() -> ReadError,
-        now: Moment,
-    ) -> Result<Vec<Item>, ReadError> {
-        match (served.values, objects) {
-            (Values::PodSum(_), Objects::One { name, .. }) => {
-                let pods = store.pod_names(name, &Selector::everything());
-                if pods.is_empty() && !store.namespace_known(name) {
-                    return Err(ReadError::UnknownNamespace {
-                        namespace: name.to_owned(),
-                    });
-                }
-                let (sum, oldest) = sum_every_pod(
-                    || format!("namespace {name}"),
-                    pods.iter().map(|pod| value_of(name, pod)),
-                )?;
-                Ok(vec![item(
-                    "",
-                    name,
-                    (sum, oldest.unwrap_or_else(|| SampleTime::read_at(now))),
-                )])
-            }
-            (Values::PodSum(_), Objects::All { .. }) => Err(not_found()),
-            (Values::Query(_), Objects::One { namespace, name }) => {
-                let no_value = |resource: String| ReadError::NoValue {
-                    metric: metric.to_owned(),
-                    resource,
-                    name: name.to_owned(),
-                    with: String::new(),
-                };
-                if resource.is_pods()
-                    && !store.has_pod(&PodKey {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    })
-                {
-                    return Err(no_value("pods".to_owned()));
-                }
-                let ns = if resource.namespaced { namespace } else { "" };
-                let v = value_of(ns, name).ok_or_else(|| no_value(resource.path()))?;
-                Ok(vec![item(ns, name, v)])
-            }
-            (
-                Values::Query(_),
-                Objects::All {
-                    namespace,
-                    selector,
-                },
-            ) => {
-                if resource.is_pods() {
-                    return Ok(store
-                        .pod_names(namespace, selector)
-                        .into_iter()
-                        .filter_map(|pod| {
-                            value_of(namespace, &pod).map(|v| item(namespace, &pod, v))
-                        })
-                        .collect());
-                }
-                // Objects selected by their own labels: only for the resources discovery
-                // watches (cluster mode), from their labels in memory.
-                let selected: Option<std::collections::HashSet<String>> = if selector.is_empty() {
-                    None
-                } else {
-                    match store.objects_matching(resource, namespace, selector) {
-                        Some(names) => Some(names.into_iter().collect()),
-                        None if store.tracks_objects(resource) => {
-                            return Err(ReadError::NotSynced {
-                                resource: resource.path(),
-                            });
-                        }
-                        None => {
-                            return Err(ReadError::Unanswerable(format!(
-                                "labelSelector is only supported for pods and, in cluster mode, deployments.apps, statefulsets.apps, replicasets.apps and services: this adapter does not watch {}",
-                                resource.path()
-                            )));
-                        }
-                    }
-                };
-                let ns = if resource.namespaced { namespace } else { "" };
-                let mut names: Vec<&String> = table
-                    .objects
-                    .keys()
-                    .filter(|(n, _)| n == ns)
-                    .map(|(_, name)| name)
-                    .filter(|name| selected.as_ref().is_none_or(|s| s.contains(*name)))
-                    .collect();
-                names.sort();
-                Ok(names
-                    .into_iter()
-                    .filter_map(|name| value_of(ns, name).map(|v| item(ns, name, v)))
-                    .collect())
-            }
         }
     }
 }
