@@ -19,7 +19,7 @@ pub mod read;
 pub mod resource;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -213,9 +213,32 @@ struct PodEntry {
     labels: Labels,
     url: Arc<str>,
     ready: bool,
-    reading: Option<Arc<Reading>>,
+    /// The latest good reading. Swapped whole by [`Store::record_parsed`] under the inventory's
+    /// *read* lock: recording a scrape neither waits for nor blocks the API's reads (10,000
+    /// scrapes a second each took the write lock before, and a waiting writer stalls new readers).
+    reading: ArcSwapOption<Reading>,
     /// One counter history per [`MetricCatalog::rates`] entry (empty until the first reading).
-    rates: Vec<rates::CounterHistory>,
+    /// Locked only by the recording of this pod's scrape, which also swaps `reading` while it
+    /// holds the lock, so two recordings of one pod land in the order their rates were computed.
+    rates: Mutex<Vec<rates::CounterHistory>>,
+}
+
+impl PodEntry {
+    fn new(target_uid: String, labels: Labels, url: Arc<str>, ready: bool) -> Self {
+        Self {
+            uid: target_uid,
+            labels,
+            url,
+            ready,
+            reading: ArcSwapOption::empty(),
+            rates: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The counter histories (poisoning ignored: each update is one `observe`).
+    fn rates(&self) -> std::sync::MutexGuard<'_, Vec<rates::CounterHistory>> {
+        self.rates.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The pods of one namespace, with an inverted index of their labels so that a selector such as
@@ -311,6 +334,16 @@ impl Namespace {
         }
         best
     }
+}
+
+/// Whether [`Namespace::candidates`] are exactly the pods `selector` matches: its one
+/// requirement is an `=`, `==` or `in`, which the label index answers whole (the HPA's usual
+/// `app=NAME`), so checking each candidate against it again would only repeat the index.
+fn index_answers_whole(selector: &Selector) -> bool {
+    matches!(
+        selector.requirements(),
+        [req] if matches!(req.operator, Operator::Equals | Operator::DoubleEquals | Operator::In)
+    )
 }
 
 #[derive(Debug, Default)]
@@ -741,23 +774,21 @@ impl Store {
             |new: usize| slots[catalog.families.len() + new].map(|s| s - old.families.len());
         for ns in inner.pods.values_mut() {
             for entry in ns.pods.values_mut() {
-                if let Some(reading) = &entry.reading {
+                if let Some(reading) = entry.reading.load_full() {
                     let families = slots
                         .iter()
                         .map(|s| s.and_then(|i| reading.families.get(i).cloned().flatten()))
                         .collect();
-                    entry.reading = Some(Arc::new(Reading {
+                    entry.reading.store(Some(Arc::new(Reading {
                         time: reading.time,
                         families,
-                    }));
+                    })));
                 }
-                if !entry.rates.is_empty() {
+                let entry_rates = entry.rates.get_mut().unwrap_or_else(|e| e.into_inner());
+                if !entry_rates.is_empty() {
                     let mut old_rates: Vec<Option<rates::CounterHistory>> =
-                        std::mem::take(&mut entry.rates)
-                            .into_iter()
-                            .map(Some)
-                            .collect();
-                    entry.rates = catalog
+                        std::mem::take(entry_rates).into_iter().map(Some).collect();
+                    *entry_rates = catalog
                         .rates
                         .iter()
                         .enumerate()
@@ -796,8 +827,12 @@ impl Store {
         let inserted = match ns.pods.get_mut(&target.key.name) {
             Some(entry) => {
                 if entry.uid != target.uid {
-                    entry.reading = None;
-                    entry.rates.clear();
+                    entry.reading.store(None);
+                    entry
+                        .rates
+                        .get_mut()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
                     entry.uid = target.uid;
                 }
                 if *entry.url != *target.url {
@@ -809,14 +844,12 @@ impl Store {
             }
             None => ns.insert(
                 target.key.name,
-                PodEntry {
-                    uid: target.uid,
-                    labels: target.labels,
-                    url: Arc::from(target.url),
-                    ready: target.ready,
-                    reading: None,
-                    rates: Vec::new(),
-                },
+                PodEntry::new(
+                    target.uid,
+                    target.labels,
+                    Arc::from(target.url),
+                    target.ready,
+                ),
             ),
         };
         if inserted {
@@ -848,24 +881,21 @@ impl Store {
         let mut inner = self.write();
         let mut count = 0;
         for t in targets {
-            let (reading, rates) = inner
+            let mut entry = PodEntry::new(t.uid, t.labels, Arc::from(t.url), t.ready);
+            if let Some(old) = inner
                 .pods
                 .get_mut(&t.key.namespace)
                 .and_then(|ns| ns.pods.get_mut(&t.key.name))
-                .filter(|e| e.uid == t.uid)
-                .map(|e| (e.reading.clone(), std::mem::take(&mut e.rates)))
-                .unwrap_or_default();
-            let added = fresh.entry(t.key.namespace).or_default().insert(
-                t.key.name,
-                PodEntry {
-                    uid: t.uid,
-                    labels: t.labels,
-                    url: Arc::from(t.url),
-                    ready: t.ready,
-                    reading,
-                    rates,
-                },
-            );
+                .filter(|e| e.uid == entry.uid)
+            {
+                entry.reading.store(old.reading.load_full());
+                *entry.rates.get_mut().unwrap_or_else(|e| e.into_inner()) =
+                    std::mem::take(old.rates.get_mut().unwrap_or_else(|e| e.into_inner()));
+            }
+            let added = fresh
+                .entry(t.key.namespace)
+                .or_default()
+                .insert(t.key.name, entry);
             if added {
                 count += 1;
             }
@@ -972,7 +1002,10 @@ impl Store {
         mut reading: Reading,
         parsed_with: &Arc<MetricCatalog>,
     ) -> bool {
-        let mut inner = self.write();
+        // The read lock is enough: the entry's reading is swapped atomically and its rates have
+        // a lock of their own. It also holds off `replace_catalog` (a writer), so the catalog
+        // loaded here stays the current one until the reading is stored.
+        let inner = self.locked();
         let catalog = self.catalog.load_full();
         if !Arc::ptr_eq(parsed_with, &catalog) {
             let families = std::mem::take(&mut reading.families);
@@ -985,26 +1018,29 @@ impl Store {
         }
         match inner
             .pods
-            .get_mut(&key.namespace)
-            .and_then(|ns| ns.pods.get_mut(&key.name))
+            .get(&key.namespace)
+            .and_then(|ns| ns.pods.get(&key.name))
         {
             Some(entry) if entry.uid == uid => {
                 let rates = catalog.rates();
-                if !rates.is_empty() {
-                    if entry.rates.len() != rates.len() {
-                        entry.rates = rates
-                            .iter()
-                            .map(|&(_, window)| rates::CounterHistory::new(window))
-                            .collect();
-                    }
-                    reading.families.resize(catalog.families().len(), None);
-                    for (&(raw, _), history) in rates.iter().zip(&mut entry.rates) {
-                        let counter = reading.families[raw].as_ref();
-                        let rate = history.observe(counter, reading.time);
-                        reading.families.push(rate);
-                    }
+                if rates.is_empty() {
+                    entry.reading.store(Some(Arc::new(reading)));
+                    return true;
                 }
-                entry.reading = Some(Arc::new(reading));
+                let mut histories = entry.rates();
+                if histories.len() != rates.len() {
+                    *histories = rates
+                        .iter()
+                        .map(|&(_, window)| rates::CounterHistory::new(window))
+                        .collect();
+                }
+                reading.families.resize(catalog.families().len(), None);
+                for (&(raw, _), history) in rates.iter().zip(histories.iter_mut()) {
+                    let counter = reading.families[raw].as_ref();
+                    let rate = history.observe(counter, reading.time);
+                    reading.families.push(rate);
+                }
+                entry.reading.store(Some(Arc::new(reading)));
                 true
             }
             _ => false,
@@ -1021,11 +1057,14 @@ impl Store {
         *self.last_round.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The entry's reading if it is at most `max_age` old on the monotonic clock: a stepped
+    /// Whether the entry has a reading at most `max_age` old on the monotonic clock: a stepped
     /// wall clock changes neither way what is served.
-    fn fresh<'a>(&self, entry: &'a PodEntry, now: Instant) -> Option<&'a Reading> {
-        let reading = entry.reading.as_deref()?;
-        (reading.time.age(now) <= self.max_age).then_some(reading)
+    fn is_fresh(&self, entry: &PodEntry, now: Instant) -> bool {
+        entry
+            .reading
+            .load()
+            .as_deref()
+            .is_some_and(|reading| reading.time.age(now) <= self.max_age)
     }
 
     /// The family's value in the entry's reading, with its sample time, if that time is at most
@@ -1038,7 +1077,8 @@ impl Store {
         series_selector: &Selector,
         now: Instant,
     ) -> Option<(i64, SampleTime)> {
-        let reading = entry.reading.as_deref()?;
+        let reading = entry.reading.load();
+        let reading = reading.as_deref()?;
         let fam = reading.families.get(family)?.as_ref()?;
         let time = match fam.stamped_ms {
             Some(ms) => reading.time.restamped(epoch_ms(ms)),
@@ -1064,8 +1104,8 @@ impl Store {
         let Some(ns) = inner.pods.get(namespace) else {
             return Vec::new();
         };
-        let value_of = |name: &str, e: &PodEntry| {
-            if !pod_selector.matches_map(&e.labels) {
+        let value_of = |name: &str, e: &PodEntry, check: bool| {
+            if check && !pod_selector.matches_map(&e.labels) {
                 return None;
             }
             let (milli, time) = self.fresh_value(e, family, series_selector, now.mono)?;
@@ -1077,15 +1117,18 @@ impl Store {
         };
         match ns.candidates(pod_selector) {
             // Only the pods carrying the most selective required label; the full selector is
-            // still applied to each.
-            Some(names) => names
-                .into_iter()
-                .filter_map(|name| ns.pods.get(name).and_then(|e| value_of(name, e)))
-                .collect(),
+            // still applied to each, unless the index answered all of it.
+            Some(names) => {
+                let check = !index_answers_whole(pod_selector);
+                names
+                    .into_iter()
+                    .filter_map(|name| ns.pods.get(name).and_then(|e| value_of(name, e, check)))
+                    .collect()
+            }
             None => ns
                 .pods
                 .iter()
-                .filter_map(|(name, e)| value_of(name, e))
+                .filter_map(|(name, e)| value_of(name, e, true))
                 .collect(),
         }
     }
@@ -1191,7 +1234,7 @@ impl Store {
         let mut fresh = 0;
         let mut stale = 0;
         for entry in inner.pods.values().flat_map(|ns| ns.pods.values()) {
-            if self.fresh(entry, now).is_some() {
+            if self.is_fresh(entry, now) {
                 fresh += 1;
             } else {
                 stale += 1;
