@@ -244,6 +244,26 @@ pub fn exposition_target(input: &[u8]) {
         }
         (a, b) => panic!("parse is {a:?} but parse_selected is {b:?}"),
     };
+    // The `# TYPE` lines the parser reports for the wanted family, against a plain scan of a
+    // body that parsed: tokens split on spaces and tabs, one `\r` before the newline stripped
+    // (label values hold no raw newline, so every line starting with `#` is a comment line).
+    let declared = exposition::parse_selected_declared(&text, |name| name == FAMILY)
+        .expect("the body parsed once")
+        .declared;
+    let scanned = text.split('\n').any(|line| {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let mut tokens = line.split([' ', '\t']).filter(|t| !t.is_empty());
+        tokens.next() == Some("#") && tokens.next() == Some("TYPE") && tokens.next() == Some(FAMILY)
+    });
+    assert_eq!(
+        declared.contains(&FAMILY),
+        scanned,
+        "declared {declared:?}, but a token scan finds a `# TYPE {FAMILY}` line: {scanned}"
+    );
+    assert!(
+        declared.iter().all(|f| *f == FAMILY),
+        "unwanted family declared: {declared:?}"
+    );
     let wanted: Vec<_> = all.iter().filter(|s| s.name == FAMILY).collect();
     assert_eq!(wanted.len(), selected.len(), "selected samples differ");
     for (a, b) in wanted.iter().zip(&selected) {

@@ -68,6 +68,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// # Errors
 /// [`Error::Syntax`] for the first line that does not parse.
 pub fn parse_selected(text: &str, wanted: impl Fn(&str) -> bool) -> Result<Vec<Sample>> {
+    parse_selected_declared(text, wanted).map(|selected| selected.samples)
+}
+
+/// What [`parse_selected_declared`] found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Selected<'a> {
+    /// The wanted samples, in body order.
+    pub samples: Vec<Sample>,
+    /// The wanted families a `# TYPE` line declares, in body order: a family declared with no
+    /// samples exists (its value is 0), one never mentioned does not.
+    pub declared: Vec<&'a str>,
+}
+
+/// [`parse_selected`] that also reports which wanted families a `# TYPE` line declares, found in
+/// the same pass over the body (a second pass per family cost about as much as the parse).
+///
+/// # Errors
+/// [`Error::Syntax`] for the first line that does not parse.
+pub fn parse_selected_declared<'a>(
+    text: &'a str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Selected<'a>> {
     let mut parser = Parser {
         dialect: if ends_with_eof_marker(text) {
             Dialect::OpenMetrics
@@ -78,13 +100,18 @@ pub fn parse_selected(text: &str, wanted: impl Fn(&str) -> bool) -> Result<Vec<S
         names: Vec::new(),
         sorted: Vec::new(),
     };
-    let mut samples = Vec::new();
+    let mut selected = Selected::default();
     let mut lines = text.split('\n').enumerate();
     while let Some((index, raw)) = lines.next() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         match parser.line(line) {
             Ok(Parsed::Nothing) => {}
-            Ok(Parsed::Sample(sample)) => samples.push(sample),
+            Ok(Parsed::Type(family)) => {
+                if (parser.wanted)(family) {
+                    selected.declared.push(family);
+                }
+            }
+            Ok(Parsed::Sample(sample)) => selected.samples.push(sample),
             Ok(Parsed::Eof) => {
                 if let Some((after, _)) = lines.find(|(_, rest)| !is_blank(rest)) {
                     return Err(syntax(after, "content after `# EOF`".to_owned()));
@@ -94,7 +121,7 @@ pub fn parse_selected(text: &str, wanted: impl Fn(&str) -> bool) -> Result<Vec<S
             Err(reason) => return Err(syntax(index, reason)),
         }
     }
-    Ok(samples)
+    Ok(selected)
 }
 
 /// Parses the whole body and returns every sample.
@@ -123,9 +150,11 @@ enum Dialect {
 }
 
 /// What one line turned out to be.
-enum Parsed {
-    /// Blank line, comment, metadata, or a sample the caller does not want.
+enum Parsed<'a> {
+    /// Blank line, comment, `# HELP` or `# UNIT`, or a sample the caller does not want.
     Nothing,
+    /// A well-formed `# TYPE` line of this family.
+    Type(&'a str),
     /// A wanted sample.
     Sample(Sample),
     /// The `# EOF` marker.
@@ -303,7 +332,7 @@ fn shown(token: &str) -> String {
 }
 
 impl<'a, F: Fn(&str) -> bool> Parser<'a, F> {
-    fn line(&mut self, line: &'a str) -> Result<Parsed, String> {
+    fn line(&mut self, line: &'a str) -> Result<Parsed<'a>, String> {
         let mut cur = Cursor { line, pos: 0 };
         cur.skip_ws();
         match cur.peek() {
@@ -496,7 +525,7 @@ impl<'a, F: Fn(&str) -> bool> Parser<'a, F> {
 
 /// After `#`: `# HELP name [text]`, `# TYPE name type`, `# UNIT name [unit]`, `# EOF`, or a
 /// comment.
-fn comment(cur: &mut Cursor<'_>) -> Result<Parsed, String> {
+fn comment<'a>(cur: &mut Cursor<'a>) -> Result<Parsed<'a>, String> {
     if !cur.skip_ws() {
         // `#foo` or a lone `#`: a comment.
         return Ok(Parsed::Nothing);
@@ -555,11 +584,14 @@ fn comment(cur: &mut Cursor<'_>) -> Result<Parsed, String> {
         _ => return Ok(Parsed::Nothing),
     }
     cur.skip_ws();
-    if cur.at_end() {
-        Ok(Parsed::Nothing)
-    } else {
-        Err(format!("unexpected {} after `# {keyword}`", cur.found()))
+    if !cur.at_end() {
+        return Err(format!("unexpected {} after `# {keyword}`", cur.found()));
     }
+    Ok(if keyword == "TYPE" {
+        Parsed::Type(name)
+    } else {
+        Parsed::Nothing
+    })
 }
 
 /// The first label name that occurs twice, if any. Small sets are compared pairwise; large ones

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -75,8 +74,54 @@ pub struct RoundReport {
     pub failed: HashMap<&'static str, usize>,
 }
 
-/// The scrape loop's state. Share it behind an `Arc`.
+/// When each scrape of a round starts. A round with more pods than `--scrape-concurrency` starts
+/// them in groups of [`Pace::GROUP`], evenly over the first half of the interval, instead of
+/// all at once: the same work, but as a steady share of the CPU rather than a burst of a few
+/// hundred milliseconds that the API's requests queue behind (each pod is still scraped once
+/// per interval, at about the same offset every round). Groups rather than single starts: a
+/// group's responses arrive together and are read in one wake-up of the runtime, where starts
+/// spread one by one cost each scrape a wake-up of its own (measured: 0.29 → 0.52 cores at
+/// 10,000 pods). A smaller round starts everything at once.
+struct Pace {
+    start: tokio::time::Instant,
+    /// Time between two groups; zero when not paced.
+    step: Duration,
+}
+
+impl Pace {
+    /// Scrapes started together.
+    const GROUP: usize = 64;
+
+    fn new(
+        start: tokio::time::Instant,
+        jobs: usize,
+        concurrency: usize,
+        interval: Duration,
+    ) -> Self {
+        let groups = jobs.div_ceil(Self::GROUP);
+        let step = if jobs > concurrency {
+            (interval / 2) / u32::try_from(groups).unwrap_or(u32::MAX)
+        } else {
+            Duration::ZERO
+        };
+        Self { start, step }
+    }
+
+    /// The start time of the `k`-th scrape.
+    fn start_of(&self, k: usize) -> tokio::time::Instant {
+        self.start + self.step * u32::try_from(k / Self::GROUP).unwrap_or(u32::MAX)
+    }
+}
+
+/// The scrape loop. Cheap to clone: clones share one state, which every scrape task of a round
+/// holds.
+#[derive(Clone)]
 pub struct Collector {
+    shared: Arc<Shared>,
+}
+
+/// What the scrapes of a round share.
+struct Shared {
     store: Arc<Store>,
     telemetry: Arc<Telemetry>,
     config: CollectConfig,
@@ -86,17 +131,6 @@ pub struct Collector {
     http1: http1::Client,
     /// Last `outcome` label per pod, to log transitions rather than every failure.
     last_outcome: Mutex<HashMap<PodKey, &'static str>>,
-}
-
-/// Whether a (parsed, valid) body has a `# TYPE <family> …` line: a family declared with no
-/// samples is served as 0, a family never mentioned as absent. Token-wise, so `# HELP` text that
-/// quotes a TYPE line does not count. Label values cannot hold a raw newline, so every line that
-/// starts with `#` is a comment line.
-fn declares_family(text: &str, family: &str) -> bool {
-    text.lines().any(|line| {
-        let mut tokens = line.split_whitespace();
-        tokens.next() == Some("#") && tokens.next() == Some("TYPE") && tokens.next() == Some(family)
-    })
 }
 
 impl Collector {
@@ -130,15 +164,19 @@ impl Collector {
             .pool_idle_timeout(Duration::from_secs(90).max(config.interval * 3))
             .build(connector);
         Ok(Self {
-            store,
-            telemetry,
-            http1: http1::Client::new(config.max_body_bytes, config.concurrency),
-            config,
-            client,
-            last_outcome: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                store,
+                telemetry,
+                http1: http1::Client::new(config.max_body_bytes, config.concurrency),
+                config,
+                client,
+                last_outcome: Mutex::new(HashMap::new()),
+            }),
         })
     }
+}
 
+impl Shared {
     async fn fetch(&self, url: &Arc<str>) -> std::result::Result<Parsed, ScrapeError> {
         if http1::is_plain_http(url) {
             let body = self.http1.get(url).await?;
@@ -202,10 +240,14 @@ impl Collector {
         // One catalog for the whole parse: a reload meanwhile is sorted out by `record_parsed`.
         let catalog = self.store.catalog();
         let families = catalog.families();
-        let samples = exposition::parse_selected(text, |name| families.iter().any(|f| f == name))
-            .map_err(ScrapeError::Unparseable)?;
-        let declared = |family: &str| declares_family(text, family);
-        let families = readings_from_samples(&catalog, &samples, declared)
+        // One pass validates the body, takes the wanted samples and notes which wanted
+        // families a `# TYPE` line declares: one declared with no samples is served as 0, one
+        // never mentioned as absent.
+        let selected =
+            exposition::parse_selected_declared(text, |name| families.iter().any(|f| f == name))
+                .map_err(ScrapeError::Unparseable)?;
+        let declared = |family: &str| selected.declared.contains(&family);
+        let families = readings_from_samples(&catalog, &selected.samples, declared)
             .map_err(ScrapeError::NotServable)?;
         // Families whose series carry timestamps are aged by them (`FamilyReading::stamped_ms`).
         let time = SampleTime::read_at(at);
@@ -266,44 +308,96 @@ impl Collector {
         }
     }
 
+    /// Scrapes one pod, records its reading, logs a change of outcome; the failure's label.
+    async fn scrape_and_note(&self, job: ScrapeJob) -> Option<&'static str> {
+        let result = self.scrape(&job).await;
+        self.note_outcome(&job, &result);
+        result.err().map(|error| error.metric_label())
+    }
+}
+
+impl Collector {
     /// Scrapes every tracked pod once and records the good readings. Slow pods hold only their
     /// own slot: each scrape has its own deadline and results are recorded as they arrive.
+    ///
+    /// Each scrape is a task of its own, at most `--scrape-concurrency` at a time, so the
+    /// runtime's workers share a round: parsing 10,000 bodies a second is more than one core
+    /// does comfortably, and one task polling every scrape would bound a round by one core.
     pub async fn tick(&self) -> RoundReport {
+        let this = &*self.shared;
         let started = Instant::now();
-        let jobs = self.store.scrape_jobs();
+        let jobs = this.store.scrape_jobs();
         let mut report = RoundReport {
             attempted: jobs.len(),
             ..RoundReport::default()
         };
         let live: HashSet<PodKey> = jobs.iter().map(|j| j.key.clone()).collect();
         let live_urls: HashSet<Arc<str>> = jobs.iter().map(|j| j.url.clone()).collect();
-        let mut results = futures::stream::iter(jobs)
-            .map(|job| async move {
-                let result = self.scrape(&job).await;
-                (job, result)
-            })
-            .buffer_unordered(self.config.concurrency);
-        while let Some((job, result)) = results.next().await {
-            self.note_outcome(&job, &result);
-            match result {
-                Ok(()) => report.recorded += 1,
-                Err(error) => *report.failed.entry(error.metric_label()).or_default() += 1,
+        let concurrency = this.config.concurrency.max(1);
+        let pace = Pace::new(
+            tokio::time::Instant::now(),
+            jobs.len(),
+            concurrency,
+            this.config.interval,
+        );
+        let mut pending = jobs.into_iter().enumerate().peekable();
+        // Dropped (the round cancelled at shutdown): its scrapes are aborted with it.
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let mut next_start = None;
+            while running.len() < concurrency {
+                let Some((k, _)) = pending.peek() else { break };
+                let due = pace.start_of(*k);
+                if due > tokio::time::Instant::now() {
+                    next_start = Some(due);
+                    break;
+                }
+                let Some((_, job)) = pending.next() else {
+                    break;
+                };
+                let shared = self.shared.clone();
+                running.spawn(async move { shared.scrape_and_note(job).await });
+            }
+            if running.is_empty() {
+                match next_start {
+                    Some(due) => {
+                        tokio::time::sleep_until(due).await;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let joined = match next_start {
+                Some(due) => tokio::select! {
+                    joined = running.join_next() => joined,
+                    () = tokio::time::sleep_until(due) => continue,
+                },
+                None => running.join_next().await,
+            };
+            match joined {
+                Some(Ok(None)) => report.recorded += 1,
+                Some(Ok(Some(failed))) => *report.failed.entry(failed).or_default() += 1,
+                // A scrape that panicked: as before the tasks, the panic ends the round.
+                Some(Err(error)) if error.is_panic() => {
+                    std::panic::resume_unwind(error.into_panic())
+                }
+                Some(Err(_cancelled)) => {}
+                None => break,
             }
         }
-        drop(results);
         // Forget pods that are gone, so the outcome map does not grow without bound.
-        self.last_outcome
+        this.last_outcome
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| live.contains(k));
-        self.http1.retain(&live_urls);
+        this.http1.retain(&live_urls);
         let end = Moment::now();
-        self.store.round_finished(end);
+        this.store.round_finished(end);
         let elapsed = started.elapsed();
-        let (fresh, stale) = self.store.freshness(end.mono);
-        self.telemetry.observe_round(
+        let (fresh, stale) = this.store.freshness(end.mono);
+        this.telemetry.observe_round(
             elapsed.as_secs_f64(),
-            elapsed > self.config.interval,
+            elapsed > this.config.interval,
             end.wall
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -319,9 +413,9 @@ impl Collector {
     /// start of each round and collected after the first.
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
         health::every_interval(
-            self.config.interval,
+            self.shared.config.interval,
             &health,
-            || self.store.is_synced(),
+            || self.shared.store.is_synced(),
             shutdown,
             || async {
                 let report = self.tick().await;
@@ -329,5 +423,41 @@ impl Collector {
             },
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_within_the_concurrency_starts_at_once() {
+        let t0 = tokio::time::Instant::now();
+        let pace = Pace::new(t0, 256, 256, Duration::from_secs(1));
+        assert_eq!(pace.start_of(0), t0);
+        assert_eq!(pace.start_of(255), t0);
+    }
+
+    #[test]
+    fn a_larger_round_starts_in_groups_over_half_the_interval() {
+        let t0 = tokio::time::Instant::now();
+        let interval = Duration::from_secs(1);
+        let pace = Pace::new(t0, 10_000, 256, interval);
+        // 157 groups of 64 (the last one short), 3.18 ms apart.
+        assert_eq!(pace.start_of(0), t0);
+        assert_eq!(pace.start_of(Pace::GROUP - 1), t0);
+        let second = pace.start_of(Pace::GROUP);
+        assert!(
+            second > t0 && second - t0 < Duration::from_millis(4),
+            "{:?}",
+            second - t0
+        );
+        let last = pace.start_of(9_999) - t0;
+        assert!(
+            last < interval / 2 && last > interval * 2 / 5,
+            "last group at {last:?}"
+        );
+        // Never out of order.
+        assert!((1..10_000).all(|k| pace.start_of(k) >= pace.start_of(k - 1)));
     }
 }
