@@ -18,6 +18,7 @@ use crate::clock::Moment;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 
 use crate::selector::Selector;
@@ -38,8 +39,9 @@ pub struct ApiState {
     store: Arc<Store>,
     telemetry: Arc<Telemetry>,
     clock: Clock,
-    group_list: Arc<[u8]>,
-    group: Arc<[u8]>,
+    /// The discovery documents that never change, rendered once and shared by every answer.
+    group_list: Bytes,
+    group: Bytes,
     /// `--serve-external-metrics`: also answer `external.metrics.k8s.io`.
     external: bool,
 }
@@ -53,8 +55,8 @@ impl ApiState {
     /// Like [`ApiState::new`] with an explicit clock.
     pub fn with_clock(store: Arc<Store>, telemetry: Arc<Telemetry>, clock: Clock) -> Self {
         Self {
-            group_list: wire::api_group_list(false).into(),
-            group: wire::api_group().into(),
+            group_list: Bytes::from(wire::api_group_list(false)),
+            group: Bytes::from(wire::api_group()),
             store,
             telemetry,
             clock,
@@ -68,7 +70,7 @@ impl ApiState {
     #[must_use]
     pub fn serving_external_metrics(mut self) -> Self {
         self.external = true;
-        self.group_list = wire::api_group_list(true).into();
+        self.group_list = Bytes::from(wire::api_group_list(true));
         self
     }
 }
@@ -162,7 +164,7 @@ fn answer(
     state: &ApiState,
     req: &Request,
     route: Result<Route, PathError>,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Bytes, ApiError> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ApiError::MethodNotAllowed(req.method().clone()));
     }
@@ -174,25 +176,25 @@ fn answer(
         PathError::Invalid(msg) => ApiError::BadRequest(msg),
     })?;
     match route {
-        Route::GroupList => Ok(state.group_list.to_vec()),
-        Route::Group => Ok(state.group.to_vec()),
+        Route::GroupList => Ok(state.group_list.clone()),
+        Route::Group => Ok(state.group.clone()),
         // Rendered per request from what the store serves now: the Prometheus source's rules may
         // change the set between rounds. Discovery is polled, not on the HPA's path.
-        Route::ResourceList(v) => Ok(wire::api_resource_list(v, &state.store.served())),
+        Route::ResourceList(v) => Ok(wire::api_resource_list(v, &state.store.served()).into()),
         Route::Metric {
             version,
             target,
             metric,
         } => {
             let query = path::parse_query(req.uri().query());
-            read_metric(state, version, target, &metric, &query)
+            read_metric(state, version, target, &metric, &query).map(Bytes::from)
         }
         Route::ExternalGroup | Route::ExternalResourceList | Route::ExternalMetric { .. }
             if !state.external =>
         {
             Err(ApiError::PathNotFound)
         }
-        Route::ExternalGroup => Ok(wire::external_api_group()),
+        Route::ExternalGroup => Ok(wire::external_api_group().into()),
         Route::ExternalResourceList => {
             // What is served for namespaces (the read is a namespace total), whichever source.
             let metrics: Vec<String> = state
@@ -202,11 +204,11 @@ fn answer(
                 .filter(|(resource, _)| resource.is_namespaces())
                 .map(|(_, metric)| metric)
                 .collect();
-            Ok(wire::external_resource_list(&metrics))
+            Ok(wire::external_resource_list(&metrics).into())
         }
         Route::ExternalMetric { namespace, metric } => {
             let query = path::parse_query(req.uri().query());
-            read_external(state, &namespace, &metric, &query)
+            read_external(state, &namespace, &metric, &query).map(Bytes::from)
         }
     }
 }

@@ -206,6 +206,7 @@ pub fn api_resource_list(version: Version, served: &[(&'static ResourceInfo, Str
     })
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct ObjectReference<'a> {
     kind: &'a str,
@@ -216,6 +217,7 @@ struct ObjectReference<'a> {
     api_version: &'a str,
 }
 
+#[cfg(test)]
 /// The `describedObject` of a value.
 fn reference(described: &Described) -> ObjectReference<'_> {
     match described {
@@ -245,12 +247,14 @@ fn reference(described: &Described) -> ObjectReference<'_> {
     }
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct MetricIdentifier<'a> {
     name: &'a str,
     selector: Option<&'a LabelSelector>,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct ItemV1beta2<'a> {
     #[serde(rename = "describedObject")]
@@ -260,6 +264,7 @@ struct ItemV1beta2<'a> {
     value: String,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct ItemV1beta1<'a> {
     #[serde(rename = "describedObject")]
@@ -290,7 +295,167 @@ pub fn timestamp(t: SystemTime) -> String {
 
 /// A `MetricValueList` in the shape of `version`. `selector` is the echoed
 /// `metricLabelSelector` as a LabelSelector (`None`: `null`).
+///
+/// Written directly rather than through serde structs: this is the body of every HPA read, and
+/// per item serde escaped a dozen keys and constants, formatted a timestamp and allocated four
+/// strings. Here what every item shares (the metric fragment, a pod list's namespace) is
+/// rendered once, a timestamp once per distinct second, and only names are escaped per item.
+/// The bytes are the serde rendering's (field order included): see the tests.
 pub fn metric_value_list(
+    version: Version,
+    metric: &str,
+    selector: Option<&LabelSelector>,
+    items: &[Item],
+) -> Vec<u8> {
+    // `null` or the selector object; serializing a LabelSelector cannot fail.
+    let selector = serde_json::to_vec(&selector).unwrap_or_else(|_| b"null".to_vec());
+    let mut shared = Vec::with_capacity(64 + metric.len() + selector.len());
+    match version {
+        Version::V1beta2 => {
+            shared.extend_from_slice(b",\"metric\":{\"name\":");
+            json_str(&mut shared, metric);
+            shared.extend_from_slice(b",\"selector\":");
+            shared.extend_from_slice(&selector);
+            shared.push(b'}');
+        }
+        Version::V1beta1 => {
+            shared.extend_from_slice(b",\"metricName\":");
+            json_str(&mut shared, metric);
+        }
+    }
+    let mut out = Vec::with_capacity(96 + items.len() * (160 + shared.len()));
+    out.extend_from_slice(b"{\"kind\":\"MetricValueList\",\"apiVersion\":");
+    json_str(&mut out, version.group_version());
+    out.extend_from_slice(b",\"metadata\":{},\"items\":[");
+    let mut pod_prefix = PodPrefix::default();
+    let mut stamp = Stamp::default();
+    for (k, item) in items.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"describedObject\":");
+        match &item.described {
+            Described::Pod { namespace, name } => {
+                out.extend_from_slice(pod_prefix.of(namespace));
+                json_str(&mut out, name);
+                out.extend_from_slice(b",\"apiVersion\":\"v1\"}");
+            }
+            Described::Namespace { name } => {
+                out.extend_from_slice(b"{\"kind\":\"Namespace\",\"name\":");
+                json_str(&mut out, name);
+                out.extend_from_slice(b",\"apiVersion\":\"v1\"}");
+            }
+            Described::Object {
+                kind,
+                api_version,
+                namespace,
+                name,
+            } => {
+                out.extend_from_slice(b"{\"kind\":");
+                json_str(&mut out, kind);
+                if let Some(namespace) = namespace {
+                    out.extend_from_slice(b",\"namespace\":");
+                    json_str(&mut out, namespace);
+                }
+                out.extend_from_slice(b",\"name\":");
+                json_str(&mut out, name);
+                out.extend_from_slice(b",\"apiVersion\":");
+                json_str(&mut out, api_version);
+                out.push(b'}');
+            }
+        }
+        out.extend_from_slice(&shared);
+        out.extend_from_slice(b",\"timestamp\":\"");
+        out.extend_from_slice(stamp.of(item.time.wall).as_bytes());
+        out.extend_from_slice(b"\",\"value\":\"");
+        out.extend_from_slice(quantity::format_milli(item.milli).as_bytes());
+        out.push(b'"');
+        if version == Version::V1beta1 {
+            out.extend_from_slice(b",\"selector\":");
+            out.extend_from_slice(&selector);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `{"kind":"Pod","namespace":<ns>,"name":` of the last namespace seen: a pod list has one.
+#[derive(Default)]
+struct PodPrefix {
+    namespace: String,
+    rendered: Vec<u8>,
+}
+
+impl PodPrefix {
+    fn of(&mut self, namespace: &str) -> &[u8] {
+        if self.rendered.is_empty() || self.namespace != namespace {
+            self.namespace.clear();
+            self.namespace.push_str(namespace);
+            self.rendered.clear();
+            self.rendered
+                .extend_from_slice(b"{\"kind\":\"Pod\",\"namespace\":");
+            json_str(&mut self.rendered, namespace);
+            self.rendered.extend_from_slice(b",\"name\":");
+        }
+        &self.rendered
+    }
+}
+
+/// The [`timestamp`] of the last whole second seen: the items of one answer were mostly read
+/// within the same few seconds.
+#[derive(Default)]
+struct Stamp {
+    second: Option<u64>,
+    rendered: String,
+}
+
+impl Stamp {
+    fn of(&mut self, t: SystemTime) -> &str {
+        let second = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+        if second.is_none() || second != self.second {
+            self.second = second;
+            self.rendered = timestamp(t);
+        }
+        &self.rendered
+    }
+}
+
+/// A `metav1.Status` failure body with a code, reason and message (spec §3); `details` names
+/// the object a 403 is about. The only place a `Status` is built: see [`super::error::ApiError`].
+pub fn status(
+    code: u16,
+    reason: &str,
+    message: impl Into<String>,
+    details: Option<StatusDetails>,
+) -> Status {
+    Status {
+        code: Some(i32::from(code)),
+        details,
+        message: Some(message.into()),
+        metadata: ListMeta::default(),
+        reason: Some(reason.to_owned()),
+        status: Some("Failure".to_owned()),
+    }
+}
+
+/// The JSON body of a `Status` (k8s-openapi writes `kind: Status` and `apiVersion: v1`).
+pub fn status_body(status: &Status) -> Vec<u8> {
+    to_json(status)
+}
+
+/// The serde rendering of [`metric_value_list`]: the reference its writer is tested against.
+#[cfg(test)]
+fn metric_value_list_serde(
     version: Version,
     metric: &str,
     selector: Option<&LabelSelector>,
@@ -334,33 +499,100 @@ pub fn metric_value_list(
     result.unwrap_or_default()
 }
 
-/// A `metav1.Status` failure body with a code, reason and message (spec §3); `details` names
-/// the object a 403 is about. The only place a `Status` is built: see [`super::error::ApiError`].
-pub fn status(
-    code: u16,
-    reason: &str,
-    message: impl Into<String>,
-    details: Option<StatusDetails>,
-) -> Status {
-    Status {
-        code: Some(i32::from(code)),
-        details,
-        message: Some(message.into()),
-        metadata: ListMeta::default(),
-        reason: Some(reason.to_owned()),
-        status: Some("Failure".to_owned()),
-    }
-}
-
-/// The JSON body of a `Status` (k8s-openapi writes `kind: Status` and `apiVersion: v1`).
-pub fn status_body(status: &Status) -> Vec<u8> {
-    to_json(status)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Items of every shape, names that need escaping, values and times across seconds (and one
+    /// before the epoch), with and without an echoed selector.
+    fn varied_items() -> Vec<Item> {
+        let now = crate::clock::Moment::now();
+        let at =
+            |ms: u64| SampleTime::stamped(SystemTime::UNIX_EPOCH + Duration::from_millis(ms), now);
+        let pod = |ns: &str, name: &str| Described::Pod {
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        vec![
+            Item {
+                described: pod("chat", "ws-1"),
+                milli: 5000,
+                time: at(1_748_779_205_900),
+            },
+            Item {
+                described: pod("chat", "ws-2"),
+                milli: 1500,
+                time: at(1_748_779_205_100),
+            },
+            Item {
+                described: pod("chat", "w\"s\\3\u{7}é"),
+                milli: -3000,
+                time: at(1_748_779_206_000),
+            },
+            Item {
+                described: pod("other", "ws-4"),
+                milli: i64::MIN,
+                time: at(1_748_779_205_000),
+            },
+            Item {
+                described: pod("chat", "ws-5"),
+                milli: i64::MAX,
+                time: at(0),
+            },
+            Item {
+                described: Described::Namespace {
+                    name: "chat".into(),
+                },
+                milli: 0,
+                time: SampleTime::stamped(SystemTime::UNIX_EPOCH - Duration::from_secs(5), now),
+            },
+            Item {
+                described: Described::Object {
+                    kind: "Deployment",
+                    api_version: "apps/v1",
+                    namespace: Some("chat".into()),
+                    name: "ws".into(),
+                },
+                milli: 120_000_000,
+                time: at(1_748_779_207_000),
+            },
+            Item {
+                described: Described::Object {
+                    kind: "Node",
+                    api_version: "v1",
+                    namespace: None,
+                    name: "node-\u{1}".into(),
+                },
+                milli: 1,
+                time: at(1_748_779_207_999),
+            },
+        ]
+    }
+
+    #[test]
+    fn metric_value_list_writes_the_serde_rendering_byte_for_byte() {
+        let selector = LabelSelector {
+            match_labels: Some([("route".to_owned(), "ch\"at".to_owned())].into()),
+            ..LabelSelector::default()
+        };
+        let items = varied_items();
+        for version in VERSIONS {
+            for sel in [None, Some(&selector)] {
+                for metric in ["websocket_connections", "we\"ird"] {
+                    for n in [0, 1, 2, items.len()] {
+                        let fast = metric_value_list(version, metric, sel, &items[..n]);
+                        let serde = metric_value_list_serde(version, metric, sel, &items[..n]);
+                        assert_eq!(
+                            String::from_utf8_lossy(&fast),
+                            String::from_utf8_lossy(&serde),
+                            "{version:?}, selector {sel:?}, metric {metric}, {n} items"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_seconds() {
