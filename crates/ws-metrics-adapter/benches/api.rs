@@ -18,16 +18,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ws_metrics_adapter::clock::{Moment, SampleTime};
 
 use axum::body::Body;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use support::{ChildGuard, ROLE_VAR, count, pct};
+use http_body_util::BodyExt;
+use support::{ROLE_VAR, count, pct, query_path};
 use tower::ServiceExt;
 use ws_metrics_adapter::api::wire::{self, Described, Item, Version};
 use ws_metrics_adapter::api::{self, ApiState};
@@ -41,18 +39,12 @@ use ws_metrics_adapter::telemetry::Telemetry;
 
 const APPS: usize = 100;
 const PODS_PER_APP: usize = 100;
-const NAMESPACE: &str = "chat";
-const MARKER: &[u8] = b"\"describedObject\"";
+const NAMESPACE: &str = support::BENCH_NAMESPACE;
+const MARKER: &[u8] = support::ITEM_MARKER;
 
 fn object_path(app: usize) -> String {
     format!(
         "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/deployments.apps/ws-{app}/websocket_connections"
-    )
-}
-
-fn query_path(app: usize) -> String {
-    format!(
-        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/%2A/websocket_connections?labelSelector=app%3Dws-{app}"
     )
 }
 
@@ -416,13 +408,6 @@ struct HttpsRow {
     server_cores: f64,
 }
 
-fn parse_kv(line: &str) -> HashMap<String, String> {
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
 fn bench_https(seeded: &Seeded, conns: &[usize], secs: u64) -> Vec<HttpsRow> {
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = tls::generate_pair(
@@ -470,22 +455,18 @@ fn bench_https(seeded: &Seeded, conns: &[usize], secs: u64) -> Vec<HttpsRow> {
     let me = std::process::id().to_string();
     let mut rows = Vec::new();
     for &c in conns {
-        let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-        cmd.env(ROLE_VAR, "client")
-            .env("WSMA_CLIENT_ADDR", addr.to_string())
-            .env("WSMA_CLIENT_CA", &ca)
-            .env("WSMA_CLIENT_CONNS", c.to_string())
-            .env("WSMA_CLIENT_SECONDS", secs.to_string());
-        let mut client = ChildGuard::spawn(&format!("client C={c}"), cmd, true);
-        client.expect_line("WARM", Duration::from_secs(60));
+        let load = support::ReadLoad {
+            addr,
+            ca: &ca,
+            conns: c,
+            secs,
+            apps: APPS,
+            pods_per_app: PODS_PER_APP,
+        };
+        let mut client = load.start();
         let (t0, cpu0) = (Instant::now(), support::cpu_ticks(&me));
-        let result = client.expect_line("RESULT", Duration::from_secs(secs + 60));
+        let (result, fields) = support::ReadLoad::finish(&mut client, secs);
         let (wall, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_ticks(&me));
-        assert!(
-            client.wait_exit(Duration::from_secs(10)),
-            "client C={c} did not exit"
-        );
-        let fields = parse_kv(&result);
         println!("(b) C={c}: {result}");
         rows.push(HttpsRow {
             conns: c,
@@ -501,118 +482,10 @@ fn bench_https(seeded: &Seeded, conns: &[usize], secs: u64) -> Vec<HttpsRow> {
     rows
 }
 
-/// The client role: C keep-alive HTTP/1.1 connections (one hyper-util client each, so exactly
-/// one connection per task), each sending requests back to back for the duration.
-fn client_main() {
-    tls::install_provider();
-    support::exit_on_stdin_eof(|_| {});
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
-    let addr: std::net::SocketAddr = var("WSMA_CLIENT_ADDR").parse().expect("addr");
-    let ca = std::fs::read_to_string(var("WSMA_CLIENT_CA")).expect("read CA");
-    let conns: usize = var("WSMA_CLIENT_CONNS").parse().expect("conns");
-    let secs: u64 = var("WSMA_CLIENT_SECONDS").parse().expect("seconds");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let cfg = support::tls_client_config(&ca);
-        let uris: Arc<Vec<http::Uri>> = Arc::new(
-            (0..APPS).map(|a| format!("https://{addr}{}", query_path(a)).parse().expect("uri")).collect(),
-        );
-        let clients: Vec<support::HttpsClient> = (0..conns).map(|_| support::https_client(cfg.clone(), 1)).collect();
-        // Warm-up: open every connection (TLS handshake) and send a few requests on each.
-        let warm: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .map(|(t, cl)| {
-                let (cl, uris) = (cl.clone(), uris.clone());
-                tokio::spawn(async move {
-                    for k in 0..20 {
-                        let (code, n) = one(&cl, &uris[(t * 13 + k) % APPS]).await;
-                        assert_eq!((code, n), (200, PODS_PER_APP));
-                    }
-                })
-            })
-            .collect();
-        for w in warm {
-            w.await.expect("warm-up task");
-        }
-        let me = std::process::id().to_string();
-        let cpu0 = support::cpu_ticks(&me);
-        println!("WARM");
-        let start = Instant::now();
-        let deadline = start + Duration::from_secs(secs);
-        let tasks: Vec<_> = clients
-            .into_iter()
-            .enumerate()
-            .map(|(t, cl)| {
-                let uris = uris.clone();
-                tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(100_000);
-                    let (mut errors, mut bad) = (0u64, 0u64);
-                    // Bounded by the deadline and by an iteration cap.
-                    for k in 0..50_000_000usize {
-                        if Instant::now() >= deadline {
-                            break;
-                        }
-                        let t0 = Instant::now();
-                        let (code, n) = one(&cl, &uris[(t * 13 + k * 37) % APPS]).await;
-                        lat.push(t0.elapsed().as_nanos() as u64);
-                        if code == 0 {
-                            errors += 1;
-                        } else if code != 200 || n != PODS_PER_APP {
-                            bad += 1;
-                        }
-                    }
-                    (lat, errors, bad, Instant::now())
-                })
-            })
-            .collect();
-        let (mut lat, mut errors, mut bad, mut end) = (Vec::new(), 0, 0, start);
-        for t in tasks {
-            let (l, e, b, fin) = t.await.expect("client task");
-            lat.extend(l);
-            errors += e;
-            bad += b;
-            end = end.max(fin);
-        }
-        let wall = (end - start).as_secs_f64();
-        let cpu = (support::cpu_ticks(&me) - cpu0) as f64 / support::clock_ticks() / wall;
-        lat.sort_unstable();
-        let us = |q| pct(&lat, q) as f64 / 1000.0;
-        println!(
-            "RESULT requests={} secs={wall:.2} rps={:.0} p50_us={:.0} p90_us={:.0} p99_us={:.0} max_us={:.0} errors={errors} bad={bad} client_cores={cpu:.2}",
-            lat.len(),
-            lat.len() as f64 / wall,
-            us(0.5),
-            us(0.9),
-            us(0.99),
-            us(1.0),
-        );
-    });
-}
-
-/// One GET; returns (status, number of items) or (0, 0) on a transport error.
-async fn one(cl: &support::HttpsClient, uri: &http::Uri) -> (u16, usize) {
-    let req = http::Request::get(uri.clone())
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let Ok(resp) = cl.request(req).await else {
-        return (0, 0);
-    };
-    let code = resp.status().as_u16();
-    match resp.into_body().collect().await {
-        Ok(b) => (code, count(&b.to_bytes(), MARKER)),
-        Err(_) => (0, 0),
-    }
-}
-
 fn main() {
     tls::install_provider();
-    if std::env::var(ROLE_VAR).as_deref() == Ok("client") {
-        client_main();
+    if std::env::var(ROLE_VAR).as_deref() == Ok(support::READ_LOAD_ROLE) {
+        support::read_load_main();
         return;
     }
     let n = support::env_num("WSMA_BENCH_REQUESTS", 20_000) as usize;

@@ -34,7 +34,7 @@ use ws_metrics_adapter::exposition;
 use ws_metrics_adapter::server::tls;
 
 const PODS_PER_PROCESS: usize = 2_500;
-const NAMESPACE: &str = "chat";
+const NAMESPACE: &str = support::BENCH_NAMESPACE;
 const APP_SIZE: usize = 100;
 
 fn pod_ip(k: usize) -> Ipv4Addr {
@@ -525,6 +525,60 @@ struct Row {
     new_connections: u64,
     fakepod_cores: f64,
     api: String,
+    read: Option<ReadRow>,
+}
+
+/// (c′) The HPA's read of one app (100 pods) over HTTPS keep-alive while collection runs.
+struct ReadRow {
+    conns: usize,
+    fields: HashMap<String, String>,
+    adapter_cores: f64,
+    rounds: f64,
+    round_mean_ms: f64,
+    overruns: f64,
+}
+
+/// Runs the read load against the collecting adapter (`WSMA_BENCH_READ_CONNS` connections, 8 by
+/// default, 0 to skip; `WSMA_BENCH_READ_SECONDS`, 10 by default): every answer must hold the
+/// app's 100 pods. `None` when skipped or with fewer pods than one app.
+fn read_while_collecting(adapter: &Adapter, n: usize) -> Option<ReadRow> {
+    let conns = support::env_num("WSMA_BENCH_READ_CONNS", 8) as usize;
+    let secs = support::env_num("WSMA_BENCH_READ_SECONDS", 10);
+    if conns == 0 || n < APP_SIZE {
+        return None;
+    }
+    let ca = adapter.dir.path().join("certs").join(tls::CA_FILE);
+    let load = support::ReadLoad {
+        addr: adapter.api,
+        ca: &ca,
+        conns,
+        secs,
+        apps: n / APP_SIZE,
+        pods_per_app: APP_SIZE,
+    };
+    let mut client = load.start();
+    let m0 = adapter.scrape();
+    let (t0, cpu0) = (Instant::now(), support::cpu_ticks(&adapter.pid));
+    let (result, fields) = support::ReadLoad::finish(&mut client, secs);
+    let (wall, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_ticks(&adapter.pid));
+    let m1 = adapter.scrape();
+    let d = |s: &str| m1.get(s) - m0.get(s);
+    let rounds = d("ws_metrics_adapter_collection_round_duration_seconds_count{}");
+    let row = ReadRow {
+        conns,
+        fields,
+        adapter_cores: (cpu1 - cpu0) as f64 / support::clock_ticks() / wall,
+        rounds,
+        round_mean_ms: d("ws_metrics_adapter_collection_round_duration_seconds_sum{}")
+            / rounds.max(1.0)
+            * 1000.0,
+        overruns: d("ws_metrics_adapter_collection_round_overruns_total{}"),
+    };
+    println!(
+        "N={n}: read while collecting, C={conns}: {result}; adapter {:.3} cores, rounds {} mean {:.1} ms, overruns {}",
+        row.adapter_cores, row.rounds, row.round_mean_ms, row.overruns
+    );
+    Some(row)
 }
 
 fn run_one(n: usize, concurrency: usize, window: u64, port: u16) -> Row {
@@ -579,6 +633,7 @@ fn run_one(n: usize, concurrency: usize, window: u64, port: u16) -> Row {
             (outcome, v - m0.get(&k))
         })
         .collect();
+    let read = read_while_collecting(&adapter, n);
     let api = check_api(&adapter, n);
     let row = Row {
         n,
@@ -605,6 +660,7 @@ fn run_one(n: usize, concurrency: usize, window: u64, port: u16) -> Row {
         new_connections: acc1 - acc0,
         fakepod_cores: (fp1 - fp0) as f64 / ticks / wall,
         api,
+        read,
     };
     println!(
         "N={n}: rounds {} mean {:.1} ms (max {}), overruns {}, adapter {:.3} cores, RSS {} KiB (peak {} KiB), scrapes {:?}, API: {}",
@@ -645,9 +701,10 @@ fn mib(kib: u64) -> String {
 
 fn main() {
     tls::install_provider();
-    if std::env::var(ROLE_VAR).as_deref() == Ok("fakepods") {
-        fakepods_main();
-        return;
+    match std::env::var(ROLE_VAR).as_deref() {
+        Ok("fakepods") => return fakepods_main(),
+        Ok(support::READ_LOAD_ROLE) => return support::read_load_main(),
+        _ => {}
     }
     let started = Instant::now();
     let ns = support::env_list("WSMA_BENCH_PODS", &[1_000, 10_000]);
@@ -721,7 +778,36 @@ fn main() {
     for r in &rows {
         println!("N={}: HTTPS wildcard check: {}", r.n, r.api);
     }
-    println!("Target: 10,000 pods within the 1 s interval, ≤ 1 core, ≤ 128 MiB RSS.");
+    println!("Target: 10,000 pods within the 1 s interval, ≤ 0.35 core, ≤ 64 MiB RSS.");
+    println!();
+    println!("## (c′) the HPA's read of one app (100 pods) over HTTPS keep-alive while collecting");
+    println!();
+    println!(
+        "| pods | C | requests | req/s | p50 µs | p90 µs | p99 µs | max µs | errors | bad | adapter cores | rounds | round mean ms | overruns |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let Some(read) = &r.read else { continue };
+        let f = |k: &str| read.fields.get(k).map_or("?", String::as_str);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {:.1} | {} |",
+            r.n,
+            read.conns,
+            f("requests"),
+            f("rps"),
+            f("p50_us"),
+            f("p90_us"),
+            f("p99_us"),
+            f("max_us"),
+            f("errors"),
+            f("bad"),
+            read.adapter_cores,
+            read.rounds,
+            read.round_mean_ms,
+            read.overruns,
+        );
+    }
+    println!("Target: ≥ 6,000 req/s with p99 ≤ 3 ms at 10,000 pods.");
     println!(
         "load average at end: {}",
         std::fs::read_to_string("/proc/loadavg")
@@ -741,5 +827,14 @@ fn main() {
             "N={}: every scrape in the window must succeed: {:?}",
             r.n, r.scrapes
         );
+        if let Some(read) = &r.read {
+            let f = |k: &str| read.fields.get(k).map(String::as_str);
+            assert_eq!(
+                (f("errors"), f("bad")),
+                (Some("0"), Some("0")),
+                "N={}: every read while collecting must answer 200 with the app's 100 pods",
+                r.n
+            );
+        }
     }
 }

@@ -357,3 +357,189 @@ pub(crate) fn pod_name(app: usize, i: usize) -> (String, String) {
     let mut r = Rng::new(((app as u64) << 20) | i as u64 | 1 << 40);
     (format!("ws-{app}-{hash}-{}", r.suffix(5)), hash)
 }
+
+// ---------------------------------------------------------------------------------------------
+// The read load: the HPA's wildcard query over HTTPS keep-alive, from a process of its own.
+
+/// Role name of the read-load client (see [`read_load_main`]).
+pub(crate) const READ_LOAD_ROLE: &str = "client";
+/// Namespace of the benches' pods.
+pub(crate) const BENCH_NAMESPACE: &str = "chat";
+/// One item of a metric list.
+pub(crate) const ITEM_MARKER: &[u8] = b"\"describedObject\"";
+
+/// The wildcard read of app `ws-{app}`'s pods: what the HPA of that app sends.
+pub(crate) fn query_path(app: usize) -> String {
+    format!(
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{BENCH_NAMESPACE}/pods/%2A/websocket_connections?labelSelector=app%3Dws-{app}"
+    )
+}
+
+/// `k=v` fields of a result line.
+pub(crate) fn parse_kv(line: &str) -> std::collections::HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A read load to run: `conns` keep-alive connections reading apps `0..apps` (each answer must
+/// hold `pods_per_app` items) for `secs` seconds.
+pub(crate) struct ReadLoad<'a> {
+    pub addr: SocketAddr,
+    /// The CA file the adapter's certificate chains to.
+    pub ca: &'a std::path::Path,
+    pub conns: usize,
+    pub secs: u64,
+    pub apps: usize,
+    pub pods_per_app: usize,
+}
+
+impl ReadLoad<'_> {
+    /// Starts the client process (this binary re-executed) and waits until every connection is
+    /// open and warmed up.
+    pub(crate) fn start(&self) -> ChildGuard {
+        let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+        cmd.env(ROLE_VAR, READ_LOAD_ROLE)
+            .env("WSMA_CLIENT_ADDR", self.addr.to_string())
+            .env("WSMA_CLIENT_CA", self.ca)
+            .env("WSMA_CLIENT_CONNS", self.conns.to_string())
+            .env("WSMA_CLIENT_SECONDS", self.secs.to_string())
+            .env("WSMA_CLIENT_APPS", self.apps.to_string())
+            .env("WSMA_CLIENT_ITEMS", self.pods_per_app.to_string());
+        let client = ChildGuard::spawn(&format!("read load C={}", self.conns), cmd, true);
+        client.expect_line("WARM", Duration::from_secs(60));
+        client
+    }
+
+    /// Waits for the client's result line; returns it and its fields.
+    pub(crate) fn finish(
+        client: &mut ChildGuard,
+        secs: u64,
+    ) -> (String, std::collections::HashMap<String, String>) {
+        let result = client.expect_line("RESULT", Duration::from_secs(secs + 60));
+        assert!(
+            client.wait_exit(Duration::from_secs(10)),
+            "read load client did not exit"
+        );
+        let fields = parse_kv(&result);
+        (result, fields)
+    }
+}
+
+fn env_var(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
+}
+
+/// The read-load client role: C keep-alive HTTP/1.1 connections (one hyper-util client each, so
+/// exactly one connection per task), each sending requests back to back for the duration;
+/// prints `WARM` once every connection is open, then one `RESULT` line.
+pub(crate) fn read_load_main() {
+    ws_metrics_adapter::server::tls::install_provider();
+    exit_on_stdin_eof(|_| {});
+    let addr: SocketAddr = env_var("WSMA_CLIENT_ADDR").parse().expect("addr");
+    let ca = std::fs::read_to_string(env_var("WSMA_CLIENT_CA")).expect("read CA");
+    let conns: usize = env_var("WSMA_CLIENT_CONNS").parse().expect("conns");
+    let secs: u64 = env_var("WSMA_CLIENT_SECONDS").parse().expect("seconds");
+    let apps: usize = env_var("WSMA_CLIENT_APPS").parse().expect("apps");
+    let items: usize = env_var("WSMA_CLIENT_ITEMS").parse().expect("items");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let cfg = tls_client_config(&ca);
+        let uris: std::sync::Arc<Vec<http::Uri>> = std::sync::Arc::new(
+            (0..apps)
+                .map(|a| format!("https://{addr}{}", query_path(a)).parse().expect("uri"))
+                .collect(),
+        );
+        let clients: Vec<HttpsClient> = (0..conns).map(|_| https_client(cfg.clone(), 1)).collect();
+        // Warm-up: open every connection (TLS handshake) and send a few requests on each.
+        let warm: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(t, cl)| {
+                let (cl, uris) = (cl.clone(), uris.clone());
+                tokio::spawn(async move {
+                    for k in 0..20 {
+                        let (code, n) = one_read(&cl, &uris[(t * 13 + k) % apps]).await;
+                        assert_eq!((code, n), (200, items));
+                    }
+                })
+            })
+            .collect();
+        for w in warm {
+            w.await.expect("warm-up task");
+        }
+        let me = std::process::id().to_string();
+        let cpu0 = cpu_ticks(&me);
+        println!("WARM");
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(secs);
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(t, cl)| {
+                let uris = uris.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(100_000);
+                    let (mut errors, mut bad) = (0u64, 0u64);
+                    // Bounded by the deadline and by an iteration cap.
+                    for k in 0..50_000_000usize {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let t0 = Instant::now();
+                        let (code, n) = one_read(&cl, &uris[(t * 13 + k * 37) % apps]).await;
+                        lat.push(t0.elapsed().as_nanos() as u64);
+                        if code == 0 {
+                            errors += 1;
+                        } else if code != 200 || n != items {
+                            bad += 1;
+                        }
+                    }
+                    (lat, errors, bad, Instant::now())
+                })
+            })
+            .collect();
+        let (mut lat, mut errors, mut bad, mut end) = (Vec::new(), 0, 0, start);
+        for t in tasks {
+            let (l, e, b, fin) = t.await.expect("client task");
+            lat.extend(l);
+            errors += e;
+            bad += b;
+            end = end.max(fin);
+        }
+        let wall = (end - start).as_secs_f64();
+        let cpu = (cpu_ticks(&me) - cpu0) as f64 / clock_ticks() / wall;
+        lat.sort_unstable();
+        let us = |q| pct(&lat, q) as f64 / 1000.0;
+        println!(
+            "RESULT requests={} secs={wall:.2} rps={:.0} p50_us={:.0} p90_us={:.0} p99_us={:.0} max_us={:.0} errors={errors} bad={bad} client_cores={cpu:.2}",
+            lat.len(),
+            lat.len() as f64 / wall,
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(1.0),
+        );
+    });
+}
+
+/// One GET; returns (status, number of items) or (0, 0) on a transport error.
+async fn one_read(cl: &HttpsClient, uri: &http::Uri) -> (u16, usize) {
+    use http_body_util::BodyExt as _;
+    let req = http::Request::get(uri.clone())
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let Ok(resp) = cl.request(req).await else {
+        return (0, 0);
+    };
+    let code = resp.status().as_u16();
+    match resp.into_body().collect().await {
+        Ok(b) => (code, count(&b.to_bytes(), ITEM_MARKER)),
+        Err(_) => (0, 0),
+    }
+}
