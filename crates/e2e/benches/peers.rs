@@ -1058,9 +1058,15 @@ async fn bench(pods: usize, secs: u64, rounds: usize, conns: Vec<usize>, pod_por
         .collect();
     let mut prometheus = Prometheus::start(prometheus_bin, &prom_dir, &scrape_config(&targets));
     prometheus.wait_ready(GIVE_UP).await;
-    prometheus
-        .wait_series(&format!("sum by (pod) ({FAMILY})"), pods, GIVE_UP)
-        .await;
+    // NB: a count, not the series: Prometheus sends a long answer chunked, which
+    // `Prometheus::query`'s plain GET does not decode.
+    let scraped = format!("count(sum by (pod) ({FAMILY}))");
+    ws_e2e::eventually(GIVE_UP, &format!("{pods} pods in Prometheus"), || async {
+        let result = prometheus.query(&scraped).await?;
+        let n: f64 = result.first()?["value"][1].as_str()?.parse().ok()?;
+        (n as usize >= pods).then_some(())
+    })
+    .await;
     println!(
         "Prometheus scrapes all {pods} pods every 1 s ({:.1} s)",
         started.elapsed().as_secs_f64()
