@@ -1190,7 +1190,7 @@ async fn bench(pods: usize, secs: u64, rounds: usize, conns: Vec<usize>, pod_por
 
     println!();
     println!(
-        "## Summary: {pods} pods, the read selecting {APP_SIZE}, {rounds} interleaved rounds of {secs} s per adapter and C"
+        "## Summary: {pods} pods, the read selecting {APP_SIZE}, {rounds} interleaved round(s) of {secs} s per adapter and C"
     );
     println!();
     println!(
