@@ -1,5 +1,5 @@
 # One entry point for every task; CI (.ci/run) calls `make test`, the same command as the README.
-.PHONY: demo test lint unit manifests dockerfile bench deps fmt control-plane control-plane-binaries fuzz fuzz-smoke
+.PHONY: demo test lint unit manifests dockerfile bench bench-peers deps fmt control-plane control-plane-binaries fuzz fuzz-smoke
 
 # The main job: the whole loop on one machine, no cluster (demo pods, adapter over TLS, load, HPA view).
 demo:
@@ -75,6 +75,18 @@ dockerfile:
 # Benchmarks (release build; figures are printed, not asserted). See README "Performance".
 bench:
 	cargo bench --locked -p ws-metrics-adapter --bench api --bench collection --bench auth --bench hostile --bench remote_write
+
+# This adapter and prometheus-adapter v0.12.0 (built from its Go module, pinned in
+# crates/e2e/benches/prometheus-adapter/) side by side: one kube-apiserver + etcd (the control-plane
+# binaries), one Debian Prometheus, the same fake pods, the same read, interleaved runs
+# (crates/e2e/benches/peers.rs; figures printed, not asserted; not part of `make test`). Knobs:
+# WSMA_BENCH_PODS (1000), WSMA_BENCH_SECONDS (10 per run), WSMA_BENCH_ROUNDS (2),
+# WSMA_BENCH_CONNS (1,16). The adapter binary is built in the bench profile beside the bench,
+# which finds it in target/release/.
+bench-peers: deps control-plane-binaries
+	./scripts/build-prometheus-adapter.sh
+	cargo build --locked --profile bench -p ws-metrics-adapter --bin ws-metrics-adapter
+	cargo bench --locked -p ws-e2e --bench peers
 
 fmt:
 	cargo fmt --all

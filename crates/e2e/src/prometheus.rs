@@ -113,6 +113,11 @@ impl Prometheus {
         self.process = Some(ProcessGuard::spawn(cmd, "prometheus"));
     }
 
+    /// The process id while it runs (a benchmark reads its CPU time from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ProcessGuard::pid)
+    }
+
     /// Base URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
