@@ -74,45 +74,6 @@ pub struct RoundReport {
     pub failed: HashMap<&'static str, usize>,
 }
 
-/// When each scrape of a round starts. A round with more pods than `--scrape-concurrency` starts
-/// them in groups of [`Pace::GROUP`], evenly over the first half of the interval, instead of
-/// all at once: the same work, but as a steady share of the CPU rather than a burst of a few
-/// hundred milliseconds that the API's requests queue behind (each pod is still scraped once
-/// per interval, at about the same offset every round). Groups rather than single starts: a
-/// group's responses arrive together and are read in one wake-up of the runtime, where starts
-/// spread one by one cost each scrape a wake-up of its own (measured: 0.29 → 0.52 cores at
-/// 10,000 pods). A smaller round starts everything at once.
-struct Pace {
-    start: tokio::time::Instant,
-    /// Time between two groups; zero when not paced.
-    step: Duration,
-}
-
-impl Pace {
-    /// Scrapes started together.
-    const GROUP: usize = 64;
-
-    fn new(
-        start: tokio::time::Instant,
-        jobs: usize,
-        concurrency: usize,
-        interval: Duration,
-    ) -> Self {
-        let groups = jobs.div_ceil(Self::GROUP);
-        let step = if jobs > concurrency {
-            (interval / 2) / u32::try_from(groups).unwrap_or(u32::MAX)
-        } else {
-            Duration::ZERO
-        };
-        Self { start, step }
-    }
-
-    /// The start time of the `k`-th scrape.
-    fn start_of(&self, k: usize) -> tokio::time::Instant {
-        self.start + self.step * u32::try_from(k / Self::GROUP).unwrap_or(u32::MAX)
-    }
-}
-
 /// The scrape loop. Cheap to clone: clones share one state, which every scrape task of a round
 /// holds.
 #[derive(Clone)]
@@ -334,47 +295,16 @@ impl Collector {
         let live: HashSet<PodKey> = jobs.iter().map(|j| j.key.clone()).collect();
         let live_urls: HashSet<Arc<str>> = jobs.iter().map(|j| j.url.clone()).collect();
         let concurrency = this.config.concurrency.max(1);
-        let pace = Pace::new(
-            tokio::time::Instant::now(),
-            jobs.len(),
-            concurrency,
-            this.config.interval,
-        );
-        let mut pending = jobs.into_iter().enumerate().peekable();
+        let mut pending = jobs.into_iter();
         // Dropped (the round cancelled at shutdown): its scrapes are aborted with it.
         let mut running = tokio::task::JoinSet::new();
         loop {
-            let mut next_start = None;
             while running.len() < concurrency {
-                let Some((k, _)) = pending.peek() else { break };
-                let due = pace.start_of(*k);
-                if due > tokio::time::Instant::now() {
-                    next_start = Some(due);
-                    break;
-                }
-                let Some((_, job)) = pending.next() else {
-                    break;
-                };
+                let Some(job) = pending.next() else { break };
                 let shared = self.shared.clone();
                 running.spawn(async move { shared.scrape_and_note(job).await });
             }
-            if running.is_empty() {
-                match next_start {
-                    Some(due) => {
-                        tokio::time::sleep_until(due).await;
-                        continue;
-                    }
-                    None => break,
-                }
-            }
-            let joined = match next_start {
-                Some(due) => tokio::select! {
-                    joined = running.join_next() => joined,
-                    () = tokio::time::sleep_until(due) => continue,
-                },
-                None => running.join_next().await,
-            };
-            match joined {
+            match running.join_next().await {
                 Some(Ok(None)) => report.recorded += 1,
                 Some(Ok(Some(failed))) => *report.failed.entry(failed).or_default() += 1,
                 // A scrape that panicked: as before the tasks, the panic ends the round.
@@ -423,41 +353,5 @@ impl Collector {
             },
         )
         .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_round_within_the_concurrency_starts_at_once() {
-        let t0 = tokio::time::Instant::now();
-        let pace = Pace::new(t0, 256, 256, Duration::from_secs(1));
-        assert_eq!(pace.start_of(0), t0);
-        assert_eq!(pace.start_of(255), t0);
-    }
-
-    #[test]
-    fn a_larger_round_starts_in_groups_over_half_the_interval() {
-        let t0 = tokio::time::Instant::now();
-        let interval = Duration::from_secs(1);
-        let pace = Pace::new(t0, 10_000, 256, interval);
-        // 157 groups of 64 (the last one short), 3.18 ms apart.
-        assert_eq!(pace.start_of(0), t0);
-        assert_eq!(pace.start_of(Pace::GROUP - 1), t0);
-        let second = pace.start_of(Pace::GROUP);
-        assert!(
-            second > t0 && second - t0 < Duration::from_millis(4),
-            "{:?}",
-            second - t0
-        );
-        let last = pace.start_of(9_999) - t0;
-        assert!(
-            last < interval / 2 && last > interval * 2 / 5,
-            "last group at {last:?}"
-        );
-        // Never out of order.
-        assert!((1..10_000).all(|k| pace.start_of(k) >= pace.start_of(k - 1)));
     }
 }
