@@ -288,9 +288,10 @@ struct List<T> {
 #[derive(Serialize)]
 struct Empty {}
 
-/// RFC 3339 UTC with second precision, as `metav1.Time` marshals.
+/// RFC 3339 UTC with second precision, as `metav1.Time` marshals. A time before 1970 (which
+/// humantime cannot format: it panics) is written as the epoch.
 pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_seconds(t.max(SystemTime::UNIX_EPOCH)).to_string()
 }
 
 /// A `MetricValueList` in the shape of `version`. `selector` is the echoed
@@ -502,6 +503,7 @@ fn metric_value_list_serde(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SampleTime;
     use std::time::Duration;
 
     /// Items of every shape, names that need escaping, values and times across seconds (and one
@@ -598,6 +600,8 @@ mod tests {
     fn timestamps_are_rfc3339_utc_seconds() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_748_779_205_900);
         assert_eq!(timestamp(t), "2025-06-01T12:00:05Z");
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(timestamp(before_1970), "1970-01-01T00:00:00Z");
     }
 
     #[test]
