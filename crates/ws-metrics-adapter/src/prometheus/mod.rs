@@ -107,6 +107,85 @@ fn carry_last_good(
 /// The namespaces a part of a split query asks for; `None` for an unsplit query.
 type Group = Option<Arc<[String]>>;
 
+/// One part's answer: query index, namespaces, PromQL, result, duration.
+type Answer = (
+    usize,
+    Group,
+    String,
+    std::result::Result<Vec<plan::RawSample>, QueryError>,
+    Duration,
+);
+
+/// Why a namespace has no value while its part has not answered at start-up.
+const NOT_ANSWERED_YET: &str = "no answer from Prometheus yet (the adapter is starting)";
+
+/// The snapshot of a first round that is still running: the values of the parts that answered,
+/// each namespace of the other parts failing with the reason (an error, or no answer yet; never
+/// a zero), and `Pending` for a query none of whose parts answered. Telemetry and logs are left
+/// to the end of the round.
+fn first_answers<'a>(
+    plan: &Plan,
+    parts: &[(usize, Group)],
+    answers: impl Iterator<
+        Item = (
+            usize,
+            &'a Group,
+            &'a std::result::Result<Vec<plan::RawSample>, QueryError>,
+        ),
+    >,
+    now: crate::clock::Moment,
+) -> Snapshot {
+    let same = |a: &Group, b: &Group| match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    let answers: Vec<_> = answers.collect();
+    let mut tables: Vec<Option<Table>> = vec![None; plan.queries.len()];
+    for (i, ns, result) in &answers {
+        let Ok(samples) = result else { continue };
+        let (mut part, _) = plan::build_table(&plan.queries[*i], samples.clone(), now);
+        if let Some(group) = ns {
+            part.objects.retain(|(n, _), _| group.contains(n));
+        }
+        let table = tables[*i].get_or_insert_with(Table::default);
+        table.objects.extend(part.objects);
+        table.kept_labels.extend(part.kept_labels);
+    }
+    for (i, group) in parts {
+        let Some(table) = tables[*i].as_mut() else {
+            continue;
+        };
+        let answer = answers
+            .iter()
+            .find(|(j, ns, _)| j == i && same(ns, group))
+            .map(|(_, _, result)| result);
+        let why: Arc<str> = match answer {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => Arc::from(e.to_string()),
+            None => Arc::from(NOT_ANSWERED_YET),
+        };
+        let members = group
+            .as_deref()
+            .map_or_else(|| vec![String::new()], <[String]>::to_vec);
+        for ns in members {
+            table.failing.insert(
+                ns,
+                PartFailure {
+                    why: why.clone(),
+                    oldest: None,
+                },
+            );
+        }
+    }
+    plan.snapshot(
+        tables
+            .into_iter()
+            .map(|t| t.map_or(Outcome::Pending, |t| Outcome::Ready(Arc::new(t))))
+            .collect(),
+    )
+}
+
 /// The namespaces of each part: `(namespace, tracked pods)` spread over at most `parts` groups,
 /// the largest first onto the group with the fewest pods so far, each group sorted by name.
 /// Empty when there is one part or no namespace: then the query runs unsplit.
@@ -484,7 +563,15 @@ impl Source {
             .collect();
         let auth = &auth;
         let plan_ref = &plan;
-        let answers: Vec<_> = futures::stream::iter(parts)
+        // At start-up (no query has had an outcome yet) each answer is published as it arrives,
+        // so that the namespaces of the parts that answered have values before the slowest part
+        // answers or times out.
+        let starting = self
+            .store
+            .snapshot()
+            .is_none_or(|s| s.outcomes.iter().all(|o| matches!(o, Outcome::Pending)));
+        let all_parts = if starting { parts.clone() } else { Vec::new() };
+        let mut stream = futures::stream::iter(parts)
             .map(|(i, ns)| async move {
                 let spec = &plan_ref.queries[i];
                 let promql = ns
@@ -497,9 +584,21 @@ impl Source {
                 };
                 (i, ns, promql, result, started.elapsed())
             })
-            .buffer_unordered(self.config.max_parallel)
-            .collect()
-            .await;
+            .buffer_unordered(self.config.max_parallel);
+        let mut answers: Vec<Answer> = Vec::new();
+        while let Some(answer) = stream.next().await {
+            answers.push(answer);
+            if starting && answers.len() < all_parts.len() {
+                let so_far = answers.iter().map(|(i, ns, _, result, _)| (*i, ns, result));
+                self.store.publish(first_answers(
+                    &plan,
+                    &all_parts,
+                    so_far,
+                    crate::clock::Moment::now(),
+                ));
+            }
+        }
+        drop(stream);
         let now = crate::clock::Moment::now();
         let mut tables: Vec<Option<Table>> = vec![None; plan.queries.len()];
         let mut failed: Vec<Vec<(Group, Arc<str>)>> = vec![Vec::new(); plan.queries.len()];
@@ -533,7 +632,12 @@ impl Source {
         }
         // The last round's tables, for the last good values of the parts that failed: only where
         // this round runs the same query at the same index.
-        let previous = self.store.snapshot();
+        // At start-up what is published is this round's own early answers: nothing to carry.
+        let previous = if starting {
+            None
+        } else {
+            self.store.snapshot()
+        };
         let last_good = |i: usize| -> Option<Arc<Table>> {
             if previous_plan.queries.get(i) != plan.queries.get(i) {
                 return None;
@@ -691,13 +795,22 @@ mod tests {
     }
 
     fn source(url: String, store: Arc<Store>, parts: usize) -> Source {
+        source_with_timeout(url, store, parts, Duration::from_millis(300))
+    }
+
+    fn source_with_timeout(
+        url: String,
+        store: Arc<Store>,
+        parts: usize,
+        timeout: Duration,
+    ) -> Source {
         crate::tls::install_provider();
         let config = PrometheusConfig {
             url,
             bearer_token_file: None,
             ca_file: None,
             client_cert: None,
-            timeout: Duration::from_millis(300),
+            timeout,
             interval: Duration::from_secs(1),
             query: template::Template::parse(crate::config::DEFAULT_PROMETHEUS_QUERY).unwrap(),
             namespace_label: "namespace".into(),
@@ -798,6 +911,52 @@ mod tests {
         stall.store(true, Ordering::SeqCst);
         let report = source.tick().await;
         assert_eq!(report.failed, 1);
+        assert_eq!(read(&store, "slow").unwrap(), [3000]);
+        assert_eq!(read(&store, "fast").unwrap(), [3000]);
+    }
+
+    /// At start-up the part that answers is served before the stalled one times out; the
+    /// stalled one's namespace is a 500 saying why, never a zero.
+    #[tokio::test]
+    async fn at_start_up_the_first_part_to_answer_is_served_before_the_round_ends() {
+        let stall = Arc::new(AtomicBool::new(true));
+        let store = store();
+        let url = fake_prometheus(stall.clone()).await;
+        let source = Arc::new(source_with_timeout(
+            url,
+            store.clone(),
+            2,
+            Duration::from_secs(20),
+        ));
+        assert!(
+            matches!(read(&store, "fast"), Err(ReadError::NotYetQueried { .. })),
+            "nothing queried before the first round"
+        );
+        let round = tokio::spawn({
+            let source = source.clone();
+            async move { source.tick().await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while read(&store, "fast").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "fast never served during the first round"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!round.is_finished(), "served before the round ended");
+        assert_eq!(read(&store, "fast").unwrap(), [3000]);
+        match read(&store, "slow") {
+            Err(ReadError::QueryFailed { why, .. }) => {
+                assert_eq!(&*why, NOT_ANSWERED_YET);
+            }
+            other => panic!("slow before its answer: {other:?}"),
+        }
+        // The stalled part answers after all: the round ends with both.
+        stall.store(false, Ordering::SeqCst);
+        round.abort();
+        let report = source.tick().await;
+        assert_eq!((report.queries, report.failed), (2, 0));
         assert_eq!(read(&store, "slow").unwrap(), [3000]);
         assert_eq!(read(&store, "fast").unwrap(), [3000]);
     }
