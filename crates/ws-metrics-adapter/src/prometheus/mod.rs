@@ -119,20 +119,40 @@ type Answer = (
 /// Why a namespace has no value while its part has not answered at start-up.
 const NOT_ANSWERED_YET: &str = "no answer from Prometheus yet (the adapter is starting)";
 
+/// Adds a part's answer to its query's table: the part's objects (only those of its own
+/// namespaces when split) and kept labels. Returns the series dropped on the way.
+fn merge_part(
+    table: &mut Option<Table>,
+    spec: &plan::QuerySpec,
+    samples: Vec<plan::RawSample>,
+    group: &Group,
+    now: crate::clock::Moment,
+) -> plan::Dropped {
+    let (mut part, dropped) = plan::build_table(spec, samples, now);
+    if let Some(group) = group {
+        part.objects.retain(|(n, _), _| group.contains(n));
+    }
+    let table = table.get_or_insert_with(Table::default);
+    table.objects.extend(part.objects);
+    table.kept_labels.extend(part.kept_labels);
+    dropped
+}
+
+/// The namespaces a part covers: its group, or `""` for a query not split by namespace.
+fn members(group: &Group) -> Vec<String> {
+    group
+        .as_deref()
+        .map_or_else(|| vec![String::new()], <[String]>::to_vec)
+}
+
 /// The snapshot of a first round that is still running: the values of the parts that answered,
 /// each namespace of the other parts failing with the reason (an error, or no answer yet; never
 /// a zero), and `Pending` for a query none of whose parts answered. Telemetry and logs are left
 /// to the end of the round.
-fn first_answers<'a>(
+fn first_answers(
     plan: &Plan,
     parts: &[(usize, Group)],
-    answers: impl Iterator<
-        Item = (
-            usize,
-            &'a Group,
-            &'a std::result::Result<Vec<plan::RawSample>, QueryError>,
-        ),
-    >,
+    answers: &[Answer],
     now: crate::clock::Moment,
 ) -> Snapshot {
     let same = |a: &Group, b: &Group| match (a, b) {
@@ -140,17 +160,10 @@ fn first_answers<'a>(
         (None, None) => true,
         _ => false,
     };
-    let answers: Vec<_> = answers.collect();
     let mut tables: Vec<Option<Table>> = vec![None; plan.queries.len()];
-    for (i, ns, result) in &answers {
+    for (i, ns, _, result, _) in answers {
         let Ok(samples) = result else { continue };
-        let (mut part, _) = plan::build_table(&plan.queries[*i], samples.clone(), now);
-        if let Some(group) = ns {
-            part.objects.retain(|(n, _), _| group.contains(n));
-        }
-        let table = tables[*i].get_or_insert_with(Table::default);
-        table.objects.extend(part.objects);
-        table.kept_labels.extend(part.kept_labels);
+        merge_part(&mut tables[*i], &plan.queries[*i], samples.clone(), ns, now);
     }
     for (i, group) in parts {
         let Some(table) = tables[*i].as_mut() else {
@@ -158,17 +171,14 @@ fn first_answers<'a>(
         };
         let answer = answers
             .iter()
-            .find(|(j, ns, _)| j == i && same(ns, group))
-            .map(|(_, _, result)| result);
+            .find(|(j, ns, _, _, _)| j == i && same(ns, group))
+            .map(|(_, _, _, result, _)| result);
         let why: Arc<str> = match answer {
             Some(Ok(_)) => continue,
             Some(Err(e)) => Arc::from(e.to_string()),
             None => Arc::from(NOT_ANSWERED_YET),
         };
-        let members = group
-            .as_deref()
-            .map_or_else(|| vec![String::new()], <[String]>::to_vec);
-        for ns in members {
+        for ns in members(group) {
             table.failing.insert(
                 ns,
                 PartFailure {
@@ -589,13 +599,9 @@ impl Source {
         while let Some(answer) = stream.next().await {
             answers.push(answer);
             if starting && answers.len() < all_parts.len() {
-                let so_far = answers.iter().map(|(i, ns, _, result, _)| (*i, ns, result));
-                self.store.publish(first_answers(
-                    &plan,
-                    &all_parts,
-                    so_far,
-                    crate::clock::Moment::now(),
-                ));
+                let now = crate::clock::Moment::now();
+                self.store
+                    .publish(first_answers(&plan, &all_parts, &answers, now));
             }
         }
         drop(stream);
@@ -610,16 +616,10 @@ impl Source {
                     self.telemetry
                         .observe_prometheus_query("query", QueryOutcome::Success, secs);
                     self.telemetry.prometheus_samples(samples.len());
-                    let (mut part, dropped) = plan::build_table(&plan.queries[i], samples, now);
+                    let dropped = merge_part(&mut tables[i], &plan.queries[i], samples, &ns, now);
                     self.telemetry
                         .prometheus_series_dropped(dropped.unlabelled, dropped.unservable);
-                    if let Some(group) = &ns {
-                        part.objects.retain(|(n, _), _| group.contains(n));
-                    }
                     self.note(&promql, None);
-                    let table = tables[i].get_or_insert_with(Table::default);
-                    table.objects.extend(part.objects);
-                    table.kept_labels.extend(part.kept_labels);
                 }
                 Err(e) => {
                     report.failed += 1;
@@ -658,10 +658,7 @@ impl Source {
             }
             let last = last_good(i);
             for (group, why) in &failures {
-                let members: Vec<String> = group
-                    .as_deref()
-                    .map_or_else(|| vec![String::new()], <[String]>::to_vec);
-                for ns in members {
+                for ns in members(group) {
                     let oldest = last
                         .as_deref()
                         .and_then(|last| carry_last_good(&mut table, last, &ns, now, max_age));
