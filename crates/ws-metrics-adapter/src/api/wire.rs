@@ -206,76 +206,6 @@ pub fn api_resource_list(version: Version, served: &[(&'static ResourceInfo, Str
     })
 }
 
-#[cfg(test)]
-#[derive(Serialize)]
-struct ObjectReference<'a> {
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<&'a str>,
-    name: &'a str,
-    #[serde(rename = "apiVersion")]
-    api_version: &'a str,
-}
-
-#[cfg(test)]
-/// The `describedObject` of a value.
-fn reference(described: &Described) -> ObjectReference<'_> {
-    match described {
-        Described::Pod { namespace, name } => ObjectReference {
-            kind: "Pod",
-            namespace: Some(namespace),
-            name,
-            api_version: "v1",
-        },
-        Described::Namespace { name } => ObjectReference {
-            kind: "Namespace",
-            namespace: None,
-            name,
-            api_version: "v1",
-        },
-        Described::Object {
-            kind,
-            api_version,
-            namespace,
-            name,
-        } => ObjectReference {
-            kind,
-            namespace: namespace.as_deref(),
-            name,
-            api_version,
-        },
-    }
-}
-
-#[cfg(test)]
-#[derive(Serialize)]
-struct MetricIdentifier<'a> {
-    name: &'a str,
-    selector: Option<&'a LabelSelector>,
-}
-
-#[cfg(test)]
-#[derive(Serialize)]
-struct ItemV1beta2<'a> {
-    #[serde(rename = "describedObject")]
-    described_object: ObjectReference<'a>,
-    metric: MetricIdentifier<'a>,
-    timestamp: String,
-    value: String,
-}
-
-#[cfg(test)]
-#[derive(Serialize)]
-struct ItemV1beta1<'a> {
-    #[serde(rename = "describedObject")]
-    described_object: ObjectReference<'a>,
-    #[serde(rename = "metricName")]
-    metric_name: &'a str,
-    timestamp: String,
-    value: String,
-    selector: Option<&'a LabelSelector>,
-}
-
 #[derive(Serialize)]
 struct List<T> {
     kind: &'static str,
@@ -454,57 +384,121 @@ pub fn status_body(status: &Status) -> Vec<u8> {
     to_json(status)
 }
 
-/// The serde rendering of [`metric_value_list`]: the reference its writer is tested against.
-#[cfg(test)]
-fn metric_value_list_serde(
-    version: Version,
-    metric: &str,
-    selector: Option<&LabelSelector>,
-    items: &[Item],
-) -> Vec<u8> {
-    let result = match version {
-        Version::V1beta2 => serde_json::to_vec(&List {
-            kind: "MetricValueList",
-            api_version: version.group_version(),
-            metadata: Empty {},
-            items: items
-                .iter()
-                .map(|i| ItemV1beta2 {
-                    described_object: reference(&i.described),
-                    metric: MetricIdentifier {
-                        name: metric,
-                        selector,
-                    },
-                    timestamp: timestamp(i.time.wall),
-                    value: quantity::format_milli(i.milli),
-                })
-                .collect(),
-        }),
-        Version::V1beta1 => serde_json::to_vec(&List {
-            kind: "MetricValueList",
-            api_version: version.group_version(),
-            metadata: Empty {},
-            items: items
-                .iter()
-                .map(|i| ItemV1beta1 {
-                    described_object: reference(&i.described),
-                    metric_name: metric,
-                    timestamp: timestamp(i.time.wall),
-                    value: quantity::format_milli(i.milli),
-                    selector,
-                })
-                .collect(),
-        }),
-    };
-    // Serializing these plain structs cannot fail (no maps with non-string keys, no I/O).
-    result.unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::SampleTime;
     use std::time::Duration;
+
+    #[derive(Serialize)]
+    struct ObjectReference<'a> {
+        kind: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        namespace: Option<&'a str>,
+        name: &'a str,
+        #[serde(rename = "apiVersion")]
+        api_version: &'a str,
+    }
+
+    /// The `describedObject` of a value.
+    fn reference(described: &Described) -> ObjectReference<'_> {
+        match described {
+            Described::Pod { namespace, name } => ObjectReference {
+                kind: "Pod",
+                namespace: Some(namespace),
+                name,
+                api_version: "v1",
+            },
+            Described::Namespace { name } => ObjectReference {
+                kind: "Namespace",
+                namespace: None,
+                name,
+                api_version: "v1",
+            },
+            Described::Object {
+                kind,
+                api_version,
+                namespace,
+                name,
+            } => ObjectReference {
+                kind,
+                namespace: namespace.as_deref(),
+                name,
+                api_version,
+            },
+        }
+    }
+
+    #[derive(Serialize)]
+    struct MetricIdentifier<'a> {
+        name: &'a str,
+        selector: Option<&'a LabelSelector>,
+    }
+
+    #[derive(Serialize)]
+    struct ItemV1beta2<'a> {
+        #[serde(rename = "describedObject")]
+        described_object: ObjectReference<'a>,
+        metric: MetricIdentifier<'a>,
+        timestamp: String,
+        value: String,
+    }
+
+    #[derive(Serialize)]
+    struct ItemV1beta1<'a> {
+        #[serde(rename = "describedObject")]
+        described_object: ObjectReference<'a>,
+        #[serde(rename = "metricName")]
+        metric_name: &'a str,
+        timestamp: String,
+        value: String,
+        selector: Option<&'a LabelSelector>,
+    }
+
+    /// The serde rendering of [`metric_value_list`]: the reference its writer is tested against.
+    fn metric_value_list_serde(
+        version: Version,
+        metric: &str,
+        selector: Option<&LabelSelector>,
+        items: &[Item],
+    ) -> Vec<u8> {
+        let result = match version {
+            Version::V1beta2 => serde_json::to_vec(&List {
+                kind: "MetricValueList",
+                api_version: version.group_version(),
+                metadata: Empty {},
+                items: items
+                    .iter()
+                    .map(|i| ItemV1beta2 {
+                        described_object: reference(&i.described),
+                        metric: MetricIdentifier {
+                            name: metric,
+                            selector,
+                        },
+                        timestamp: timestamp(i.time.wall),
+                        value: quantity::format_milli(i.milli),
+                    })
+                    .collect(),
+            }),
+            Version::V1beta1 => serde_json::to_vec(&List {
+                kind: "MetricValueList",
+                api_version: version.group_version(),
+                metadata: Empty {},
+                items: items
+                    .iter()
+                    .map(|i| ItemV1beta1 {
+                        described_object: reference(&i.described),
+                        metric_name: metric,
+                        timestamp: timestamp(i.time.wall),
+                        value: quantity::format_milli(i.milli),
+                        selector,
+                    })
+                    .collect(),
+            }),
+        };
+        // Serializing these plain structs cannot fail (no maps with non-string keys, no I/O).
+        result.unwrap_or_default()
+    }
 
     /// Items of every shape, names that need escaping, values and times across seconds (and one
     /// before the epoch), with and without an echoed selector.
