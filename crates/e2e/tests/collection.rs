@@ -74,6 +74,7 @@ impl Rig {
             interval: s.timeout.max(Duration::from_secs(1)),
             timeout: s.timeout,
             concurrency: s.concurrency,
+            threads: 1,
             max_body_bytes: s.max_body_bytes,
             ca_file: None,
         };

@@ -534,7 +534,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 Collector::new(store.clone(), telemetry.clone(), config.collect.clone())?;
             let h = health.clone();
             let stop = shutdown.wait();
-            let task = tokio::spawn(async move { collector.run(h, stop).await });
+            let task = collector
+                .run_on_own_threads(config.collect.threads, h, stop)
+                .map_err(|source| Error::Serve {
+                    what: "collection runtime",
+                    source,
+                })?;
             (task, ApiState::new(store.clone(), telemetry.clone()))
         }
         Source::Prometheus(prom) => {

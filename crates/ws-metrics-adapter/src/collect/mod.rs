@@ -339,6 +339,37 @@ impl Collector {
         report
     }
 
+    /// Runs [`Collector::run`] on a runtime of its own with `threads` workers, apart from the
+    /// runtime that serves the API, and returns a handle that resolves when it has stopped.
+    ///
+    /// Why: a round readies hundreds of scrapes at once. On a shared runtime a read woken by its
+    /// socket queues behind them on the worker (p99 5.9 ms at 10,000 pods while the median is
+    /// 0.8 ms); on threads of its own, the kernel's scheduler lets the sleeping API worker preempt
+    /// the busy scrape thread as soon as the read arrives.
+    pub fn run_on_own_threads(
+        self,
+        threads: usize,
+        health: Arc<Health>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("collect")
+            .enable_all()
+            .build()?;
+        // The rounds are a task on the workers, so a round's spawns and joins stay on the
+        // worker's own queue; the caller's blocking-pool thread only waits for that task, which
+        // lets the caller await the collection as it awaits its other tasks.
+        let rounds = runtime.spawn(async move { self.run(health, shutdown).await });
+        Ok(tokio::task::spawn_blocking(move || {
+            if let Err(error) = runtime.block_on(rounds)
+                && error.is_panic()
+            {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        }))
+    }
+
     /// Runs rounds every interval until `shutdown` resolves. Marks `health` as ticking at the
     /// start of each round and collected after the first.
     pub async fn run(&self, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()>) {
