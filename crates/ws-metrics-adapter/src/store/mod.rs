@@ -18,7 +18,8 @@ mod rates;
 pub mod read;
 pub mod resource;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -307,6 +308,41 @@ impl Namespace {
         let old = std::mem::replace(&mut entry.labels, labels.clone());
         self.unindex_labels(name, &old);
         self.index_labels(name, &labels);
+    }
+
+    /// The entries of [`Namespace::candidates`], in its (name) order; `None` when the selector
+    /// has no requirement the index answers (the caller scans every pod).
+    ///
+    /// One cursor walks the map: a Deployment's pods sit side by side in name order (they share
+    /// its prefix), so most candidates are the entry right after the previous one and cost one
+    /// comparison, where a lookup per name searches the whole map (14 string comparisons at
+    /// 10,000 pods, 6 % of a read's CPU in the profile). A name elsewhere re-seeks the cursor.
+    fn candidate_entries(&self, selector: &Selector) -> Option<Vec<(&str, &PodEntry)>> {
+        let names = self.candidates(selector)?;
+        let mut entries = Vec::with_capacity(names.len());
+        type Cursor<'a> = std::iter::Peekable<btree_map::Range<'a, String, PodEntry>>;
+        fn take_if_named<'a>(c: &mut Cursor<'a>, name: &str) -> Option<(&'a String, &'a PodEntry)> {
+            c.next_if(|(k, _)| k.as_str() == name)
+        }
+        let mut cursor: Option<Cursor<'_>> = None;
+        for name in names {
+            let found = match cursor.as_mut().and_then(|c| take_if_named(c, name)) {
+                Some(hit) => Some(hit),
+                None => {
+                    let seek = cursor.insert(
+                        self.pods
+                            .range::<str, _>((Bound::Included(name), Bound::Unbounded))
+                            .peekable(),
+                    );
+                    take_if_named(seek, name)
+                }
+            };
+            // The index only names pods of this map; a miss would be a bug, and is skipped.
+            if let Some((key, entry)) = found {
+                entries.push((key.as_str(), entry));
+            }
+        }
+        Some(entries)
     }
 
     /// The names a selector can match, sorted, from its most selective `=`, `==` or `in`
@@ -736,12 +772,8 @@ impl Store {
             return Err(no_pods());
         };
         let ready = |e: &&PodEntry| e.ready && pods.matches_map(&e.labels);
-        let entries: Vec<&PodEntry> = match ns.candidates(pods) {
-            Some(names) => names
-                .into_iter()
-                .filter_map(|n| ns.pods.get(n))
-                .filter(ready)
-                .collect(),
+        let entries: Vec<&PodEntry> = match ns.candidate_entries(pods) {
+            Some(found) => found.into_iter().map(|(_, e)| e).filter(ready).collect(),
             None => ns.pods.values().filter(ready).collect(),
         };
         if entries.is_empty() {
@@ -1115,14 +1147,14 @@ impl Store {
                 time,
             })
         };
-        match ns.candidates(pod_selector) {
+        match ns.candidate_entries(pod_selector) {
             // Only the pods carrying the most selective required label; the full selector is
             // still applied to each, unless the index answered all of it.
-            Some(names) => {
+            Some(found) => {
                 let check = !index_answers_whole(pod_selector);
-                names
+                found
                     .into_iter()
-                    .filter_map(|name| ns.pods.get(name).and_then(|e| value_of(name, e, check)))
+                    .filter_map(|(name, e)| value_of(name, e, check))
                     .collect()
             }
             None => ns
@@ -1193,11 +1225,11 @@ impl Store {
             return Vec::new();
         };
         let matches = |e: &PodEntry| pod_selector.matches_map(&e.labels);
-        match ns.candidates(pod_selector) {
-            Some(names) => names
+        match ns.candidate_entries(pod_selector) {
+            Some(found) => found
                 .into_iter()
-                .filter(|name| ns.pods.get(*name).is_some_and(matches))
-                .map(str::to_owned)
+                .filter(|(_, e)| matches(e))
+                .map(|(name, _)| name.to_owned())
                 .collect(),
             None => ns
                 .pods
