@@ -4,10 +4,10 @@
 # (scripts/lib/validate-objects.sh: every object against the Kubernetes schemas with
 # `kubernetes-validate --strict`, references between objects), every namespace in each render
 # the release namespace, and the renders of the defaults, of servingTLS.mode=certManager, of
-# externalMetrics.enabled and of every monitoring object compared object by object with
-# `kubectl kustomize` of manifests/, overlays/cert-manager/, overlays/external-metrics/ and the
-# base with overlays/monitoring/ (scripts/lib/compare_rendered.py), so that chart and
-# kustomize cannot drift apart.
+# externalMetrics.enabled, of every monitoring object and of source.kind=remote-write compared
+# object by object with `kubectl kustomize` of manifests/, overlays/cert-manager/,
+# overlays/external-metrics/, the base with overlays/monitoring/ and overlays/remote-write/
+# (scripts/lib/compare_rendered.py), so that chart and kustomize cannot drift apart.
 #
 # Usage: scripts/validate-chart.sh
 # Needs: bash, kubectl (built-in kustomize), Go (helm is built by scripts/install-helm.sh on
@@ -30,6 +30,8 @@ SETS=("chart:ws-metrics:"
       "external:ws-metrics:external-metrics.yaml"
       "monitoring:ws-metrics:monitoring.yaml"
       "prom:ws-metrics:prometheus.yaml"
+      "remote:ws-metrics:remote-write.yaml"
+      "remote-ns:ws-metrics-other:remote-write-custom.yaml"
       "all:ws-metrics-other:everything.yaml")
 
 # CRD kinds: kubernetes-validate has the built-in Kubernetes schemas only.
@@ -80,7 +82,7 @@ for set in "${SETS[@]}"; do
 done
 # chart set : the kustomization its render must equal
 COMPARE=("chart:manifests" "certmgr:overlays/cert-manager" "external:overlays/external-metrics"
-         "monitoring:scripts/testdata/base-and-monitoring")
+         "monitoring:scripts/testdata/base-and-monitoring" "remote:overlays/remote-write")
 for pair in "${COMPARE[@]}"; do
     kubectl kustomize "$REPO_ROOT/${pair#*:}" >"$WORK/kustomize-${pair%%:*}.yaml" \
         || { echo "FAIL kubectl kustomize ${pair#*:}" >&2; exit 1; }

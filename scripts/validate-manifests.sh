@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates the kustomize output of manifests/, manifests/examples/, overlays/external-metrics/,
-# overlays/cert-manager/ and overlays/monitoring/ offline (no cluster):
+# overlays/cert-manager/, overlays/monitoring/ and overlays/remote-write/ offline (no cluster):
 # every rendered object against the Kubernetes OpenAPI schemas with `kubernetes-validate
 # --strict`, then a few cross-object references no schema can express (scripts/lib/, shared
 # with scripts/validate-chart.sh), then that every namespace named in the base, and in the base
@@ -20,10 +20,10 @@ source "$REPO_ROOT/scripts/lib/validate-objects.sh"
 # kustomization directory and a short name for each rendered set
 SETS=("base:manifests" "examples:manifests/examples" "external:overlays/external-metrics"
       "certmgr:overlays/cert-manager" "monitoring:overlays/monitoring"
-      "otherns:scripts/testdata/other-namespace")
+      "remote:overlays/remote-write" "otherns:scripts/testdata/other-namespace")
 # set -> the namespace every reference in it must name
 declare -A NAMESPACE_OF=([base]=ws-metrics [external]=ws-metrics [certmgr]=ws-metrics
-                         [monitoring]=ws-metrics [otherns]=ws-metrics-other)
+                         [monitoring]=ws-metrics [remote]=ws-metrics [otherns]=ws-metrics-other)
 # CRD kinds: kubernetes-validate has the built-in Kubernetes schemas only. Each is skipped with
 # the reason printed, and says what checks it instead.
 NO_SCHEMA_KINDS=(

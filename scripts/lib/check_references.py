@@ -23,12 +23,30 @@ for s in sorted({t for t, _ in objs}):
         sel = d["spec"]["selector"].get("matchLabels", {})
         if not selects(sel, t["metadata"].get("labels", {})):
             errors.append(f"Deployment {name(d)}: selector {sel} does not match its pod template labels")
+        volumes = {v["name"] for v in t["spec"].get("volumes", [])}
         for c in t["spec"]["containers"]:
             port_names = {p.get("name") for p in c.get("ports", [])}
+            port_numbers = {p["containerPort"] for p in c.get("ports", [])}
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 port = (c.get(probe) or {}).get("httpGet", {}).get("port")
                 if isinstance(port, str) and port not in port_names:
                     errors.append(f"Deployment {name(d)}: {probe} uses port {port!r}, not a container port name")
+            mounts = c.get("volumeMounts", [])
+            for m in mounts:
+                if m["name"] not in volumes:
+                    errors.append(f"Deployment {name(d)}: volumeMount {m['name']!r} names no volume of the pod")
+            for a in c.get("args", []):
+                flag, _, value = a.partition("=")
+                # A file the adapter reads (--tls-cert-file, --remote-write-bearer-token-file, ...)
+                # must be in a mounted volume: the image holds none, its root is read-only.
+                if flag.startswith("--") and flag.endswith("-file") and value.startswith("/") \
+                        and not any(value.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts):
+                    errors.append(f"Deployment {name(d)}: {flag} {value} is in no volumeMount of container {c['name']}")
+                # A listener's port must be a container port (the Service and probes name those).
+                port = value.rpartition(":")[2] if flag.endswith("-bind-address") else \
+                    value if flag == "--secure-port" else None
+                if port is not None and (not port.isdigit() or int(port) not in port_numbers):
+                    errors.append(f"Deployment {name(d)}: {a} listens on no container port of container {c['name']}")
     def matching_pods(o, sel):
         return [(d, t) for d, t in pods if ns(d) == ns(o) and selects(sel, t["metadata"].get("labels", {}))]
     for svc in kind("Service", s):
@@ -42,8 +60,16 @@ for s in sorted({t for t, _ in objs}):
                 if not any(tp in (cp.get("name"), cp["containerPort"]) for cp in cports):
                     errors.append(f"Service {name(svc)}: targetPort {tp!r} is not a port of Deployment {name(d)}")
     for np in kind("NetworkPolicy", s):
-        if not matching_pods(np, np["spec"].get("podSelector", {}).get("matchLabels", {})):
+        matched = matching_pods(np, np["spec"].get("podSelector", {}).get("matchLabels", {}))
+        if not matched:
             errors.append(f"NetworkPolicy {ns(np)}/{name(np)}: podSelector selects no pod template")
+        # An ingress rule for a port no selected container listens on admits nothing.
+        for rule in np["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                for d, t in matched:
+                    cports = [cp for c in t["spec"]["containers"] for cp in c.get("ports", [])]
+                    if "port" in p and not any(p["port"] in (cp.get("name"), cp["containerPort"]) for cp in cports):
+                        errors.append(f"NetworkPolicy {name(np)}: ingress port {p['port']!r} is not a port of Deployment {name(d)}")
     for pdb in kind("PodDisruptionBudget", s):
         if not matching_pods(pdb, pdb["spec"].get("selector", {}).get("matchLabels", {})):
             errors.append(f"PodDisruptionBudget {ns(pdb)}/{name(pdb)}: selector selects no pod template")

@@ -93,12 +93,13 @@ validate_sets() {
     # Schemas check each object alone, and only structure and types (no enums, ranges, name or
     # quantity formats: that is the apiserver's own validation, which needs a cluster).
     # check_references.py catches mistakes that pass them but break the deployment: selectors
-    # that select nothing, ports that do not exist, an APIService aimed at a missing Service or
-    # with out-of-range priorities, RBAC bound to a missing ServiceAccount.
+    # that select nothing, ports that do not exist (Service targets, NetworkPolicy ingress, the
+    # adapter's listener flags), a file flag outside every volumeMount, an APIService aimed at a
+    # missing Service or with out-of-range priorities, RBAC bound to a missing ServiceAccount.
     local ref_rc=0
     py "$VALIDATE_LIB_DIR/check_references.py" "$work/index.tsv" || ref_rc=$?
     if [[ $ref_rc -eq 0 ]]; then
-        echo "ok    references between objects (selectors, ports, APIService -> Service, RBAC subjects, ServiceMonitor -> Service)"
+        echo "ok    references between objects (selectors, ports, mounts, APIService -> Service, RBAC subjects, ServiceMonitor -> Service)"
     fi
 
     [[ $total -gt 0 ]] || { echo "FAIL  no objects rendered"; return 1; }

@@ -37,8 +37,11 @@ ws-metrics-adapter.{{ .Release.Namespace }}.svc
 
 {{/* Values that are wrong together fail the render, with the fix. */}}
 {{- define "wsma.validate" -}}
-{{- if and .Values.rebalance.enabled (eq .Values.source.kind "prometheus") -}}
-{{- fail "rebalance.enabled needs source.kind=scrape (the workload controller measures the adapter's own scrapes): set rebalance.enabled=false with source.kind=prometheus" -}}
+{{- if and .Values.rebalance.enabled (ne .Values.source.kind "scrape") -}}
+{{- fail (printf "rebalance.enabled needs source.kind=scrape (the workload controller measures the adapter's own scrapes): set rebalance.enabled=false with source.kind=%s" .Values.source.kind) -}}
+{{- end -}}
+{{- if and (eq .Values.source.kind "remote-write") (ne (int .Values.replicas) 1) -}}
+{{- fail "source.kind=remote-write needs replicas=1: each replica serves only what was written to it, and the Service spreads the agents' connections over the replicas (README \"A third source: remote-write from sharded agents\")" -}}
 {{- end -}}
 {{- if and (eq .Values.source.kind "prometheus") (not .Values.source.prometheus.url) -}}
 {{- fail "source.kind=prometheus needs source.prometheus.url (e.g. http://prometheus-operated.monitoring:9090)" -}}
