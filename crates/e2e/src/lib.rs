@@ -275,7 +275,7 @@ impl Adapter {
     }
 }
 
-/// GET over plain HTTP/1.1; returns status and body.
+/// GET over plain HTTP/1.1; returns status and body (a chunked body decoded).
 pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
@@ -286,16 +286,53 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), St
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text
-        .get(9..12)
+    let code = std::str::from_utf8(buf.get(9..12).unwrap_or_default())
+        .ok()
         .and_then(|c| c.parse().ok())
         .ok_or("no status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok((code, String::new()));
+    };
+    let (head, body) = (String::from_utf8_lossy(&buf[..end]), &buf[end + 4..]);
+    let chunked = head.lines().skip(1).any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding")
+                && value.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The data of a chunked HTTP/1.1 body (RFC 9112 §7.1; trailers ignored); an error when its
+/// framing is broken or the last chunk is missing.
+pub fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(rest.len());
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunked body: no chunk-size line")?;
+        let size_line = String::from_utf8_lossy(&rest[..line_end]);
+        let size_hex = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .map_err(|_| format!("chunked body: bad chunk size {size_line:?}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let after = &rest[line_end + 2..];
+        let data = after
+            .get(..size)
+            .ok_or("chunked body: a chunk is cut short")?;
+        out.extend_from_slice(data);
+        rest = after[size..]
+            .strip_prefix(b"\r\n")
+            .ok_or("chunked body: no CRLF after a chunk")?;
+    }
 }
 
 /// `(described object's name, value, timestamp)` of each item of a `MetricValueList` body, in
@@ -830,6 +867,33 @@ pub mod e2e {
                 .filter(|l| needles.iter().all(|n| l.contains(n)))
                 .map(str::to_owned)
                 .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn dechunk_joins_the_chunks_and_refuses_broken_framing() {
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+                .expect("well-formed chunks"),
+            b"hello world"
+        );
+        assert_eq!(dechunk(b"0\r\n\r\n").expect("well-formed chunks"), b"");
+        for broken in [
+            &b"5\r\nhel"[..],
+            b"5\r\nhello",
+            b"zz\r\nhello\r\n",
+            b"5\r\nhelloX0\r\n",
+        ] {
+            assert!(
+                dechunk(broken).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(broken)
+            );
         }
     }
 }
