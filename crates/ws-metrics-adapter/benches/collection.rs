@@ -525,7 +525,7 @@ struct Row {
     new_connections: u64,
     fakepod_cores: f64,
     api: String,
-    read: Option<ReadRow>,
+    read: Vec<ReadRow>,
 }
 
 /// (c′) The HPA's read of one app (100 pods) over HTTPS keep-alive while collection runs.
@@ -538,11 +538,18 @@ struct ReadRow {
     overruns: f64,
 }
 
-/// Runs the read load against the collecting adapter (`WSMA_BENCH_READ_CONNS` connections, 8 by
-/// default, 0 to skip; `WSMA_BENCH_READ_SECONDS`, 10 by default): every answer must hold the
-/// app's 100 pods. `None` when skipped or with fewer pods than one app.
-fn read_while_collecting(adapter: &Adapter, n: usize) -> Option<ReadRow> {
-    let conns = support::env_num("WSMA_BENCH_READ_CONNS", 8) as usize;
+/// Runs the read load against the collecting adapter once per entry of `WSMA_BENCH_READ_CONNS`
+/// (connections; `4,8` by default, 0 to skip) for `WSMA_BENCH_READ_SECONDS` (10 by default) each:
+/// every answer must hold the app's 100 pods. Empty when skipped or with fewer pods than one app.
+fn reads_while_collecting(adapter: &Adapter, n: usize) -> Vec<ReadRow> {
+    support::env_list("WSMA_BENCH_READ_CONNS", &[4, 8])
+        .into_iter()
+        .filter_map(|conns| read_while_collecting(adapter, n, conns))
+        .collect()
+}
+
+/// One run of [`reads_while_collecting`] over `conns` connections.
+fn read_while_collecting(adapter: &Adapter, n: usize, conns: usize) -> Option<ReadRow> {
     let secs = support::env_num("WSMA_BENCH_READ_SECONDS", 10);
     if conns == 0 || n < APP_SIZE {
         return None;
@@ -633,7 +640,7 @@ fn run_one(n: usize, concurrency: usize, window: u64, port: u16) -> Row {
             (outcome, v - m0.get(&k))
         })
         .collect();
-    let read = read_while_collecting(&adapter, n);
+    let read = reads_while_collecting(&adapter, n);
     let api = check_api(&adapter, n);
     let row = Row {
         n,
@@ -786,8 +793,10 @@ fn main() {
         "| pods | C | requests | req/s | p50 µs | p90 µs | p99 µs | max µs | errors | bad | adapter cores | rounds | round mean ms | overruns |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        let Some(read) = &r.read else { continue };
+    for (r, read) in rows
+        .iter()
+        .flat_map(|r| r.read.iter().map(move |read| (r, read)))
+    {
         let f = |k: &str| read.fields.get(k).map_or("?", String::as_str);
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {:.1} | {} |",
@@ -827,13 +836,14 @@ fn main() {
             "N={}: every scrape in the window must succeed: {:?}",
             r.n, r.scrapes
         );
-        if let Some(read) = &r.read {
+        for read in &r.read {
             let f = |k: &str| read.fields.get(k).map(String::as_str);
             assert_eq!(
                 (f("errors"), f("bad")),
                 (Some("0"), Some("0")),
-                "N={}: every read while collecting must answer 200 with the app's 100 pods",
-                r.n
+                "N={}, C={}: every read while collecting must answer 200 with the app's 100 pods",
+                r.n,
+                read.conns
             );
         }
     }
