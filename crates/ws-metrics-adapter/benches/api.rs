@@ -116,7 +116,8 @@ fn seed() -> Seeded {
                 ],
                 total_milli: chat + echo,
                 stamped_ms: None,
-            })],
+            })]
+            .into(),
         };
         assert!(store.record(&t.key, &t.uid, reading));
     }

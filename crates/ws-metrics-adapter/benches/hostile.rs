@@ -80,7 +80,8 @@ fn seed() -> Arc<Store> {
                 }],
                 total_milli: 5000,
                 stamped_ms: None,
-            })],
+            })]
+            .into(),
         };
         assert!(store.record(&t.key, &t.uid, reading));
     }

@@ -113,7 +113,14 @@ fn seed(
     });
     if let Some((time, families)) = reading {
         let time = SampleTime::read_at(moment(time));
-        assert!(store.record(&key, &uid, Reading { time, families }));
+        assert!(store.record(
+            &key,
+            &uid,
+            Reading {
+                time,
+                families: families.into(),
+            }
+        ));
     }
 }
 

@@ -205,8 +205,18 @@ pub struct Reading {
     /// family whose series carry no exposition timestamp ([`FamilyReading::stamped_ms`]).
     pub time: SampleTime,
     /// Indexed like [`MetricCatalog::families`]; `None` where the pod does not expose the family.
-    pub families: Vec<Option<FamilyReading>>,
+    pub families: Families,
 }
+
+/// A reading's families, the first [`INLINE_FAMILIES`] inside the [`Reading`] itself. A read
+/// follows each selected pod's reading once; with the families in a buffer of their own it
+/// followed two pointers, and at 10,000 pods (readings replaced every second) both were cache
+/// misses: 24 % of the API's CPU under the HPA's read while collecting (benches README, (c″)).
+pub type Families = smallvec::SmallVec<[Option<FamilyReading>; INLINE_FAMILIES]>;
+
+/// Families a [`Reading`] holds without a buffer of its own: the usual catalog serves one or two
+/// families (the connection gauge, perhaps a rate of a counter).
+pub const INLINE_FAMILIES: usize = 2;
 
 #[derive(Debug)]
 struct PodEntry {
@@ -1327,8 +1337,8 @@ pub fn readings_from_samples(
     catalog: &MetricCatalog,
     samples: &[crate::exposition::Sample],
     declared: impl Fn(&str) -> bool,
-) -> Result<Vec<Option<FamilyReading>>, SampleError> {
-    let mut out: Vec<Option<FamilyReading>> = catalog
+) -> Result<Families, SampleError> {
+    let mut out: Families = catalog
         .families()
         .iter()
         .map(|f| declared(f).then(FamilyReading::default))
@@ -1402,7 +1412,7 @@ mod tests {
         let total_milli = series.iter().map(|s| s.milli).sum();
         Reading {
             time: SampleTime::read_at(time),
-            families: vec![Some(FamilyReading {
+            families: smallvec::smallvec![Some(FamilyReading {
                 series,
                 total_milli,
                 stamped_ms: None,
@@ -1513,7 +1523,7 @@ mod tests {
             mono: t0.mono + Duration::from_millis(ms),
         };
         let both = |time, active: &[(&str, i64)], messages: &[(&str, i64)]| Reading {
-            families: vec![
+            families: smallvec::smallvec![
                 reading(time, active).families.remove(0),
                 reading(time, messages).families.remove(0),
             ],
