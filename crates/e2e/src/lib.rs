@@ -276,6 +276,9 @@ impl Adapter {
 }
 
 /// GET over plain HTTP/1.1; returns status and body (a chunked body decoded).
+///
+/// Not `collect::decode_response`: that reads a response as a scrape does, and refuses a
+/// close-delimited body that does not look like a whole exposition (a JSON answer, for one).
 pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)

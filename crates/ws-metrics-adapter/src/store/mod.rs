@@ -18,7 +18,7 @@ mod rates;
 pub mod read;
 pub mod resource;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -330,23 +330,16 @@ impl Namespace {
     fn candidate_entries(&self, selector: &Selector) -> Option<Vec<(&str, &PodEntry)>> {
         let names = self.candidates(selector)?;
         let mut entries = Vec::with_capacity(names.len());
-        type Cursor<'a> = std::iter::Peekable<btree_map::Range<'a, String, PodEntry>>;
-        fn take_if_named<'a>(c: &mut Cursor<'a>, name: &str) -> Option<(&'a String, &'a PodEntry)> {
-            c.next_if(|(k, _)| k.as_str() == name)
-        }
-        let mut cursor: Option<Cursor<'_>> = None;
+        let mut cursor = self.pods.range::<str, _>(..).peekable();
         for name in names {
-            let found = match cursor.as_mut().and_then(|c| take_if_named(c, name)) {
-                Some(hit) => Some(hit),
-                None => {
-                    let seek = cursor.insert(
-                        self.pods
-                            .range::<str, _>((Bound::Included(name), Bound::Unbounded))
-                            .peekable(),
-                    );
-                    take_if_named(seek, name)
-                }
-            };
+            let named = |(key, _): &(&String, &PodEntry)| key.as_str() == name;
+            let found = cursor.next_if(named).or_else(|| {
+                cursor = self
+                    .pods
+                    .range::<str, _>((Bound::Included(name), Bound::Unbounded))
+                    .peekable();
+                cursor.next_if(named)
+            });
             // The index only names pods of this map; a miss would be a bug, and is skipped.
             if let Some((key, entry)) = found {
                 entries.push((key.as_str(), entry));
